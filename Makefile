@@ -1,0 +1,27 @@
+# neqtune: two commands on a fresh machine.
+#   make demo   set up (.venv) and run the default search (digits, no download)
+#   make test   set up (.venv) and run lint, type checks and the test suite
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: demo test setup lint
+
+setup: $(VENV)/.installed
+
+# torch==2.14.1 / torchvision==0.29.1 come from the machine's wheel cache via pip.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+demo: setup
+	$(PY) run_search.py
+
+lint: setup
+	$(PY) -m ruff check .
+	$(PY) -m mypy
+
+test: lint
+	$(PY) -m pytest

@@ -1,0 +1,57 @@
+"""``digits``: the 1,797 8x8 handwritten digits that ship inside scikit-learn.
+
+No download: the images are read from scikit-learn's package data, scaled
+to ``image_size`` (bilinear), repeated over three channels and normalised
+with mean and std 0.5. Digits has no official test split, so a seeded
+``test_fraction`` is held out first; velocity and validation splits are
+then carved out of the rest (:func:`datasets.registry.split_train`).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import TYPE_CHECKING, cast
+
+import torch
+import torch.nn.functional as F
+from sklearn.datasets import load_digits
+from torch.utils.data import Dataset, Subset, TensorDataset
+
+from datasets.registry import DataSplits, register_dataset, split_train
+
+if TYPE_CHECKING:
+    from trainables.config import DataConfig
+
+
+@functools.cache
+def digit_images(image_size: int) -> TensorDataset:
+    """All digits as normalised ``[N, 3, image_size, image_size]`` images with labels.
+
+    Cached per process, so trials that share a worker read and resize once.
+    """
+    bunch = load_digits()
+    images = torch.as_tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    images = F.interpolate(images, size=(image_size, image_size), mode="bilinear", align_corners=False)
+    images = ((images - 0.5) / 0.5).expand(-1, 3, -1, -1).contiguous()
+    return TensorDataset(images, torch.as_tensor(bunch.target, dtype=torch.long))
+
+
+@register_dataset("digits")
+def build_digits(config: DataConfig) -> DataSplits:
+    """Seeded train / val / velocity / test splits of scikit-learn's digits."""
+    images = digit_images(config.image_size)
+    full = cast("Dataset[tuple[torch.Tensor, int]]", images)
+    n = len(images)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(config.split_seed)).tolist()
+    n_test = int(config.test_fraction * n)
+    test_idx, pool = order[:n_test], order[n_test:]
+    train, val, velocity = split_train(
+        len(pool), velocity_images=config.velocity_images, val_fraction=config.val_fraction, seed=config.split_seed + 1
+    )
+    return DataSplits(
+        train=Subset(full, [pool[i] for i in train]),
+        val=Subset(full, [pool[i] for i in val]),
+        velocity=Subset(full, [pool[i] for i in velocity]),
+        test=Subset(full, test_idx),
+        classes=[str(d) for d in range(10)],
+    )

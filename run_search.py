@@ -1,0 +1,12 @@
+"""neqtune: search budgeted-update fine-tuning policies with Ray Tune and Optuna.
+
+python run_search.py                          # the embedded digits space
+python run_search.py --space spaces/vww.yaml
+"""
+
+import sys
+
+from search.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,210 @@
+"""A Ray Tune callback, on the driver, that records every trial-epoch.
+
+It writes, under the experiment directory:
+
+- ``epochs.parquet``: one flat row per trial-epoch: experiment, trial id,
+  every resolved config value as its own column, then the metrics;
+- ``trials.parquet``: one row per trial with its final state and best epoch;
+- ``tensorboard/<trial id>/``: event files with each trial's curves;
+
+and prints concise progress: a line when a trial starts or ends, and a
+status line at most every ``status_every_s`` seconds.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ray.tune import Callback
+from ray.tune.experiment import Trial
+from torch.utils.tensorboard import SummaryWriter
+
+from search.tables import EPOCHS_TABLE, SCHEMA_VERSION, TRIALS_TABLE, ParquetTable, config_column_types
+from trainables.config import TrialConfig, flatten
+from trainables.tune_adapter import resolve_trial_config
+
+# What the trainer and the adapter report, in table order (see README, "Result tables").
+METRIC_COLUMNS = (
+    "epoch", "train_loss", "train_top1", "val_top1", "test_top1", "lr",
+    "best_val_top1", "best_epoch", "test_top1_at_best_val",
+    "budget_params", "total_conv_params", "params_updated", "budget_gap",
+    "neurons_updated", "neurons_total", "frozen_pct", "flops_saved", "flops_saved_pct",
+    "layer_frozen_pct", "layer_flops_saved", "epoch_time_s", "velocity_time_s",
+    "node_id", "hostname", "pid",
+)  # fmt: skip
+LAYER_SCALARS = {"layer_frozen_pct": "frozen_pct_by_layer", "layer_flops_saved": "flops_saved_by_layer"}
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+class ResultRecorder(Callback):
+    """Collects results into Parquet tables and TensorBoard; prints progress.
+
+    Args:
+        experiment_dir: ``results/<experiment>``.
+        experiment: the experiment name (a column of every row).
+        base: the space's nested trial config (to resolve each trial's config).
+        searched: the dotted keys the search varies (shown in progress lines).
+        flush_every_s: longest time between two table writes.
+        status_every_s: longest time between two status lines.
+        echo: where progress lines go.
+    """
+
+    def __init__(
+        self,
+        experiment_dir: Path,
+        experiment: str,
+        base: dict[str, Any],
+        *,
+        searched: list[str],
+        flush_every_s: float = 10.0,
+        status_every_s: float = 30.0,
+        echo: Callable[[str], None] = print,
+    ) -> None:
+        self.experiment_dir = experiment_dir
+        self.experiment = experiment
+        self.base = base
+        self.searched = searched
+        self.flush_every_s = flush_every_s
+        self.status_every_s = status_every_s
+        self.echo = echo
+        types = config_column_types(TrialConfig)
+        self.epochs = ParquetTable(experiment_dir / EPOCHS_TABLE, key=("experiment", "trial_id", "epoch"), types=types)
+        self.trials = ParquetTable(experiment_dir / TRIALS_TABLE, key=("experiment", "trial_id"), types=types)
+        self._config_columns: dict[str, dict[str, Any]] = {}
+        self._last: dict[str, dict[str, Any]] = {}
+        self._layer_names: dict[str, list[str]] = {}
+        self._epoch_times: dict[str, dict[int, float]] = {}
+        self._done: set[str] = set()
+        self._writers: dict[str, SummaryWriter] = {}
+        self._started = time.monotonic()
+        self._last_flush = self._last_status = self._started
+
+    # --- helpers -----------------------------------------------------------
+    def _config_of(self, trial: Trial) -> dict[str, Any]:
+        if trial.trial_id not in self._config_columns:
+            resolved = resolve_trial_config(self.base, dict(trial.config)).to_dict()
+            self._config_columns[trial.trial_id] = flatten(resolved)
+        return self._config_columns[trial.trial_id]
+
+    def _describe(self, trial: Trial) -> str:
+        config = self._config_of(trial)
+        return " ".join(f"{key}={_short(config.get(key))}" for key in self.searched)
+
+    def _writer(self, trial_id: str) -> SummaryWriter:
+        if trial_id not in self._writers:
+            self._writers[trial_id] = SummaryWriter(log_dir=str(self.experiment_dir / "tensorboard" / trial_id))
+        return self._writers[trial_id]
+
+    def _write_tensorboard(self, trial_id: str, result: dict[str, Any]) -> None:
+        writer = self._writer(trial_id)
+        step = int(result["epoch"])
+        for key in METRIC_COLUMNS:
+            value = result.get(key)
+            if key in LAYER_SCALARS and isinstance(value, list):
+                for layer, layer_value in zip(result.get("layer_names", []), value, strict=False):
+                    writer.add_scalar(f"{LAYER_SCALARS[key]}/{layer}", layer_value, step)
+            elif key not in ("epoch", "pid") and _is_number(value):
+                writer.add_scalar(key, value, step)
+        writer.flush()
+
+    def _flush(self) -> None:
+        self.epochs.flush()
+        self.trials.flush()
+        self._last_flush = time.monotonic()
+
+    def _status(self, trials: list[Trial]) -> None:
+        done = len(self.trials)  # the trial being completed may not be marked so yet
+        running = sum(t.status == Trial.RUNNING and t.trial_id not in self._done for t in trials)
+        best = max(
+            ((r["best_val_top1"], tid) for tid, r in self._last.items() if _is_number(r.get("best_val_top1"))),
+            default=None,
+        )
+        best_text = f", best val top-1 {best[0]:.1f}% (trial {best[1]})" if best else ""
+        elapsed = time.monotonic() - self._started
+        self.echo(f"[{elapsed / 60:5.1f} min] {done} trials done, {running} running{best_text}")
+        self._last_status = time.monotonic()
+
+    def _summary_row(self, trial: Trial, status: str, error: str | None) -> dict[str, Any]:
+        last = self._last.get(trial.trial_id, {})
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "experiment": self.experiment,
+            "trial_id": trial.trial_id,
+            "status": status,
+            **self._config_of(trial),
+            "epochs_run": last.get("epoch", 0),
+            "best_val_top1": last.get("best_val_top1", math.nan),
+            "best_epoch": last.get("best_epoch", 0),
+            "test_top1_at_best_val": last.get("test_top1_at_best_val", math.nan),
+            "budget_params": last.get("budget_params"),
+            "total_conv_params": last.get("total_conv_params"),
+            "train_time_s": sum(self._epoch_times.get(trial.trial_id, {}).values()),
+            "node_id": last.get("node_id"),
+            "hostname": last.get("hostname"),
+            "layer_names": self._layer_names.get(trial.trial_id, []),
+            "error": error,
+            "path": trial.path,
+        }
+
+    # --- Tune callback hooks -----------------------------------------------
+    def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        self.echo(f"trial {trial.trial_id} started: {self._describe(trial)}")
+
+    def on_trial_result(self, iteration: int, trials: list[Trial], trial: Trial, result: dict[str, Any], **info: Any) -> None:
+        if "epoch" not in result:
+            return
+        self._last[trial.trial_id] = result
+        self._layer_names.setdefault(trial.trial_id, list(result.get("layer_names", [])))
+        self._epoch_times.setdefault(trial.trial_id, {})[int(result["epoch"])] = float(result.get("epoch_time_s", 0.0))
+        self.epochs.add(
+            {
+                "schema_version": SCHEMA_VERSION,
+                "experiment": self.experiment,
+                "trial_id": trial.trial_id,
+                **self._config_of(trial),
+                **{key: result.get(key) for key in METRIC_COLUMNS},
+            }
+        )
+        self._write_tensorboard(trial.trial_id, result)
+        now = time.monotonic()
+        if now - self._last_flush >= self.flush_every_s:
+            self._flush()
+        if now - self._last_status >= self.status_every_s:
+            self._status(trials)
+
+    def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        row = self._summary_row(trial, "TERMINATED", None)
+        self.trials.add(row)
+        self._done.add(trial.trial_id)
+        self.echo(
+            f"trial {trial.trial_id} done in {row['epochs_run']} epochs: best val top-1 {row['best_val_top1']:.1f}% "
+            f"at epoch {row['best_epoch']}, test top-1 there {row['test_top1_at_best_val']:.1f}%"
+        )
+        self._flush()
+        self._status(trials)
+
+    def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        error = trial.get_error()
+        message = str(error).strip().splitlines()[-1] if error else "unknown error"
+        self.trials.add(self._summary_row(trial, "ERROR", message))
+        self._done.add(trial.trial_id)
+        self.echo(f"trial {trial.trial_id} FAILED: {message} (log: {trial.path})")
+        self._flush()
+
+    def on_experiment_end(self, trials: list[Trial], **info: Any) -> None:
+        self._flush()
+        for writer in self._writers.values():
+            writer.close()
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)

@@ -1,0 +1,324 @@
+"""Typed configuration of one training run, loaded from plain mappings (YAML).
+
+One dataclass per section (data, model, training, budget). Loading rejects
+unknown keys and wrong types with the dotted path of the key, then each
+section validates its values once; after that the objects are passed around
+explicitly. ``TrialConfig.to_dict()`` gives back the resolved values, which
+are saved with every run and flattened into every result row.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A bad configuration value; ``key`` is the dotted path of the offending key."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"{key}: {message}" if key else message)
+        self.key = key
+        self.message = message
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is list:
+        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+    if origin is dict:
+        return "a mapping"
+    if tp is type(None):
+        return "null"
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def _convert(value: Any, tp: Any, path: str) -> Any:
+    """Check ``value`` against the annotation ``tp`` and convert it (int -> float, mapping -> dataclass)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(tp):
+            try:
+                return _convert(value, option, path)
+            except ConfigError:
+                continue
+        raise ConfigError(path, f"expected {_type_name(tp)}, got {value!r}")
+    if origin is Literal:
+        if value in typing.get_args(tp):
+            return value
+        raise ConfigError(path, f"expected {_type_name(tp)}, got {value!r}")
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(path, f"expected {_type_name(tp)}, got {value!r}")
+        item_type = typing.get_args(tp)[0]
+        return [_convert(item, item_type, f"{path}[{i}]") for i, item in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(path, f"expected a mapping, got {value!r}")
+        _, value_type = typing.get_args(tp)
+        return {str(k): _convert(v, value_type, _join(path, str(k))) for k, v in value.items()}
+    if dataclasses.is_dataclass(tp):
+        return from_mapping(typing.cast(type[Any], tp), value, path)
+    if tp is Any:
+        return value
+    if tp is type(None):
+        if value is None:
+            return None
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif isinstance(value, tp):
+        return value
+    raise ConfigError(path, f"expected {_type_name(tp)}, got {value!r}")
+
+
+def from_mapping(cls: type[T], data: Any, path: str = "") -> T:
+    """Build the dataclass ``cls`` from ``data``, rejecting unknown keys and wrong types.
+
+    Missing keys take the field defaults. After construction, a ``validate``
+    method of the dataclass (if any) is called with ``path``.
+    """
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        raise ConfigError(path, f"expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(typing.cast(Any, cls))}
+    for key in data:
+        if key not in fields:
+            raise ConfigError(_join(path, str(key)), f"unknown key; known keys: {', '.join(fields)}")
+    values = {name: _convert(data[name], hints[name], _join(path, name)) for name in fields if name in data}
+    obj = cls(**values)
+    validate = getattr(obj, "validate", None)
+    if validate is not None:
+        validate(path)
+    return obj
+
+
+def _require(condition: bool, key: str, message: str) -> None:
+    if not condition:
+        raise ConfigError(key, message)
+
+
+@dataclass
+class DataConfig:
+    """Which data set, at what size, and how it is split.
+
+    ``velocity_images`` images are carved out of the training set for the
+    velocity split; ``val_fraction`` of the rest becomes the validation
+    split; ``test_fraction`` applies only to data sets without an official
+    test split (digits).
+    """
+
+    name: str = "digits"
+    root: str | None = None
+    image_size: int = 32
+    batch_size: int = 32
+    eval_batch_size: int = 256
+    val_fraction: float = 0.2
+    test_fraction: float = 0.2
+    velocity_images: int = 10
+    split_seed: int = 0
+
+    def validate(self, path: str) -> None:
+        from datasets import dataset_names
+
+        _require(
+            self.name in dataset_names(),
+            _join(path, "name"),
+            f"unknown data set {self.name!r}; known data sets: {', '.join(dataset_names())}",
+        )
+        _require(self.image_size >= 8, _join(path, "image_size"), f"must be >= 8 pixels, got {self.image_size}")
+        _require(self.batch_size >= 1, _join(path, "batch_size"), f"must be >= 1, got {self.batch_size}")
+        _require(self.eval_batch_size >= 1, _join(path, "eval_batch_size"), f"must be >= 1, got {self.eval_batch_size}")
+        _require(0 < self.val_fraction < 1, _join(path, "val_fraction"), f"must lie in (0, 1), got {self.val_fraction}")
+        _require(0 < self.test_fraction < 1, _join(path, "test_fraction"), f"must lie in (0, 1), got {self.test_fraction}")
+        _require(self.velocity_images >= 1, _join(path, "velocity_images"), f"must be >= 1, got {self.velocity_images}")
+
+
+@dataclass
+class ModelConfig:
+    """The network: a registered name, and optionally a local state-dict file to start from."""
+
+    name: str = "mbv2-w0.35"
+    pretrained: str | None = None
+
+    def validate(self, path: str) -> None:
+        from trainables.models import model_names
+
+        _require(self.name in model_names(), _join(path, "name"), f"unknown model {self.name!r}; known models: {', '.join(model_names())}")
+
+
+@dataclass
+class TrainingConfig:
+    """Optimisation: epochs, optimizer, learning-rate schedule, evaluation, seed.
+
+    ``epochs`` counts the cosine-decay epochs; ``warmup_epochs`` more are run
+    before them with a linear warm-up (the study: 120 + 5). ``lr`` is the
+    base (peak) learning rate.
+    """
+
+    epochs: int = 10
+    warmup_epochs: int = 0
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    lr: float = 0.05
+    warmup_lr: float = 0.0
+    final_lr: float = 0.0
+    momentum: float = 0.0
+    nesterov: bool = False
+    weight_decay: float = 0.0
+    no_wd_keys: list[str] = field(default_factory=lambda: ["norm", "bias"])
+    eval_per_epochs: int = 1
+    seed: int = 0
+    device: str = "auto"
+
+    @property
+    def total_epochs(self) -> int:
+        """Warm-up plus decay epochs."""
+        return self.warmup_epochs + self.epochs
+
+    def validate(self, path: str) -> None:
+        _require(self.epochs >= 1, _join(path, "epochs"), f"must be >= 1, got {self.epochs}")
+        _require(self.warmup_epochs >= 0, _join(path, "warmup_epochs"), f"must be >= 0, got {self.warmup_epochs}")
+        _require(self.lr > 0, _join(path, "lr"), f"must be > 0, got {self.lr}")
+        _require(self.warmup_lr >= 0, _join(path, "warmup_lr"), f"must be >= 0, got {self.warmup_lr}")
+        _require(self.final_lr >= 0, _join(path, "final_lr"), f"must be >= 0, got {self.final_lr}")
+        _require(self.momentum >= 0, _join(path, "momentum"), f"must be >= 0, got {self.momentum}")
+        _require(not self.nesterov or self.momentum > 0, _join(path, "nesterov"), "needs momentum > 0")
+        _require(self.weight_decay >= 0, _join(path, "weight_decay"), f"must be >= 0, got {self.weight_decay}")
+        _require(self.eval_per_epochs >= 1, _join(path, "eval_per_epochs"), f"must be >= 1, got {self.eval_per_epochs}")
+        _require(
+            self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps"),
+            _join(path, "device"),
+            f"expected auto, cpu or cuda[:N], got {self.device!r}",
+        )
+
+
+@dataclass
+class BudgetConfig:
+    """Which neurons are updated, how many, and from what first mask.
+
+    The budget in parameters is ``params`` if given, else ``int(P * ratio)``
+    if ``ratio`` is given (``P``: total conv parameters of the model), else
+    the budget of ``scheme``. ``scheme`` also provides the static SU mask,
+    which the ``su`` policy and the ``su`` initialization need.
+    """
+
+    policy: str = "velocity"
+    initialization: Literal["su", "random", "full"] = "random"
+    scheme: str | None = None
+    ratio: float | None = None
+    params: int | None = None
+    velocity_mu: float = 0.5
+
+    def validate(self, path: str) -> None:
+        from trainables.policies import policy_names
+        from trainables.schemes import scheme_names
+
+        known = [*policy_names(), "su"]
+        _require(self.policy in known, _join(path, "policy"), f"unknown policy {self.policy!r}; known policies: {', '.join(sorted(known))}")
+        if self.ratio is not None:
+            _require(0 < self.ratio <= 1, _join(path, "ratio"), f"must lie in (0, 1], got {self.ratio}")
+        if self.params is not None:
+            _require(self.params >= 1, _join(path, "params"), f"must be >= 1 parameter, got {self.params}")
+        if self.scheme is not None:
+            _require(
+                self.scheme in scheme_names(),
+                _join(path, "scheme"),
+                f"unknown scheme {self.scheme!r}; known schemes: {', '.join(scheme_names())}",
+            )
+        needs_budget = self.policy != "full"
+        _require(
+            not needs_budget or any(v is not None for v in (self.scheme, self.ratio, self.params)),
+            path or "budget",
+            "give a scheme, a ratio or params (the budget)",
+        )
+        _require(0 <= self.velocity_mu <= 1, _join(path, "velocity_mu"), f"must lie in [0, 1], got {self.velocity_mu}")
+
+
+@dataclass
+class TrialConfig:
+    """Everything one training run needs."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], path: str = "") -> TrialConfig:
+        """Parse and validate (see :func:`from_mapping`)."""
+        return from_mapping(cls, data, path)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved values as plain nested dicts and lists."""
+        resolved: dict[str, Any] = dataclasses.asdict(self)
+        return resolved
+
+
+def flatten(nested: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; lists stay lists."""
+    flat: dict[str, Any] = {}
+    for key, value in nested.items():
+        name = _join(prefix, str(key))
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, name))
+        else:
+            flat[name] = value
+    return flat
+
+
+def set_dotted(nested: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set ``nested["a"]["b"] = value`` for ``dotted = "a.b"``, creating sections."""
+    *sections, leaf = dotted.split(".")
+    node = nested
+    for section in sections:
+        child = node.setdefault(section, {})
+        if not isinstance(child, dict):
+            raise ConfigError(dotted, f"{section!r} is not a section")
+        node = child
+    node[leaf] = value
+
+
+def with_overrides(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """A deep copy of ``base`` with dotted-key ``overrides`` applied."""
+    merged: dict[str, Any] = _deep_copy(base)
+    for dotted, value in overrides.items():
+        set_dotted(merged, dotted, value)
+    return merged
+
+
+def _deep_copy(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _deep_copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_deep_copy(v) for v in value]
+    return value
+
+
+def iter_leaf_keys(cls: type[Any], prefix: str = "") -> Iterator[str]:
+    """Dotted names of every leaf field of the dataclass ``cls``."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            yield from iter_leaf_keys(typing.cast(type[Any], tp), _join(prefix, f.name))
+        else:
+            yield _join(prefix, f.name)

@@ -1,0 +1,151 @@
+"""Neurons of a network and what they cost: parameters and backward FLOPs.
+
+A *neuron* is one output channel of an ``nn.Conv2d``: the slice ``weight[c]``
+plus ``bias[c]`` when the conv has a bias. Everything in neqtune that talks
+about neurons (policies, masks, the optimizer, the logs) keys them by the
+conv's qualified module name, in ``model.named_modules()`` order, which for
+the supported models is also the order of the forward pass.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+Masks = dict[str, torch.Tensor]
+"""Per conv (qualified name), a bool tensor over output channels; True = updated."""
+
+
+def conv_layers(model: nn.Module) -> dict[str, nn.Conv2d]:
+    """Every ``nn.Conv2d`` of ``model`` keyed by qualified name, in module order."""
+    return {name: module for name, module in model.named_modules() if isinstance(module, nn.Conv2d)}
+
+
+def neuron_param_count(conv: nn.Conv2d) -> int:
+    """Parameters of one output neuron of ``conv``: ``in/groups * kh * kw`` (+1 with a bias).
+
+    The reference code forgot ``/ groups``, which inflates depthwise neurons by
+    a factor of ``in_channels``; neqtune counts what is actually stored.
+    """
+    kh, kw = conv.kernel_size
+    count = conv.in_channels // conv.groups * kh * kw
+    return count + 1 if conv.bias is not None else count
+
+
+def conv_neuron_params(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Parameter count of every conv neuron of ``model``.
+
+    Returns:
+        For every ``nn.Conv2d``, keyed by its qualified module name, a
+        ``torch.long`` tensor of length ``out_channels`` holding the number of
+        parameters of each output neuron.
+    """
+    return {name: torch.full((conv.out_channels,), neuron_param_count(conv), dtype=torch.long) for name, conv in conv_layers(model).items()}
+
+
+def total_params(neuron_params: dict[str, torch.Tensor]) -> int:
+    """Sum of the parameters of all neurons (``P`` in the spec)."""
+    return int(sum(int(p.sum()) for p in neuron_params.values()))
+
+
+@dataclass(frozen=True)
+class MaskStats:
+    """What a set of update masks costs and saves (the per-epoch log fields).
+
+    Attributes:
+        neurons_total: number of conv neurons in the network.
+        neurons_updated: neurons whose mask is True.
+        params_updated: conv parameters that receive an update (count).
+        frozen_pct: share of frozen neurons over the whole network, in percent.
+        layer_frozen_pct: per conv (module order), share of its neurons frozen, in percent.
+        flops_saved: weight-gradient FLOPs per input image that freezing saves.
+        flops_saved_pct: ``flops_saved`` over the weight-gradient FLOPs of a
+            full update, in percent.
+        layer_flops_saved: per conv, the weight-gradient FLOPs per image saved.
+    """
+
+    neurons_total: int
+    neurons_updated: int
+    params_updated: int
+    frozen_pct: float
+    layer_frozen_pct: list[float]
+    flops_saved: float
+    flops_saved_pct: float
+    layer_flops_saved: list[float]
+
+
+def conv_flops(conv: nn.Conv2d, output_hw: tuple[int, int]) -> int:
+    """Forward FLOPs of ``conv`` for one input image whose output is ``output_hw``.
+
+    ``kh*kw*(C_in/groups)*C_out*H_out*W_out`` multiply-accumulates, plus
+    ``C_out*H_out*W_out`` for the bias. Computing the weight gradient costs
+    the same, and each output neuron owns ``1/C_out`` of it.
+    """
+    kh, kw = conv.kernel_size
+    positions = conv.out_channels * output_hw[0] * output_hw[1]
+    flops = kh * kw * (conv.in_channels // conv.groups) * positions
+    return flops + positions if conv.bias is not None else flops
+
+
+@torch.no_grad()
+def conv_output_sizes(model: nn.Module, example: torch.Tensor) -> dict[str, tuple[int, int]]:
+    """Spatial output size of every conv for one forward pass of ``example``."""
+    sizes: dict[str, tuple[int, int]] = {}
+    handles = []
+    for name, conv in conv_layers(model).items():
+
+        def record(_m: nn.Module, _i: object, out: torch.Tensor, name: str = name) -> None:
+            sizes[name] = (int(out.shape[-2]), int(out.shape[-1]))
+
+        handles.append(conv.register_forward_hook(record))
+    was_training = model.training
+    model.eval()
+    try:
+        model(example)
+    finally:
+        model.train(was_training)
+        for handle in handles:
+            handle.remove()
+    return sizes
+
+
+def layer_flops(model: nn.Module, example: torch.Tensor) -> dict[str, int]:
+    """FLOPs per image of every conv of ``model`` at the size of ``example``."""
+    sizes = conv_output_sizes(model, example)
+    return {name: conv_flops(conv, sizes[name]) for name, conv in conv_layers(model).items()}
+
+
+def mask_stats(masks: Masks, neuron_params: dict[str, torch.Tensor], flops: dict[str, int]) -> MaskStats:
+    """Count what ``masks`` update and the backward FLOPs they save.
+
+    Args:
+        masks: per conv, bool over output channels (True = updated).
+        neuron_params: from :func:`conv_neuron_params`.
+        flops: per conv, forward FLOPs per image (:func:`layer_flops`).
+    """
+    neurons_total = neurons_updated = params_updated = 0
+    layer_frozen: list[float] = []
+    layer_saved: list[float] = []
+    for name, params in neuron_params.items():
+        mask = masks[name]
+        n_out = mask.numel()
+        n_updated = int(mask.sum())
+        neurons_total += n_out
+        neurons_updated += n_updated
+        params_updated += int(params[mask].sum())
+        layer_frozen.append(100.0 * (n_out - n_updated) / n_out)
+        layer_saved.append(flops[name] * (n_out - n_updated) / n_out)
+    full_flops = float(sum(flops[name] for name in neuron_params))
+    saved = float(sum(layer_saved))
+    return MaskStats(
+        neurons_total=neurons_total,
+        neurons_updated=neurons_updated,
+        params_updated=params_updated,
+        frozen_pct=100.0 * (neurons_total - neurons_updated) / max(neurons_total, 1),
+        layer_frozen_pct=layer_frozen,
+        flops_saved=saved,
+        flops_saved_pct=100.0 * saved / full_flops if full_flops else 0.0,
+        layer_flops_saved=layer_saved,
+    )

@@ -1,0 +1,151 @@
+"""Applying update masks: optimizers that leave frozen neurons bit-identical,
+and the learning-rate schedule.
+
+Masks are set per parameter as a bool tensor over its first dimension (the
+output channels of a conv weight or bias; True = updated). The update rule
+follows the study's code so that numbers are comparable: the gradient of a
+frozen row is zeroed after weight decay and the step is zeroed again after
+momentum (SGD) or the first moment is cleared (Adam), so neither momentum nor
+weight decay can move a frozen row. A parameter without a mask is updated in
+full (BatchNorm, the classifier).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import torch
+
+
+class _MaskedOptimizer(torch.optim.Optimizer):
+    """Shared mask bookkeeping of :class:`MaskedSGD` and :class:`MaskedAdam`."""
+
+    def __init__(self, params: Iterable[Any], defaults: dict[str, Any]) -> None:
+        super().__init__(params, defaults)
+        self._frozen_rows: dict[int, torch.Tensor] = {}
+
+    def set_update_masks(self, masks: Mapping[torch.Tensor, torch.Tensor]) -> None:
+        """Replace the update masks (True = row updated); unlisted parameters update fully."""
+        frozen: dict[int, torch.Tensor] = {}
+        for param, mask in masks.items():
+            if mask.shape != param.shape[:1]:
+                raise ValueError(f"mask of shape {tuple(mask.shape)} does not fit a parameter of shape {tuple(param.shape)}")
+            view = (~mask).to(param.device).view(-1, *([1] * (param.dim() - 1)))
+            frozen[id(param)] = view
+        self._frozen_rows = frozen
+
+    def _frozen(self, param: torch.Tensor) -> torch.Tensor | None:
+        return self._frozen_rows.get(id(param))
+
+
+class MaskedSGD(_MaskedOptimizer):
+    """SGD with momentum, dampening, nesterov and weight decay, under update masks."""
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float,
+        *,
+        momentum: float = 0.0,
+        dampening: float = 0.0,
+        weight_decay: float = 0.0,
+        nesterov: bool = False,
+    ) -> None:
+        if lr < 0 or momentum < 0 or weight_decay < 0:
+            raise ValueError("lr, momentum and weight_decay must be >= 0")
+        if nesterov and (momentum <= 0 or dampening != 0):
+            raise ValueError("nesterov momentum needs momentum > 0 and dampening 0")
+        defaults = {"lr": lr, "momentum": momentum, "dampening": dampening, "weight_decay": weight_decay, "nesterov": nesterov}
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> None:  # type: ignore[override]
+        for group in self.param_groups:
+            momentum = group["momentum"]
+            for param in group["params"]:
+                if param.grad is None:
+                    continue
+                frozen = self._frozen(param)
+                step = param.grad
+                if group["weight_decay"] != 0:
+                    step = step.add(param, alpha=group["weight_decay"])
+                if frozen is not None:
+                    step = step.masked_fill(frozen, 0.0)
+                if momentum != 0:
+                    state = self.state[param]
+                    buf = state.get("momentum_buffer")
+                    if buf is None:
+                        buf = state["momentum_buffer"] = step.detach().clone()
+                    else:
+                        buf.mul_(momentum).add_(step, alpha=1 - group["dampening"])
+                    step = step.add(buf, alpha=momentum) if group["nesterov"] else buf
+                    if frozen is not None:
+                        step = step.masked_fill(frozen, 0.0)
+                param.add_(step, alpha=-group["lr"])
+
+
+class MaskedAdam(_MaskedOptimizer):
+    """Adam (L2 weight decay added to the gradient, as torch's Adam), under update masks."""
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float,
+        *,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+    ) -> None:
+        if lr < 0 or eps < 0 or weight_decay < 0:
+            raise ValueError("lr, eps and weight_decay must be >= 0")
+        if not (0 <= betas[0] < 1 and 0 <= betas[1] < 1):
+            raise ValueError(f"betas must lie in [0, 1), got {betas}")
+        super().__init__(params, {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay})
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> None:  # type: ignore[override]
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            for param in group["params"]:
+                if param.grad is None:
+                    continue
+                frozen = self._frozen(param)
+                state = self.state[param]
+                if not state:
+                    state["step"] = 0
+                    state["exp_avg"] = torch.zeros_like(param)
+                    state["exp_avg_sq"] = torch.zeros_like(param)
+                state["step"] += 1
+                grad = param.grad
+                if group["weight_decay"] != 0:
+                    grad = grad.add(param, alpha=group["weight_decay"])
+                if frozen is not None:
+                    grad = grad.masked_fill(frozen, 0.0)
+                exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+                exp_avg.mul_(beta1).add_(grad, alpha=1 - beta1)
+                exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+                if frozen is not None:
+                    exp_avg.masked_fill_(frozen, 0.0)
+                correction1 = 1 - beta1 ** state["step"]
+                correction2 = 1 - beta2 ** state["step"]
+                denom = (exp_avg_sq.sqrt() / math.sqrt(correction2)).add_(group["eps"])
+                param.addcdiv_(exp_avg, denom, value=-group["lr"] / correction1)
+
+
+def cosine_lr(
+    step: int, *, base_lr: float, total_steps: int, warmup_steps: int = 0, warmup_lr: float = 0.0, final_lr: float = 0.0
+) -> float:
+    """Learning rate at batch ``step`` (0-based): linear warm-up, then cosine decay.
+
+    During the first ``warmup_steps`` batches the rate goes linearly from
+    ``warmup_lr`` towards ``base_lr``; over the remaining ``total_steps -
+    warmup_steps`` batches it follows half a cosine from ``base_lr`` to
+    ``final_lr``.
+    """
+    if step < warmup_steps:
+        return warmup_lr + (base_lr - warmup_lr) * step / warmup_steps
+    decay_steps = max(total_steps - warmup_steps, 1)
+    progress = min((step - warmup_steps) / decay_steps, 1.0)
+    return final_lr + 0.5 * (base_lr - final_lr) * (1 + math.cos(math.pi * progress))
