@@ -201,6 +201,20 @@ def check_trial(overrides: Mapping[str, Any], base: Mapping[str, Any]) -> TrialC
     return config
 
 
+def _check_written_values(base: dict[str, Any]) -> None:
+    """Refuse a bad value written in the trial sections, even one the search overrides.
+
+    The base alone may be incomplete (the search supplies the scheme, say);
+    only errors about values actually written are raised here.
+    """
+    written = {f"{section}.{key}" for section, values in base.items() for key in values}
+    try:
+        TrialConfig.from_dict(base)
+    except ConfigError as err:
+        if err.key.split("[")[0] in written or (err.key.split(".")[0] in TRIAL_SECTIONS and err.message.startswith("unknown key")):
+            raise
+
+
 def _absolute_paths(base: dict[str, Any], relative_to: Path) -> None:
     """Make file paths of the trial config absolute: trials may run in another directory."""
     for section, key in (("data", "root"), ("model", "pretrained")):
@@ -239,16 +253,17 @@ def build_space(
         search = from_mapping(SearchConfig, search_raw, "search")
         _absolute_paths(base, Path.cwd())
         space = Space(experiment=experiment, base=base, search=search, source=source)
+        _check_written_values(base)
         for n, combination in enumerate(space.combinations()):
             if n >= MAX_CHECKED_COMBINATIONS:
                 break
             try:
                 check_trial(combination, base)
             except ConfigError as err:
-                if err.key.split("[")[0] in combination or len(combination) == 0:
-                    raise ConfigError(f"search.params.{err.key}", err.message) from None
                 where = ", ".join(f"{k}={v}" for k, v in combination.items())
-                raise ConfigError(err.key, f"{err.message} (with {where})" if where else err.message) from None
+                message = f"{err.message} (with {where})" if where else err.message
+                key = f"search.params.{err.key}" if err.key.split("[")[0] in combination else err.key
+                raise ConfigError(key, message) from None
     except ConfigError as err:
         raise SpaceError(source, err.key, err.message) from None
     return space

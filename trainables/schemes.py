@@ -44,12 +44,13 @@ class SUScheme:
         for index in self.manual_weight_idx:
             if not 0 <= index < n_convs:
                 raise ConfigError(
-                    f"scheme {scheme}", f"manual_weight_idx {index} is out of range: the model has {n_convs} convs (0..{n_convs - 1})"
+                    "budget.scheme",
+                    f"{scheme}: manual_weight_idx {index} is out of range: the model has {n_convs} convs (0..{n_convs - 1})",
                 )
             if index < tail_start:
                 raise ConfigError(
-                    f"scheme {scheme}",
-                    f"manual_weight_idx {index} lies outside the bias-updated tail: n_bias_update {self.n_bias_update} "
+                    "budget.scheme",
+                    f"{scheme}: manual_weight_idx {index} lies outside the bias-updated tail: n_bias_update {self.n_bias_update} "
                     f"of {n_convs} convs covers indices {tail_start}..{n_convs - 1}",
                 )
 

@@ -9,6 +9,7 @@ epoch handed to ``report``. It knows nothing about Ray; the Tune trainable in
 
 from __future__ import annotations
 
+import copy
 import random
 import time
 from collections.abc import Callable, Mapping
@@ -261,27 +262,29 @@ class BudgetedRun:
 
     # --- checkpoints -------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to continue the run exactly after this epoch."""
-        return {
-            "epoch": self.epoch,
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "masks": self.masks,
-            "tracker": self.tracker.state_dict() if self.tracker else None,
-            "rng": {
-                "torch": torch.get_rng_state(),
-                "shuffle": self.shuffle_generator.get_state(),
-                "policy": self.policy_generator.get_state(),
-                "python": random.getstate(),
-                "numpy": np.random.get_state(),
-            },
-            "best": {
-                "val_top1": self.best_val_top1,
-                "epoch": self.best_epoch,
-                "test_top1": self.test_top1_at_best_val,
-                "model": self.best_model_state,
-            },
-        }
+        """Everything needed to continue the run exactly after this epoch (a deep copy)."""
+        return copy.deepcopy(
+            {
+                "epoch": self.epoch,
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "masks": self.masks,
+                "tracker": self.tracker.state_dict() if self.tracker else None,
+                "rng": {
+                    "torch": torch.get_rng_state(),
+                    "shuffle": self.shuffle_generator.get_state(),
+                    "policy": self.policy_generator.get_state(),
+                    "python": random.getstate(),
+                    "numpy": np.random.get_state(),
+                },
+                "best": {
+                    "val_top1": self.best_val_top1,
+                    "epoch": self.best_epoch,
+                    "test_top1": self.test_top1_at_best_val,
+                    "model": self.best_model_state,
+                },
+            }
+        )
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Continue from :meth:`state_dict` output."""

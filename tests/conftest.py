@@ -1,0 +1,30 @@
+"""Shared fixtures: small models with hand-set weights."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+
+class TwoConvNet(nn.Module):
+    """conv a (3->4, 3x3, bias), conv b (4->4 depthwise), conv c (4->8, 1x1), linear head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+        self.b = nn.Conv2d(4, 4, 3, padding=1, groups=4, bias=False)
+        self.c = nn.Conv2d(4, 8, 1, bias=False)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.bn(self.a(x)))
+        x = torch.relu(self.c(self.b(x)))
+        return self.head(x.mean(dim=(2, 3)))
+
+
+@pytest.fixture
+def small_net() -> TwoConvNet:
+    torch.manual_seed(0)
+    return TwoConvNet()

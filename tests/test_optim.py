@@ -1,0 +1,98 @@
+"""Masked optimizers: frozen rows stay bit-identical; with no mask they match torch's."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import pytest
+import torch
+from torch import nn
+
+from trainables.optim import MaskedAdam, MaskedSGD, cosine_lr
+
+OptimizerFactory = Callable[[list[nn.Parameter]], torch.optim.Optimizer]
+
+MASKED: dict[str, OptimizerFactory] = {
+    "sgd": lambda p: MaskedSGD(p, lr=0.1, momentum=0.9, weight_decay=0.01),
+    "sgd-nesterov": lambda p: MaskedSGD(p, lr=0.1, momentum=0.9, weight_decay=0.01, nesterov=True),
+    "adam": lambda p: MaskedAdam(p, lr=0.01, weight_decay=0.01),
+}
+TORCH: dict[str, OptimizerFactory] = {
+    "sgd": lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, weight_decay=0.01),
+    "sgd-nesterov": lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, weight_decay=0.01, nesterov=True),
+    "adam": lambda p: torch.optim.Adam(p, lr=0.01, weight_decay=0.01),
+}
+
+
+def conv_and_data() -> tuple[nn.Conv2d, torch.Tensor]:
+    torch.manual_seed(0)
+    return nn.Conv2d(3, 6, 3), torch.randn(4, 3, 6, 6)
+
+
+def step(conv: nn.Conv2d, optimizer: torch.optim.Optimizer, inputs: torch.Tensor) -> None:
+    optimizer.zero_grad()
+    conv(inputs).square().mean().backward()
+    optimizer.step()
+
+
+@pytest.mark.parametrize("name", list(MASKED))
+def test_frozen_rows_stay_bit_identical_as_masks_change(name: str) -> None:
+    conv, inputs = conv_and_data()
+    optimizer = MASKED[name]([conv.weight, conv.bias])
+    masks = [
+        torch.tensor([True, False, True, False, False, True]),
+        torch.tensor([False, False, True, True, False, False]),
+        torch.tensor([True, True, False, False, False, True]),
+    ]
+    for mask in masks:  # momentum and weight decay built up under one mask must not leak into the next
+        weight, bias = conv.weight.detach().clone(), conv.bias.detach().clone()
+        optimizer.set_update_masks({conv.weight: mask, conv.bias: mask})  # type: ignore[attr-defined]
+        for _ in range(3):
+            step(conv, optimizer, inputs)
+        assert torch.equal(conv.weight[~mask], weight[~mask])
+        assert torch.equal(conv.bias[~mask], bias[~mask])
+        assert not torch.equal(conv.weight[mask], weight[mask])
+
+
+@pytest.mark.parametrize("name", list(MASKED))
+def test_all_true_masks_match_torch(name: str) -> None:
+    ours, inputs = conv_and_data()
+    theirs, _ = conv_and_data()
+    mine = MASKED[name]([ours.weight, ours.bias])
+    mine.set_update_masks({ours.weight: torch.ones(6, dtype=torch.bool)})  # type: ignore[attr-defined]
+    reference = TORCH[name]([theirs.weight, theirs.bias])
+    for _ in range(4):
+        step(ours, mine, inputs)
+        step(theirs, reference, inputs)
+    torch.testing.assert_close(ours.weight, theirs.weight, rtol=0, atol=1e-6)
+    torch.testing.assert_close(ours.bias, theirs.bias, rtol=0, atol=1e-6)
+
+
+def test_sgd_frozen_rows_follow_the_reference_rule() -> None:
+    # momentum buffer of a frozen row decays with a zero gradient (weight decay masked too)
+    conv, inputs = conv_and_data()
+    optimizer = MaskedSGD([conv.weight], lr=0.1, momentum=0.5, weight_decay=0.1)
+    step(conv, optimizer, inputs)
+    buffer = optimizer.state[conv.weight]["momentum_buffer"].clone()
+    frozen = torch.tensor([True, False, False, False, False, False])
+    optimizer.set_update_masks({conv.weight: ~frozen})
+    step(conv, optimizer, inputs)
+    assert torch.equal(optimizer.state[conv.weight]["momentum_buffer"][frozen], buffer[frozen] * 0.5)
+
+
+def test_mask_of_wrong_shape_is_refused() -> None:
+    conv, _ = conv_and_data()
+    optimizer = MaskedSGD([conv.weight], lr=0.1)
+    with pytest.raises(ValueError, match="does not fit"):
+        optimizer.set_update_masks({conv.weight: torch.ones(5, dtype=torch.bool)})
+
+
+def test_cosine_schedule_with_warmup() -> None:
+    lr = lambda s: cosine_lr(s, base_lr=0.1, total_steps=110, warmup_steps=10, warmup_lr=0.0, final_lr=0.01)  # noqa: E731
+    assert lr(0) == 0.0
+    assert lr(5) == pytest.approx(0.05)
+    assert lr(10) == pytest.approx(0.1)
+    assert lr(60) == pytest.approx(0.01 + 0.5 * 0.09 * (1 + math.cos(math.pi * 0.5)))
+    assert lr(110) == pytest.approx(0.01)
+    assert cosine_lr(0, base_lr=0.2, total_steps=10) == pytest.approx(0.2)
