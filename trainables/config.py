@@ -164,6 +164,10 @@ class ModelConfig:
         from trainables.models import model_names
 
         _require(self.name in model_names(), _join(path, "name"), f"unknown model {self.name!r}; known models: {', '.join(model_names())}")
+        if self.pretrained is not None:
+            from pathlib import Path
+
+            _require(Path(self.pretrained).expanduser().is_file(), _join(path, "pretrained"), f"no checkpoint file at {self.pretrained}")
 
 
 @dataclass

@@ -81,7 +81,7 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> list[str]:
         FileNotFoundError: no file at ``path``.
         ValueError: the file does not fit the model (names the keys).
     """
-    path = Path(path)
+    path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"model.pretrained: no checkpoint file at {path}")
     loaded = torch.load(path, map_location="cpu", weights_only=True)

@@ -1,0 +1,81 @@
+"""Contract tests over the registries: every model, every data set."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from datasets import build_dataset, dataset_names
+from trainables import model_names
+from trainables.config import ConfigError, DataConfig, ModelConfig
+from trainables.models import build_model, classifier_name, load_checkpoint
+
+
+@pytest.mark.parametrize("name", model_names())
+def test_every_model_builds_and_takes_a_training_step(name: str) -> None:
+    model = build_model(ModelConfig(name=name), num_classes=7)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    inputs, labels = torch.randn(2, 3, 32, 32), torch.tensor([0, 6])
+    loss = F.cross_entropy(model(inputs), labels)
+    loss.backward()
+    optimizer.step()
+    head = dict(model.named_modules())[classifier_name(model)]
+    assert isinstance(head, torch.nn.Linear) and head.out_features == 7
+
+
+def test_local_checkpoint_loads_with_a_resized_classifier(tmp_path: Path) -> None:
+    source = build_model(ModelConfig(name="mbv2-w0.35"), num_classes=1000)
+    path = tmp_path / "weights.pt"
+    torch.save({"state_dict": source.state_dict()}, path)
+    model = build_model(ModelConfig(name="mbv2-w0.35", pretrained=str(path)), num_classes=10)
+    own, theirs = model.state_dict(), source.state_dict()
+    assert torch.equal(own["features.5.conv.0.0.weight"], theirs["features.5.conv.0.0.weight"])
+    assert own["classifier.1.weight"].shape == (10, 1280)
+
+
+def test_a_checkpoint_of_another_model_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "resnet.pt"
+    torch.save(build_model(ModelConfig(name="resnet18"), 10).state_dict(), path)
+    with pytest.raises(ValueError, match=r"resnet.pt does not fit the model"):
+        load_checkpoint(build_model(ModelConfig(name="mbv2-w0.35"), 10), path)
+
+
+def test_a_missing_checkpoint_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"model.pretrained: no checkpoint file at"):
+        ModelConfig(name="mbv2", pretrained=str(tmp_path / "missing.pt")).validate("model")
+
+
+@pytest.mark.parametrize("name", dataset_names())
+def test_every_data_set_builds_four_disjoint_splits(name: str) -> None:
+    config = DataConfig(name=name, image_size=24, velocity_images=7)
+    splits = build_dataset(config)
+    image, label = splits.train[0]
+    assert image.shape == (3, 24, 24) and 0 <= int(label) < splits.num_classes
+    assert len(splits.velocity) == 7  # type: ignore[arg-type]
+    assert all(len(s) > 0 for s in (splits.train, splits.val, splits.test))  # type: ignore[arg-type]
+
+
+def test_digits_splits_are_seeded_disjoint_and_complete() -> None:
+    a = build_dataset(DataConfig(name="digits"))
+    b = build_dataset(DataConfig(name="digits"))
+    c = build_dataset(DataConfig(name="digits", split_seed=1))
+    index = {name: set(getattr(a, name).indices) for name in ("train", "val", "velocity", "test")}  # type: ignore[attr-defined]
+    assert sum(len(v) for v in index.values()) == 1797
+    assert len(set.union(*index.values())) == 1797
+    assert (len(index["test"]), len(index["velocity"]), len(index["val"]), len(index["train"])) == (359, 10, 285, 1143)
+    assert a.train.indices == b.train.indices  # type: ignore[attr-defined]
+    assert a.train.indices != c.train.indices  # type: ignore[attr-defined]
+    assert a.classes == [str(d) for d in range(10)]
+    image, _ = a.test[0]
+    assert image.min() >= -1.0 and image.max() <= 1.0
+    assert torch.equal(image[0], image[1]) and torch.equal(image[1], image[2])  # grey in RGB
+
+
+def test_unknown_names_list_the_known_ones() -> None:
+    with pytest.raises(ValueError, match=r"known models: mbv2, mbv2-w0\.35, resnet18"):
+        build_model(ModelConfig(name="vgg"), 10)
+    with pytest.raises(ValueError, match="known data sets: digits"):
+        build_dataset(DataConfig(name="mnist"))
