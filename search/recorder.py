@@ -5,7 +5,9 @@ It writes, under the experiment directory:
 - ``epochs.parquet``: one flat row per trial-epoch: experiment, trial id,
   every resolved config value as its own column, then the metrics;
 - ``trials.parquet``: one row per trial with its final state and best epoch;
-- ``tensorboard/<trial id>/``: event files with each trial's curves;
+- ``tensorboard/<trial id>/``: event files with each trial's curves, its
+  per-layer shares, and, once it ends, its config and final metrics for
+  TensorBoard's HParams dashboard;
 
 and prints concise progress: a line when a trial starts or ends, and a
 status line at most every ``status_every_s`` seconds.
@@ -23,6 +25,7 @@ from ray.tune import Callback
 from ray.tune.experiment import Trial
 from torch.utils.tensorboard import SummaryWriter
 
+from search.hparams import hparams_summaries
 from search.tables import EPOCHS_TABLE, SCHEMA_VERSION, TRIALS_TABLE, ParquetTable, config_column_types
 from trainables.config import TrialConfig, flatten
 from trainables.tune_adapter import resolve_trial_config
@@ -36,7 +39,13 @@ METRIC_COLUMNS = (
     "layer_frozen_pct", "layer_flops_saved", "epoch_time_s", "velocity_time_s",
     "node_id", "hostname", "pid",
 )  # fmt: skip
-LAYER_SCALARS = {"layer_frozen_pct": "frozen_pct_by_layer", "layer_flops_saved": "flops_saved_by_layer"}
+# Per-layer lists become one scalar per conv, grouped under a prefix: (group, value from the list's entry).
+LAYER_SCALARS: dict[str, tuple[str, Callable[[float], float]]] = {
+    "layer_frozen_pct": ("updated_pct_by_layer", lambda frozen: 100.0 - frozen),
+    "layer_flops_saved": ("flops_saved_by_layer", float),
+}
+# The trial's summary-row values written as ``final/<name>`` scalars when it ends: the HParams metrics.
+FINAL_METRICS = ("best_val_top1", "test_top1_at_best_val", "best_epoch", "epochs_run", "train_time_s")
 
 
 def _is_number(value: Any) -> bool:
@@ -83,6 +92,8 @@ class ResultRecorder(Callback):
         self._epoch_times: dict[str, dict[int, float]] = {}
         self._done: set[str] = set()
         self._writers: dict[str, SummaryWriter] = {}
+        self._start_times: dict[str, float] = {}
+        self._column_types = types
         self._started = time.monotonic()
         self._last_flush = self._last_status = self._started
 
@@ -108,10 +119,33 @@ class ResultRecorder(Callback):
         for key in METRIC_COLUMNS:
             value = result.get(key)
             if key in LAYER_SCALARS and isinstance(value, list):
+                group, transform = LAYER_SCALARS[key]
                 for layer, layer_value in zip(result.get("layer_names", []), value, strict=False):
-                    writer.add_scalar(f"{LAYER_SCALARS[key]}/{layer}", layer_value, step)
+                    writer.add_scalar(f"{group}/{layer}", transform(layer_value), step)
             elif key not in ("epoch", "pid") and _is_number(value):
                 writer.add_scalar(key, value, step)
+        writer.flush()
+
+    def _write_hparams(self, trial: Trial, row: dict[str, Any]) -> None:
+        """The trial's config and final metrics, for the HParams dashboard, in its own run directory."""
+        writer = self._writer(trial.trial_id)
+        step = int(row["epochs_run"])
+        for name in FINAL_METRICS:
+            if _is_number(row.get(name)):
+                writer.add_scalar(f"final/{name}", row[name], step)
+        summaries = hparams_summaries(
+            self._config_of(trial),
+            metric_tags=[f"final/{name}" for name in FINAL_METRICS],
+            types=self._column_types,
+            session=f"{self.experiment}/{trial.trial_id}",
+            start_time_s=self._start_times.get(trial.trial_id, time.time()),
+            end_time_s=time.time(),
+            succeeded=row["status"] == "TERMINATED",
+        )
+        file_writer = writer.file_writer  # add_hparams would write into a sub-run; the trial's own run is clearer
+        assert file_writer is not None
+        for summary in summaries:
+            file_writer.add_summary(summary, step)
         writer.flush()
 
     def _flush(self) -> None:
@@ -155,6 +189,7 @@ class ResultRecorder(Callback):
 
     # --- Tune callback hooks -----------------------------------------------
     def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        self._start_times.setdefault(trial.trial_id, time.time())
         self.echo(f"trial {trial.trial_id} started: {self._describe(trial)}")
 
     def on_trial_result(self, iteration: int, trials: list[Trial], trial: Trial, result: dict[str, Any], **info: Any) -> None:
@@ -182,6 +217,7 @@ class ResultRecorder(Callback):
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         row = self._summary_row(trial, "TERMINATED", None)
         self.trials.add(row)
+        self._write_hparams(trial, row)
         self._done.add(trial.trial_id)
         self.echo(
             f"trial {trial.trial_id} done in {row['epochs_run']} epochs: best val top-1 {row['best_val_top1']:.1f}% "
@@ -193,7 +229,9 @@ class ResultRecorder(Callback):
     def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         error = trial.get_error()
         message = str(error).strip().splitlines()[-1] if error else "unknown error"
-        self.trials.add(self._summary_row(trial, "ERROR", message))
+        row = self._summary_row(trial, "ERROR", message)
+        self.trials.add(row)
+        self._write_hparams(trial, row)
         self._done.add(trial.trial_id)
         self.echo(f"trial {trial.trial_id} FAILED: {message} (log: {trial.path})")
         self._flush()

@@ -99,10 +99,14 @@ def test_tensorboard_events_hold_the_curves(grid_run: tuple[subprocess.Completed
         events = EventAccumulator(str(run))
         events.Reload()
         tags = events.Tags()["scalars"]
-        assert {"train_loss", "val_top1", "test_top1", "lr", "frozen_pct", "params_updated"} <= set(tags)
-        assert "frozen_pct_by_layer/features.0.0" in tags
-        val = [(e.step, e.value) for e in events.Scalars("val_top1")]
         expected = epochs[epochs.trial_id == run.name].sort_values("epoch")
+        assert {"train_loss", "val_top1", "test_top1", "lr", "frozen_pct", "params_updated"} <= set(tags)
+        assert "updated_pct_by_layer/features.0.0" in tags
+        assert "flops_saved_by_layer/features.0.0" in tags
+        updated = [e.value for e in events.Scalars("updated_pct_by_layer/features.0.0")]
+        frozen = [row[0] for row in expected.layer_frozen_pct]  # features.0.0 is the first conv
+        assert updated == pytest.approx([100.0 - f for f in frozen], rel=1e-6)
+        val = [(e.step, e.value) for e in events.Scalars("val_top1")]
         assert [s for s, _ in val] == [1, 2]
         assert [v for _, v in val] == pytest.approx(expected.val_top1.tolist(), rel=1e-6)
 

@@ -176,7 +176,9 @@ class TrainingConfig:
 
     ``epochs`` counts the cosine-decay epochs; ``warmup_epochs`` more are run
     before them with a linear warm-up (the study: 120 + 5). ``lr`` is the
-    base (peak) learning rate.
+    base (peak) learning rate. ``update_engine``: ``sparse`` computes weight
+    gradients only for updated neurons; ``masked`` is the study's full
+    backward followed by masking (same numbers, full cost).
     """
 
     epochs: int = 10
@@ -192,6 +194,7 @@ class TrainingConfig:
     eval_per_epochs: int = 1
     seed: int = 0
     device: str = "auto"
+    update_engine: Literal["sparse", "masked"] = "sparse"
 
     @property
     def total_epochs(self) -> int:
@@ -223,6 +226,8 @@ class BudgetConfig:
     if ``ratio`` is given (``P``: total conv parameters of the model), else
     the budget of ``scheme``. ``scheme`` also provides the static SU mask,
     which the ``su`` policy and the ``su`` initialization need.
+    ``bn_update``: ``all`` normalisation layers train (the study), or only
+    those after convs that hold updated neurons (``selected``).
     """
 
     policy: str = "velocity"
@@ -231,6 +236,7 @@ class BudgetConfig:
     ratio: float | None = None
     params: int | None = None
     velocity_mu: float = 0.5
+    bn_update: Literal["all", "selected"] = "all"
 
     def validate(self, path: str) -> None:
         from trainables.policies import policy_names

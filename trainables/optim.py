@@ -8,6 +8,14 @@ frozen row is zeroed after weight decay and the step is zeroed again after
 momentum (SGD) or the first moment is cleared (Adam), so neither momentum nor
 weight decay can move a frozen row. A parameter without a mask is updated in
 full (BatchNorm, the classifier).
+
+A parameter may also go without a gradient for a while (the sparse-update
+engine switches fully frozen convs off). When it next has one, the state it
+missed is caught up exactly as if it had received zero gradients all along:
+an SGD momentum buffer decays by ``momentum ** k``, Adam clears the first
+moment and decays the second by ``beta2 ** k``, and Adam's bias correction
+counts the optimizer's steps, not the parameter's. Both update paths
+therefore produce the same weights.
 """
 
 from __future__ import annotations
@@ -23,7 +31,7 @@ class _MaskedOptimizer(torch.optim.Optimizer):
     """Shared mask bookkeeping of :class:`MaskedSGD` and :class:`MaskedAdam`."""
 
     def __init__(self, params: Iterable[Any], defaults: dict[str, Any]) -> None:
-        super().__init__(params, defaults)
+        super().__init__(params, {**defaults, "global_step": 0})
         self._frozen_rows: dict[int, torch.Tensor] = {}
 
     def set_update_masks(self, masks: Mapping[torch.Tensor, torch.Tensor]) -> None:
@@ -32,12 +40,21 @@ class _MaskedOptimizer(torch.optim.Optimizer):
         for param, mask in masks.items():
             if mask.shape != param.shape[:1]:
                 raise ValueError(f"mask of shape {tuple(mask.shape)} does not fit a parameter of shape {tuple(param.shape)}")
+            if bool(mask.all()):
+                continue
             view = (~mask).to(param.device).view(-1, *([1] * (param.dim() - 1)))
             frozen[id(param)] = view
         self._frozen_rows = frozen
 
     def _frozen(self, param: torch.Tensor) -> torch.Tensor | None:
         return self._frozen_rows.get(id(param))
+
+    @staticmethod
+    def _skipped_steps(state: dict[str, Any], step: int) -> int:
+        """Steps since the parameter's last update (0 when it was updated the step before)."""
+        skipped = step - int(state.get("last_step", step - 1)) - 1
+        state["last_step"] = step
+        return skipped
 
 
 class MaskedSGD(_MaskedOptimizer):
@@ -64,21 +81,25 @@ class MaskedSGD(_MaskedOptimizer):
     def step(self, closure: Any = None) -> None:  # type: ignore[override]
         for group in self.param_groups:
             momentum = group["momentum"]
+            group["global_step"] += 1
             for param in group["params"]:
                 if param.grad is None:
                     continue
                 frozen = self._frozen(param)
+                state = self.state[param]
+                skipped = self._skipped_steps(state, group["global_step"])
                 step = param.grad
                 if group["weight_decay"] != 0:
                     step = step.add(param, alpha=group["weight_decay"])
                 if frozen is not None:
                     step = step.masked_fill(frozen, 0.0)
                 if momentum != 0:
-                    state = self.state[param]
                     buf = state.get("momentum_buffer")
                     if buf is None:
                         buf = state["momentum_buffer"] = step.detach().clone()
                     else:
+                        if skipped:
+                            buf.mul_(momentum**skipped)
                         buf.mul_(momentum).add_(step, alpha=1 - group["dampening"])
                     step = step.add(buf, alpha=momentum) if group["nesterov"] else buf
                     if frozen is not None:
@@ -108,16 +129,21 @@ class MaskedAdam(_MaskedOptimizer):
     def step(self, closure: Any = None) -> None:  # type: ignore[override]
         for group in self.param_groups:
             beta1, beta2 = group["betas"]
+            group["global_step"] += 1
+            step = group["global_step"]
             for param in group["params"]:
                 if param.grad is None:
                     continue
                 frozen = self._frozen(param)
                 state = self.state[param]
                 if not state:
-                    state["step"] = 0
                     state["exp_avg"] = torch.zeros_like(param)
                     state["exp_avg_sq"] = torch.zeros_like(param)
-                state["step"] += 1
+                skipped = self._skipped_steps(state, step)
+                if skipped:
+                    state["exp_avg"].zero_()
+                    state["exp_avg_sq"].mul_(beta2**skipped)
+                state["step"] = step
                 grad = param.grad
                 if group["weight_decay"] != 0:
                     grad = grad.add(param, alpha=group["weight_decay"])

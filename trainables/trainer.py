@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from datasets import build_dataset
 from trainables.config import BudgetConfig, ConfigError, TrainingConfig, TrialConfig
+from trainables.engine import SparseUpdateEngine
 from trainables.models import build_model
 from trainables.neurons import Masks, conv_layers, conv_neuron_params, layer_flops, mask_stats, total_params
 from trainables.optim import MaskedAdam, MaskedSGD, cosine_lr
@@ -149,6 +150,7 @@ class BudgetedRun:
         self.budget_params = resolve_budget(budget, self.total_params)
         example = self.data.train[0][0].unsqueeze(0).to(self.device)
         self.flops = layer_flops(self.model, example)
+        self.engine = SparseUpdateEngine(self.model, bn_update=budget.bn_update, sparse=training.update_engine == "sparse")
         self.optimizer = build_optimizer(self.model, training)
         self.shuffle_generator = torch.Generator().manual_seed(training.seed)
         self.policy_generator = torch.Generator().manual_seed(training.seed + 1)
@@ -203,7 +205,8 @@ class BudgetedRun:
         return time.perf_counter() - started
 
     def apply_masks(self) -> None:
-        """Hand the current masks to the optimizer (conv weight and bias rows)."""
+        """Hand the current masks to the engine and the optimizer (conv weight and bias rows)."""
+        self.engine.set_masks(self.masks)
         per_param: dict[torch.Tensor, torch.Tensor] = {}
         for name, conv in conv_layers(self.model).items():
             per_param[conv.weight] = self.masks[name]

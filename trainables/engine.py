@@ -1,0 +1,158 @@
+"""The sparse-update engine: frozen neurons cost no backward compute.
+
+The study's code runs a full backward pass and zeroes the gradients of frozen
+neurons afterwards, so a 9% budget costs as much as a full update. The engine
+makes the budget real, conv by conv, from the current masks:
+
+- no neuron updated: the conv's parameters stop requiring gradients, so
+  autograd computes no weight gradient for it (input gradients still flow
+  where something below needs them);
+- some neurons updated: a custom autograd function computes the input
+  gradient as usual but the weight gradient only for the updated output
+  channels (``grad_output`` restricted to them; depthwise and grouped convs
+  see only the inputs of their own group);
+- every neuron updated: the ordinary conv.
+
+With ``bn_update="selected"`` the normalisation layers after a conv train
+only when that conv holds updated neurons, so backward stops below the
+lowest such layer. Masks change by flipping flags and index tensors; the
+model and the optimizer state are never rebuilt.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from trainables.neurons import Masks, conv_layers
+
+BnUpdate = Literal["all", "selected"]
+NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
+
+
+def _convolution_backward(
+    grad: torch.Tensor, inputs: torch.Tensor, weight: torch.Tensor, conf: tuple[Any, ...], groups: int, mask: list[bool]
+) -> Any:
+    stride, padding, dilation = conf
+    return torch.ops.aten.convolution_backward(grad, inputs, weight, None, stride, padding, dilation, False, [0, 0], groups, mask)
+
+
+class _RowSparseConv(torch.autograd.Function):
+    """conv2d whose weight (and bias) gradient is computed for ``selected`` output channels only."""
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        inputs: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        selected: torch.Tensor,
+        conf: tuple[Any, ...],
+        groups: int,
+    ) -> torch.Tensor:
+        ctx.save_for_backward(inputs, weight, selected)
+        ctx.conf, ctx.groups, ctx.has_bias = conf, groups, bias is not None
+        stride, padding, dilation = conf
+        return F.conv2d(inputs, weight, bias, stride, padding, dilation, groups)
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        inputs, weight, selected = ctx.saved_tensors
+        groups = ctx.groups
+        grad_in = grad_weight = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            grad_in = _convolution_backward(grad_out, inputs, weight, ctx.conf, groups, [True, False, False])[0]
+        if ctx.needs_input_grad[1]:
+            grad_rows = grad_out.index_select(1, selected)
+            weight_rows = weight.index_select(0, selected)
+            if groups == 1:
+                rows = _convolution_backward(grad_rows, inputs, weight_rows, ctx.conf, 1, [False, True, False])[1]
+            else:
+                # Each selected neuron becomes a group of its own over the inputs of
+                # its original group (for depthwise convs: exactly one input channel).
+                out_per_group = weight.shape[0] // groups
+                in_per_group = weight.shape[1]
+                first_input = (selected // out_per_group) * in_per_group
+                channels = (first_input.unsqueeze(1) + torch.arange(in_per_group, device=selected.device)).flatten()
+                rows = _convolution_backward(
+                    grad_rows, inputs.index_select(1, channels), weight_rows, ctx.conf, selected.numel(), [False, True, False]
+                )[1]
+            grad_weight = torch.zeros_like(weight).index_copy_(0, selected, rows)
+            if ctx.has_bias and ctx.needs_input_grad[2]:
+                grad_bias = torch.zeros(weight.shape[0], dtype=grad_out.dtype, device=grad_out.device)
+                grad_bias.index_copy_(0, selected, grad_rows.sum(dim=(0, 2, 3)))
+        return grad_in, grad_weight, grad_bias, None, None, None
+
+
+def norms_after_convs(model: nn.Module) -> dict[str, list[nn.Module]]:
+    """For every conv, the normalisation layers that follow it in module order before the next conv."""
+    after: dict[str, list[nn.Module]] = {}
+    current: str | None = None
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Conv2d):
+            current = name
+            after[name] = []
+        elif isinstance(module, NORM_TYPES) and current is not None:
+            after[current].append(module)
+    return after
+
+
+class SparseUpdateEngine:
+    """Installs row-sparse weight gradients on every conv of ``model``.
+
+    Args:
+        model: the network; its convs are found by ``named_modules()``.
+        bn_update: ``"all"`` (the study: normalisation layers always train)
+            or ``"selected"`` (only those after convs with updated neurons).
+        sparse: False leaves every conv computing its full weight gradient
+            (the study's mask-after-backward path); only ``bn_update`` applies.
+    """
+
+    def __init__(self, model: nn.Module, *, bn_update: BnUpdate = "all", sparse: bool = True) -> None:
+        self.model = model
+        self.bn_update = bn_update
+        self.sparse = sparse
+        self.convs = conv_layers(model)
+        self.norms = norms_after_convs(model)
+        self._selected: dict[str, torch.Tensor | None] = dict.fromkeys(self.convs)
+        for name, conv in self.convs.items():
+            if sparse and conv.padding_mode == "zeros" and not isinstance(conv.padding, str):
+                conv.forward = self._make_forward(name, conv)  # type: ignore[method-assign,assignment]
+
+    def _make_forward(self, name: str, conv: nn.Conv2d) -> Callable[[torch.Tensor], torch.Tensor]:
+        conf = (conv.stride, conv.padding, conv.dilation)
+
+        def forward(inputs: torch.Tensor) -> torch.Tensor:
+            selected = self._selected[name]
+            if selected is None or not torch.is_grad_enabled():
+                return F.conv2d(inputs, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+            return _RowSparseConv.apply(inputs, conv.weight, conv.bias, selected, conf, conv.groups)  # type: ignore[no-any-return]
+
+        return forward
+
+    def set_masks(self, masks: Masks) -> None:
+        """Switch every conv (and, with ``bn_update="selected"``, its norm layers) to ``masks``."""
+        for name, conv in self.convs.items():
+            mask = masks[name]
+            n_updated = int(mask.sum())
+            trainable = n_updated > 0
+            if self.sparse:
+                for param in conv.parameters():
+                    param.requires_grad_(trainable)
+                partial = 0 < n_updated < mask.numel()
+                self._selected[name] = mask.nonzero().flatten().to(conv.weight.device) if partial else None
+            for norm in self.norms[name]:
+                for param in norm.parameters():
+                    param.requires_grad_(trainable or self.bn_update == "all")
+
+    def remove(self) -> None:
+        """Restore the ordinary conv forward and make every parameter trainable again."""
+        for conv in self.convs.values():
+            if "forward" in vars(conv):
+                del conv.forward
+        for param in self.model.parameters():
+            param.requires_grad_(True)
