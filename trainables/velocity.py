@@ -84,12 +84,13 @@ class VelocityTracker:
         if not self._handles:
             raise RuntimeError("VelocityTracker.observe called after remove()")
         was_training = self.model.training
+        device = next(iter(self._convs.values())).weight.device
         self._recording = {name: [] for name in self._convs}
         self.model.eval()
         try:
             for batch in batches:
                 inputs = batch[0] if isinstance(batch, (tuple, list)) else batch
-                self.model(inputs)
+                self.model(inputs.to(device))
             recorded = self._recording
         finally:
             self._recording = None
