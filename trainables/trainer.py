@@ -313,6 +313,45 @@ class BudgetedRun:
         return list(self.neuron_params)
 
 
+def run_epoch(run: BudgetedRun) -> Metrics:
+    """Train ``run`` for one epoch, reselect its masks, evaluate if due; the epoch's metrics.
+
+    :func:`train` calls it once per epoch; runs of several seeds stepped in
+    lockstep (:mod:`trainables.repeats`) call it for each seed in turn.
+    """
+    started = time.perf_counter()
+    used = mask_stats(run.masks, run.neuron_params, run.flops)  # the masks this epoch trains with
+    train_loss, train_top1, lr = run.train_epoch()
+    velocity_time = run.next_masks()
+    val_top1, test_top1 = run.evaluate() if run.should_evaluate() else (float("nan"), float("nan"))
+    run.epoch += 1
+    return {
+        "epoch": run.epoch,
+        "train_loss": train_loss,
+        "train_top1": train_top1,
+        "val_top1": val_top1,
+        "test_top1": test_top1,
+        "lr": lr,
+        "best_val_top1": run.best_val_top1,
+        "best_epoch": run.best_epoch,
+        "test_top1_at_best_val": run.test_top1_at_best_val,
+        "budget_params": run.budget_params,
+        "total_conv_params": run.total_params,
+        "params_updated": used.params_updated,
+        "budget_gap": run.budget_params - used.params_updated,
+        "neurons_updated": used.neurons_updated,
+        "neurons_total": used.neurons_total,
+        "frozen_pct": used.frozen_pct,
+        "flops_saved": used.flops_saved,
+        "flops_saved_pct": used.flops_saved_pct,
+        "layer_frozen_pct": used.layer_frozen_pct,
+        "layer_flops_saved": used.layer_flops_saved,
+        "layer_names": run.layer_names(),
+        "epoch_time_s": time.perf_counter() - started,
+        "velocity_time_s": velocity_time,
+    }
+
+
 def train(config: TrialConfig | Mapping[str, Any], report: Reporter | None = None, *, resume: Mapping[str, Any] | None = None) -> Metrics:
     """Fine-tune a network under an update budget, as the config says.
 
@@ -332,37 +371,7 @@ def train(config: TrialConfig | Mapping[str, Any], report: Reporter | None = Non
         run.load_state_dict(resume)
     metrics: Metrics = {}
     while run.epoch < cfg.training.total_epochs:
-        started = time.perf_counter()
-        used = mask_stats(run.masks, run.neuron_params, run.flops)  # the masks this epoch trains with
-        train_loss, train_top1, lr = run.train_epoch()
-        velocity_time = run.next_masks()
-        val_top1, test_top1 = run.evaluate() if run.should_evaluate() else (float("nan"), float("nan"))
-        run.epoch += 1
-        metrics = {
-            "epoch": run.epoch,
-            "train_loss": train_loss,
-            "train_top1": train_top1,
-            "val_top1": val_top1,
-            "test_top1": test_top1,
-            "lr": lr,
-            "best_val_top1": run.best_val_top1,
-            "best_epoch": run.best_epoch,
-            "test_top1_at_best_val": run.test_top1_at_best_val,
-            "budget_params": run.budget_params,
-            "total_conv_params": run.total_params,
-            "params_updated": used.params_updated,
-            "budget_gap": run.budget_params - used.params_updated,
-            "neurons_updated": used.neurons_updated,
-            "neurons_total": used.neurons_total,
-            "frozen_pct": used.frozen_pct,
-            "flops_saved": used.flops_saved,
-            "flops_saved_pct": used.flops_saved_pct,
-            "layer_frozen_pct": used.layer_frozen_pct,
-            "layer_flops_saved": used.layer_flops_saved,
-            "layer_names": run.layer_names(),
-            "epoch_time_s": time.perf_counter() - started,
-            "velocity_time_s": velocity_time,
-        }
+        metrics = run_epoch(run)
         if report is not None:
             report(metrics, run.state_dict)
     return metrics
