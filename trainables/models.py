@@ -1,33 +1,68 @@
-"""Networks by name: a registry of builders, plus loading a local checkpoint.
+"""Networks by name: a registry of model specs, ImageNet weights, local checkpoints.
 
-A builder takes the number of classes and returns a randomly initialised
-network whose final ``nn.Linear`` has that many outputs. Register a new one
-with ``@register_model("name")``; the trainer and the search find it by name.
+A :class:`ModelSpec` says where a network comes from, its native input side
+and how to get its ImageNet weights; its builder takes the model config and
+the number of classes and returns a randomly initialised network whose final
+``nn.Linear`` has that many outputs. Register one with
+``@register_model("name", source=..., input_size=...)``; the trainer and the
+search find it by name.
+
+``model.pretrained`` is ``null`` (random init), ``imagenet`` (torchvision's
+ImageNet weights from the torch hub cache, or the MCUNet zoo's from the zoo
+cache; downloaded only when missing) or the path of a local state dict.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torchvision
 from torch import nn
 
-from trainables.config import ModelConfig
+from trainables.config import ConfigError, ModelConfig
+from trainables.zoo import ZOO_NETS, build_zoo_model, fetch_weights, shipped_resolution, zoo_weights_path
 
-ModelBuilder = Callable[[int], nn.Module]
+ModelBuilder = Callable[[ModelConfig, int], nn.Module]
+"""``(model config, number of classes) -> randomly initialised network``."""
 
-_MODELS: dict[str, ModelBuilder] = {}
+WeightsLocator = Callable[[ModelConfig], Path]
+"""``model config -> local file of the ImageNet state dict`` (fetched when missing)."""
 
 
-def register_model(name: str) -> Callable[[ModelBuilder], ModelBuilder]:
+@dataclass(frozen=True)
+class ModelSpec:
+    """A registered network.
+
+    Attributes:
+        name: the registry key.
+        build: the builder.
+        source: where the architecture comes from (``torchvision``, ``mcunet-zoo``).
+        input_size: native input side in pixels (what its ImageNet weights were trained at).
+        imagenet: locates the ImageNet weights; ``None`` when there are none.
+    """
+
+    name: str
+    build: ModelBuilder
+    source: str
+    input_size: int
+    imagenet: WeightsLocator | None = None
+
+
+_MODELS: dict[str, ModelSpec] = {}
+
+
+def register_model(
+    name: str, *, source: str, input_size: int, imagenet: WeightsLocator | None = None
+) -> Callable[[ModelBuilder], ModelBuilder]:
     """Decorator that registers a model builder under ``name``."""
 
     def add(builder: ModelBuilder) -> ModelBuilder:
         if name in _MODELS:
             raise ValueError(f"model {name!r} is already registered")
-        _MODELS[name] = builder
+        _MODELS[name] = ModelSpec(name, builder, source, input_size, imagenet)
         return builder
 
     return add
@@ -38,25 +73,79 @@ def model_names() -> list[str]:
     return sorted(_MODELS)
 
 
-@register_model("mbv2")
-def mobilenet_v2(num_classes: int) -> nn.Module:
+def model_spec(name: str) -> ModelSpec:
+    """The spec of model ``name``; ValueError listing the known ones otherwise."""
+    if name not in _MODELS:
+        raise ValueError(f"unknown model {name!r}; known models: {', '.join(model_names())}")
+    return _MODELS[name]
+
+
+def torchvision_weights(weights: torchvision.models.WeightsEnum) -> WeightsLocator:
+    """Locator of torchvision ``weights`` in the torch hub cache (``$TORCH_HOME/hub/checkpoints``)."""
+
+    def locate(config: ModelConfig) -> Path:
+        url = weights.url
+        path = Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
+        return fetch_weights(url, path, key="model.pretrained", what=f"torchvision's ImageNet weights of {config.name} ({weights})")
+
+    return locate
+
+
+# --- torchvision ---------------------------------------------------------------
+
+
+@register_model("mbv2", source="torchvision", input_size=224, imagenet=torchvision_weights(torchvision.models.MobileNet_V2_Weights.DEFAULT))
+def mobilenet_v2(config: ModelConfig, num_classes: int) -> nn.Module:
     """torchvision MobileNetV2, width 1.0."""
     model: nn.Module = torchvision.models.mobilenet_v2(num_classes=num_classes)
     return model
 
 
-@register_model("mbv2-w0.35")
-def mobilenet_v2_w035(num_classes: int) -> nn.Module:
-    """torchvision MobileNetV2, width 0.35 (channels rounded to multiples of 8)."""
+@register_model("mbv2-w0.35", source="torchvision", input_size=224)
+def mobilenet_v2_w035(config: ModelConfig, num_classes: int) -> nn.Module:
+    """torchvision MobileNetV2, width 0.35 (channels rounded to multiples of 8, 1280-wide last conv).
+
+    Not the study's ``mbv2-w0.35``: that is the MCUNet-zoo model ``mbv2-w0.35-zoo``
+    (same convs except a 448-wide last conv). torchvision has no ImageNet weights for it.
+    """
     model: nn.Module = torchvision.models.mobilenet_v2(num_classes=num_classes, width_mult=0.35)
     return model
 
 
-@register_model("resnet18")
-def resnet18(num_classes: int) -> nn.Module:
+@register_model("resnet18", source="torchvision", input_size=224, imagenet=torchvision_weights(torchvision.models.ResNet18_Weights.DEFAULT))
+def resnet18(config: ModelConfig, num_classes: int) -> nn.Module:
     """torchvision ResNet-18."""
     model: nn.Module = torchvision.models.resnet18(num_classes=num_classes)
     return model
+
+
+@register_model("resnet50", source="torchvision", input_size=224, imagenet=torchvision_weights(torchvision.models.ResNet50_Weights.DEFAULT))
+def resnet50(config: ModelConfig, num_classes: int) -> nn.Module:
+    """torchvision ResNet-50."""
+    model: nn.Module = torchvision.models.resnet50(num_classes=num_classes)
+    return model
+
+
+# --- MCUNet zoo ----------------------------------------------------------------
+
+
+def _zoo_weights(config: ModelConfig) -> Path:
+    return zoo_weights_path(config.name, config.zoo_dir)
+
+
+def _register_zoo_model(name: str) -> None:
+    def build(config: ModelConfig, num_classes: int) -> nn.Module:
+        return build_zoo_model(name, num_classes, net_config=config.net_config, zoo_dir=config.zoo_dir)
+
+    build.__doc__ = f"MCUNet-zoo network {ZOO_NETS[name]} (from its JSON net config)."
+    register_model(name, source="mcunet-zoo", input_size=shipped_resolution(name), imagenet=_zoo_weights)(build)
+
+
+for _name in ZOO_NETS:
+    _register_zoo_model(_name)
+
+
+# --- checkpoints and the entry point ----------------------------------------------
 
 
 def classifier_name(model: nn.Module) -> str:
@@ -100,15 +189,41 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> list[str]:
     return skipped
 
 
+def ungrouped_conv_params(model: nn.Module) -> int:
+    """Conv parameters counted without ``/ groups`` (``in * out * kh * kw``, + biases).
+
+    What the study's per-neuron count gives; a depthwise conv comes out
+    ``in_channels`` times larger than it is. neqtune's own count is
+    :func:`trainables.neurons.conv_neuron_params`.
+    """
+    total = 0
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            kh, kw = module.kernel_size
+            total += module.in_channels * module.out_channels * kh * kw + (module.out_channels if module.bias is not None else 0)
+    return total
+
+
 def build_model(config: ModelConfig, num_classes: int) -> nn.Module:
     """Build the network named in ``config`` with a ``num_classes``-way classifier.
 
+    ``config.pretrained``: ``imagenet`` loads the model's ImageNet weights
+    (fetched into their cache when missing), any other value is a local
+    state-dict file; the classifier keeps its fresh init when the number of
+    classes differs.
+
     Raises:
-        ValueError: unknown model name (lists the known ones).
+        ValueError: unknown model name (lists the known ones); a zoo net
+            config that cannot be built.
+        ConfigError: ``imagenet`` for a model without ImageNet weights, or
+            weights neither cached nor downloadable (names the file).
     """
-    if config.name not in _MODELS:
-        raise ValueError(f"unknown model {config.name!r}; known models: {', '.join(model_names())}")
-    model = _MODELS[config.name](num_classes)
-    if config.pretrained:
+    spec = model_spec(config.name)
+    model = spec.build(config, num_classes)
+    if config.pretrained == "imagenet":
+        if spec.imagenet is None:
+            raise ConfigError("model.pretrained", f"model {config.name!r} has no ImageNet weights")
+        load_checkpoint(model, spec.imagenet(config))
+    elif config.pretrained:
         load_checkpoint(model, config.pretrained)
     return model
