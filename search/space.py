@@ -217,8 +217,10 @@ def _check_written_values(base: dict[str, Any]) -> None:
 
 def _absolute_paths(base: dict[str, Any], relative_to: Path) -> None:
     """Make file paths of the trial config absolute: trials may run in another directory."""
-    for section, key in (("data", "root"), ("model", "pretrained")):
+    for section, key in (("data", "root"), ("model", "pretrained"), ("model", "zoo_dir"), ("model", "net_config")):
         value = base.get(section, {}).get(key) if isinstance(base.get(section), dict) else None
+        if (section, key, value) == ("model", "pretrained", "imagenet"):
+            continue  # a weights name, not a path
         if isinstance(value, str) and value and not Path(value).expanduser().is_absolute():
             base[section][key] = str((relative_to / value).resolve())
 

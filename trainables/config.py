@@ -155,19 +155,35 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    """The network: a registered name, and optionally a local state-dict file to start from."""
+    """The network: a registered name, and what it starts from.
+
+    ``pretrained``: ``null`` (random init), ``imagenet`` (the model's ImageNet
+    weights: torchvision's from the torch hub cache, the MCUNet zoo's from
+    the zoo cache; downloaded only when missing) or a local state-dict file.
+    ``zoo_dir``: the MCUNet zoo cache (JSON net configs and ``.pth`` weights;
+    default ``$NEQ_MCUNET``, else ``~/.torch/mcunet``). ``net_config``: a zoo
+    JSON net config file to build a zoo model from instead.
+    """
 
     name: str = "mbv2-w0.35"
     pretrained: str | None = None
+    zoo_dir: str | None = None
+    net_config: str | None = None
 
     def validate(self, path: str) -> None:
-        from trainables.models import model_names
+        from pathlib import Path
+
+        from trainables.models import model_names, model_spec
 
         _require(self.name in model_names(), _join(path, "name"), f"unknown model {self.name!r}; known models: {', '.join(model_names())}")
-        if self.pretrained is not None:
-            from pathlib import Path
-
+        spec = model_spec(self.name)
+        if self.pretrained == "imagenet":
+            _require(spec.imagenet is not None, _join(path, "pretrained"), f"model {self.name!r} has no ImageNet weights")
+        elif self.pretrained is not None:
             _require(Path(self.pretrained).expanduser().is_file(), _join(path, "pretrained"), f"no checkpoint file at {self.pretrained}")
+        if self.net_config is not None:
+            _require(spec.source == "mcunet-zoo", _join(path, "net_config"), f"only MCUNet-zoo models take a net config, not {self.name!r}")
+            _require(Path(self.net_config).expanduser().is_file(), _join(path, "net_config"), f"no net config file at {self.net_config}")
 
 
 @dataclass
