@@ -2,11 +2,39 @@
 
 Register a builder with ``@register_dataset("name")``; it takes a
 :class:`~trainables.config.DataConfig` and returns :class:`DataSplits`.
+A data set read from disk also registers a cheap ``@register_check("name")``
+that :func:`check_dataset` runs when a space is loaded. Directories come from
+``data.root`` or ``$NEQ_DATA/<name>`` (:func:`dataset_root`).
 """
 
 from __future__ import annotations
 
+from datasets import cifar as _cifar  # noqa: F401  (registers "c10", "c100")
 from datasets import digits as _digits  # noqa: F401  (registers "digits")
-from datasets.registry import DataSplits, build_dataset, dataset_names, register_dataset, split_train
+from datasets import fashion_mnist as _fashion_mnist  # noqa: F401  (registers "fashion-mnist")
+from datasets import images as _images  # noqa: F401  (registers "flowers", "food", "pets", "cub")
+from datasets import vww as _vww  # noqa: F401  (registers "vww")
+from datasets.registry import (
+    DatasetError,
+    DataSplits,
+    build_dataset,
+    check_dataset,
+    dataset_names,
+    register_check,
+    register_dataset,
+    split_train,
+)
+from datasets.roots import ENV_VAR, dataset_root
 
-__all__ = ["DataSplits", "build_dataset", "dataset_names", "register_dataset", "split_train"]
+__all__ = [
+    "ENV_VAR",
+    "DataSplits",
+    "DatasetError",
+    "build_dataset",
+    "check_dataset",
+    "dataset_names",
+    "dataset_root",
+    "register_check",
+    "register_dataset",
+    "split_train",
+]

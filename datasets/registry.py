@@ -39,8 +39,14 @@ class DataSplits:
 
 
 DatasetBuilder = Callable[["DataConfig"], DataSplits]
+DatasetCheck = Callable[["DataConfig"], None]
 
 _DATASETS: dict[str, DatasetBuilder] = {}
+_CHECKS: dict[str, DatasetCheck] = {}
+
+
+class DatasetError(RuntimeError):
+    """A data set that cannot be read (a corrupt image, a malformed file); the message names the file."""
 
 
 def register_dataset(name: str) -> Callable[[DatasetBuilder], DatasetBuilder]:
@@ -53,6 +59,36 @@ def register_dataset(name: str) -> Callable[[DatasetBuilder], DatasetBuilder]:
         return builder
 
     return add
+
+
+def register_check(name: str) -> Callable[[DatasetCheck], DatasetCheck]:
+    """Decorator that registers the cheap load-time check of data set ``name``.
+
+    The check looks only at files and directories (no image is read) and
+    raises :class:`~trainables.config.ConfigError` naming ``data.root``.
+    """
+
+    def add(check: DatasetCheck) -> DatasetCheck:
+        if name in _CHECKS:
+            raise ValueError(f"data set {name!r} already has a check")
+        _CHECKS[name] = check
+        return check
+
+    return add
+
+
+def check_dataset(config: DataConfig) -> None:
+    """Check, cheaply, that the data set named in ``config`` is where it should be.
+
+    Data sets without a registered check (the built-in ``digits``) pass.
+
+    Raises:
+        trainables.config.ConfigError: the data set is missing or malformed
+            (key ``data.root``), or cannot be downloaded (``data.download``).
+    """
+    check = _CHECKS.get(config.name)
+    if check is not None:
+        check(config)
 
 
 def dataset_names() -> list[str]:

@@ -184,11 +184,14 @@ def _conv_count_model(name: str) -> Any:
 
 
 def check_trial(overrides: Mapping[str, Any], base: Mapping[str, Any]) -> TrialConfig:
-    """Validate one combination; SU schemes are checked against the model's convs."""
+    """Validate one combination; SU schemes are checked against the model's convs, data sets against the disk."""
+    from datasets import check_dataset
     from trainables.schemes import get_scheme
     from trainables.trainer import needs_su_mask
 
     config = TrialConfig.from_dict(with_overrides(base, overrides))
+    if config.data.name != "digits":  # built in; every other data set must be on disk (or downloadable) before Ray starts
+        check_dataset(config.data)
     budget = config.budget
     if needs_su_mask(budget):
         scheme = get_scheme(budget.scheme) if budget.scheme else None

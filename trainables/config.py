@@ -124,7 +124,9 @@ class DataConfig:
     ``velocity_images`` images are carved out of the training set for the
     velocity split; ``val_fraction`` of the rest becomes the validation
     split; ``test_fraction`` applies only to data sets without an official
-    test split (digits).
+    test split (digits). ``root`` is the data set's directory (default
+    ``$NEQ_DATA/<name>``); ``download`` lets torchvision fetch the data
+    sets it can (CIFAR, Flowers, Food, Pets, Fashion-MNIST) when missing.
     """
 
     name: str = "digits"
@@ -136,6 +138,7 @@ class DataConfig:
     test_fraction: float = 0.2
     velocity_images: int = 10
     split_seed: int = 0
+    download: bool = False
 
     def validate(self, path: str) -> None:
         from datasets import dataset_names
