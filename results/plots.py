@@ -82,8 +82,8 @@ def plot_accuracy_vs_budget(table: pd.DataFrame, path: Path, colors: Colors) -> 
     """Test top-1 (mean ± std over seeds) versus budget per policy; full update as a band."""
     table = table[table["n_seeds"] > 0]
     models = sorted(table["model.name"].unique())
-    figure, axes = plt.subplots(1, len(models), figsize=(8 * len(models), 5.5), squeeze=False)
-    for ax, model in zip(axes[0], models, strict=True):
+    figure, axes = plt.subplots(len(models), 1, figsize=(10, 5.5 * len(models)), squeeze=False)
+    for ax, model in zip(axes[:, 0], models, strict=True):
         rows = table[table["model.name"] == model]
         lines = rows[rows["budget.policy"] != FULL]
         inits = lines["budget.initialization"].nunique()
@@ -93,7 +93,7 @@ def plot_accuracy_vs_budget(table: pd.DataFrame, path: Path, colors: Colors) -> 
                 mean=("test_top1_mean", "mean"), std=("test_top1_std", "max"), n=("n_seeds", "sum")
             )
             dodge = 1.0 + 0.025 * (k - (len(series) - 1) / 2)  # side by side at a shared budget, so error bars stay apart
-            n = "/".join(str(v) for v in sorted(set(line["n"])))
+            n = f"{line['n'].min()}" if line["n"].nunique() == 1 else f"{line['n'].min()}-{line['n'].max()}"
             ax.errorbar(
                 line["budget_params"].astype(float) * dodge, line["mean"], yerr=line["std"].fillna(0.0), marker="o", capsize=4,
                 color=colors[(policy, init)], label=f"{_label(policy, init, inits)}, n={n} seeds",
@@ -105,14 +105,14 @@ def plot_accuracy_vs_budget(table: pd.DataFrame, path: Path, colors: Colors) -> 
                 mean,
                 color="0.3",
                 ls="--",
-                label=f"full update (all {int(full['budget_params']):,} params), mean ± std, n={full['n_seeds']}",
+                label=f"full update ({int(full['budget_params']):,} params), mean ± std, n={full['n_seeds']}",
             )
         _budget_axis(ax, lines["budget_params"].astype(float).tolist())
         ax.set_ylabel("test top-1 at best validation epoch (%)")
         ax.set_title(
             f"{model}: test top-1 versus update budget\n(mean ± sample std over seeds; best epoch chosen by validation)", fontsize=10
         )
-        ax.legend(fontsize=8, loc="best")
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: never hides a point
     figure.tight_layout()
     return _save(figure, path)
 
@@ -221,10 +221,10 @@ def plot_pareto(analysis: Analysis, path: Path, colors: Colors) -> Path:
     """Every usable trial's test top-1 versus its budget; the Pareto front marked and joined."""
     used = analysis.outcomes[analysis.outcomes["usable"]]
     inits = used["budget.initialization"].nunique()
-    figure, ax = plt.subplots(figsize=(8, 5))
+    figure, ax = plt.subplots(figsize=(10, 5.5))
     for (policy, init), group in used.groupby(["budget.policy", "budget.initialization"]):
         ax.scatter(group["budget_params"].astype(float), group["test_top1_at_best_val"], s=22, alpha=0.6, color=colors[(policy, init)],
-                   label=f"{_label(policy, init, inits)} (trials)")  # fmt: skip
+                   label=_label(policy, init, inits))  # fmt: skip
     front = analysis.pareto
     ax.step(front["budget_params"].astype(float), front["test_top1_at_best_val"], where="post", color="black", lw=1, alpha=0.7)
     ax.scatter(front["budget_params"].astype(float), front["test_top1_at_best_val"], s=110, facecolors="none", edgecolors="black",
@@ -232,7 +232,7 @@ def plot_pareto(analysis: Analysis, path: Path, colors: Colors) -> Path:
     _budget_axis(ax, used["budget_params"].astype(float).tolist())
     ax.set_ylabel("test top-1 at best validation epoch (%)")
     ax.set_title("Pareto front: test top-1 versus update budget, all trials")
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: never hides a point
     return _save(figure, path)
 
 
