@@ -67,9 +67,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if args.dry_run:
-        print(f"{space.source}: valid; {space.num_trials()} trials ({space.search.algorithm})")
-        for key, spec in space.search.params.items():
-            print(f"  {key}: {spec.kind} {getattr(spec, spec.kind)}")
+        from search.dry_run import describe_space
+
+        try:
+            report = describe_space(space)
+        except SpaceError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        print("\n".join(report))
         return 0
 
     from search.experiment import run_search
