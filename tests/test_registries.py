@@ -79,7 +79,7 @@ def test_digits_splits_are_seeded_disjoint_and_complete() -> None:
 
 
 def test_unknown_names_list_the_known_ones() -> None:
-    with pytest.raises(ValueError, match=r"known models: mbv2, mbv2-w0\.35, resnet18"):
+    with pytest.raises(ValueError, match=r"known models: mbv2, mbv2-w0\.35, .*mcunet-in0, .*resnet18, resnet50"):
         build_model(ModelConfig(name="vgg"), 10)
     with pytest.raises(ValueError, match=r"known data sets: c10, c100, .*digits"):
         build_dataset(DataConfig(name="mnist"))
