@@ -6,11 +6,14 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from search.space import SpaceError, load_space
+
+if TYPE_CHECKING:
+    from search.experiment import SearchOutcome
 
 
 def parse_set(text: str) -> tuple[str, Any]:
@@ -24,6 +27,16 @@ def parse_set(text: str) -> tuple[str, Any]:
         raise argparse.ArgumentTypeError(f"the value of {key} is not valid YAML: {value!r}") from None
 
 
+def parse_concurrency(text: str) -> int | str:
+    """``auto`` or a positive count of trials."""
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a number of trials, got {text!r}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="run_search.py",
@@ -33,8 +46,27 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--name", default=None, help="experiment directory name (default: the space's experiment name + a timestamp)")
     parser.add_argument("--results", type=Path, default=Path("results"), help="where experiment directories go (default: ./results)")
     parser.add_argument("--address", default=None, help="join a running Ray cluster: 'auto' or HOST:PORT (default: start Ray here)")
+    parser.add_argument(
+        "--storage",
+        default=None,
+        help="where tables, trial directories and checkpoints go: a local path or a URI (s3://bucket/path, gs://...); default: --results",
+    )
+    parser.add_argument(
+        "--shared-storage",
+        action="store_true",
+        help="the local --storage path is on a file system every cluster node mounts (NFS); needed for a multi-host cluster",
+    )
+    parser.add_argument(
+        "--resume",
+        default=None,
+        metavar="EXPERIMENT_DIR",
+        help="continue the search in results/<experiment> (or a URI) whose driver died; other options but --address are ignored",
+    )
     parser.add_argument("--num-samples", type=int, default=None, help="trials (optuna) or grid repeats (grid)")
-    parser.add_argument("--max-concurrent", type=int, default=None, help="trials running at once")
+    parser.add_argument(
+        "--max-concurrent", type=parse_concurrency, default=None, help="trials running at once, or 'auto' (from the CPUs and the memory)"
+    )
+    parser.add_argument("--max-failures", type=int, default=None, help="restarts of a failed trial from its last checkpoint")
     parser.add_argument("--cpus-per-trial", type=float, default=None, help="CPUs reserved by each trial")
     parser.add_argument(
         "--set",
@@ -52,12 +84,22 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code (2 for bad input, before any work starts)."""
     args = build_parser().parse_args(argv)
+    if args.resume is not None:
+        from search.experiment import ClusterError, resume_search
+
+        try:
+            outcome = resume_search(args.resume, results_dir=args.results, address=args.address, shared_storage=args.shared_storage)
+        except ClusterError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        return report_outcome(outcome, args.results, searched=list(outcome.searched))
     search_overrides = {
         key: value
         for key, value in (
             ("num_samples", args.num_samples),
             ("max_concurrent", args.max_concurrent),
             ("cpus_per_trial", args.cpus_per_trial),
+            ("max_failures", args.max_failures),
         )
         if value is not None
     }
@@ -77,19 +119,41 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("\n".join(report))
         return 0
 
-    from search.experiment import run_search
+    from search.experiment import ClusterError, run_search
 
-    outcome = run_search(space, results_dir=args.results, name=args.name, address=args.address)
+    try:
+        outcome = run_search(
+            space, results_dir=args.results, name=args.name, address=args.address, storage=args.storage, shared_storage=args.shared_storage
+        )
+    except ClusterError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return report_outcome(outcome, args.results, searched=list(space.search.params))
+
+
+def report_outcome(outcome: SearchOutcome, results: Path, *, searched: list[str]) -> int:
+    """Print where the results are and the best trial; the exit code (1 if a trial failed or none finished)."""
     print(f"\nneqtune: {outcome.num_trials} trials ({outcome.errors} failed) in {outcome.wall_time_s:.0f} s")
     print(f"results: {outcome.experiment_dir}  (epochs.parquet, trials.parquet, tensorboard/)")
     if outcome.best is None:
         print("no trial finished")
         return 1
     best = outcome.best
-    searched = ", ".join(f"{key}={best.get(key)}" for key in space.search.params)
-    print(f"best trial {best['trial_id']}: {searched}")
+    values = ", ".join(f"{key}={best.get(key)}" for key in searched)
+    print(f"best trial {best['trial_id']}: {values}")
     print(
         f"  best val top-1 {best['best_val_top1']:.2f}% at epoch {best['best_epoch']}; test top-1 at that epoch {best['test_top1_at_best_val']:.2f}%"
     )
-    print(f"view the curves: tensorboard --logdir {args.results}")
+    if outcome.pareto is not None:
+        print_pareto(outcome.pareto, searched=searched, metrics=list(outcome.objectives))
+    print(f"view the curves: tensorboard --logdir {results}")
     return 0 if outcome.errors == 0 else 1
+
+
+def print_pareto(front: list[dict[str, Any]], *, searched: list[str], metrics: list[str]) -> None:
+    """The Pareto set of a multi-objective search: one line per trial, its config and objectives (saved in pareto.parquet)."""
+    print(f"Pareto set ({len(front)} trials; {', '.join(metrics)}; also test top-1 at best val), in pareto.parquet:")
+    for row in front:
+        values = ", ".join(f"{key}={row.get(key)}" for key in searched)
+        scores = ", ".join(f"{m}={row.get(m):.6g}" for m in metrics)
+        print(f"  {row['trial_id']}: {values}: {scores}, test_top1_at_best_val={row.get('test_top1_at_best_val', float('nan')):.2f}")

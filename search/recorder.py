@@ -11,13 +11,20 @@ It writes, under the experiment directory:
 
 and prints concise progress: a line when a trial starts or ends, and a
 status line at most every ``status_every_s`` seconds.
+
+When a search is resumed after its driver died, a new recorder opens the
+tables as they were last written and :meth:`ResultRecorder.backfill` adds
+the trial-epochs that were reported but not yet written, from the trials'
+``result.json`` files; epochs that resumed trials report again replace
+their rows. Every trial-epoch ends in the table exactly once.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +33,10 @@ from ray.tune.experiment import Trial
 from torch.utils.tensorboard import SummaryWriter
 
 from search.hparams import hparams_summaries
-from search.tables import EPOCHS_TABLE, SCHEMA_VERSION, TRIALS_TABLE, ParquetTable, config_column_types
+from search.tables import EPOCHS_TABLE, SCHEMA_VERSION, TRIALS_TABLE, ParquetTable, config_column_types, resolve_location
 from trainables.config import TrialConfig, flatten
+from trainables.repeats import SEED_KEYS as REPEAT_SEED_KEYS
+from trainables.repeats import STD_KEYS as REPEAT_STD_KEYS
 from trainables.tune_adapter import resolve_trial_config
 
 # What the trainer and the adapter report, in table order (see README, "Result tables").
@@ -46,6 +55,17 @@ LAYER_SCALARS: dict[str, tuple[str, Callable[[float], float]]] = {
 }
 # The trial's summary-row values written as ``final/<name>`` scalars when it ends: the HParams metrics.
 FINAL_METRICS = ("best_val_top1", "test_top1_at_best_val", "best_epoch", "epochs_run", "train_time_s")
+# Reported only by trials with seed repeats (``search.repeats`` > 1): spread and per-seed values.
+REPEAT_COLUMNS = (
+    "repeats", "seeds",
+    *(f"{key}_std" for key in REPEAT_STD_KEYS),
+    *(f"{key}_seeds" for key in REPEAT_SEED_KEYS),
+)  # fmt: skip
+# The trials table's repeat columns: the spread and per-seed values of the trial's final scores.
+REPEAT_SUMMARY_COLUMNS = (
+    "repeats", "seeds",
+    "best_val_top1_std", "test_top1_at_best_val_std", "best_val_top1_seeds", "test_top1_at_best_val_seeds", "best_epoch_seeds",
+)  # fmt: skip
 
 
 def _is_number(value: Any) -> bool:
@@ -63,6 +83,9 @@ class ResultRecorder(Callback):
         flush_every_s: longest time between two table writes.
         status_every_s: longest time between two status lines.
         echo: where progress lines go.
+        tables_dir: where the Parquet tables go, a local path or a URI
+            (default: ``experiment_dir``; TensorBoard files always go
+            under ``experiment_dir``).
     """
 
     def __init__(
@@ -75,8 +98,10 @@ class ResultRecorder(Callback):
         flush_every_s: float = 10.0,
         status_every_s: float = 30.0,
         echo: Callable[[str], None] = print,
+        tables_dir: str | None = None,
     ) -> None:
         self.experiment_dir = experiment_dir
+        self.tables_dir = (tables_dir or str(experiment_dir)).rstrip("/")
         self.experiment = experiment
         self.base = base
         self.searched = searched
@@ -84,8 +109,8 @@ class ResultRecorder(Callback):
         self.status_every_s = status_every_s
         self.echo = echo
         types = config_column_types(TrialConfig)
-        self.epochs = ParquetTable(experiment_dir / EPOCHS_TABLE, key=("experiment", "trial_id", "epoch"), types=types)
-        self.trials = ParquetTable(experiment_dir / TRIALS_TABLE, key=("experiment", "trial_id"), types=types)
+        self.epochs = ParquetTable(f"{self.tables_dir}/{EPOCHS_TABLE}", key=("experiment", "trial_id", "epoch"), types=types)
+        self.trials = ParquetTable(f"{self.tables_dir}/{TRIALS_TABLE}", key=("experiment", "trial_id"), types=types)
         self._config_columns: dict[str, dict[str, Any]] = {}
         self._last: dict[str, dict[str, Any]] = {}
         self._layer_names: dict[str, list[str]] = {}
@@ -97,12 +122,49 @@ class ResultRecorder(Callback):
         self._started = time.monotonic()
         self._last_flush = self._last_status = self._started
 
+    # --- resume ------------------------------------------------------------
+    def backfill(self, trials_location: str) -> int:
+        """Add the trial-epochs of an interrupted run that the tables lack.
+
+        Reads every ``trial_*/result.json`` under ``trials_location`` (the
+        Tune experiment directory, a local path or a URI), adds each epoch
+        whose row was never written, and remembers each trial's last result
+        so its summary row is complete. Returns the rows added.
+        """
+        written = self.epochs.previous_keys()
+        added = 0
+        for result in _read_results(trials_location):
+            trial_id, epoch = result.get("trial_id"), result.get("epoch")
+            if not isinstance(trial_id, str) or not isinstance(epoch, int):
+                continue
+            if trial_id not in self._config_columns and isinstance(result.get("config"), dict):
+                self._config_columns[trial_id] = flatten(resolve_trial_config(self.base, result["config"]).to_dict())
+            last = self._last.get(trial_id)
+            if last is None or int(last["epoch"]) <= epoch:
+                self._last[trial_id] = result
+            self._layer_names.setdefault(trial_id, list(result.get("layer_names", [])))
+            self._epoch_times.setdefault(trial_id, {})[epoch] = float(result.get("epoch_time_s", 0.0))
+            if (self.experiment, trial_id, epoch) not in written and trial_id in self._config_columns:
+                self.epochs.add(self._epoch_row(trial_id, result))
+                added += 1
+        return added
+
     # --- helpers -----------------------------------------------------------
     def _config_of(self, trial: Trial) -> dict[str, Any]:
         if trial.trial_id not in self._config_columns:
             resolved = resolve_trial_config(self.base, dict(trial.config)).to_dict()
             self._config_columns[trial.trial_id] = flatten(resolved)
         return self._config_columns[trial.trial_id]
+
+    def _epoch_row(self, trial_id: str, result: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "experiment": self.experiment,
+            "trial_id": trial_id,
+            **self._config_columns[trial_id],
+            **{key: result.get(key) for key in METRIC_COLUMNS},
+            **{key: result[key] for key in REPEAT_COLUMNS if key in result},
+        }
 
     def _describe(self, trial: Trial) -> str:
         config = self._config_of(trial)
@@ -140,7 +202,7 @@ class ResultRecorder(Callback):
             session=f"{self.experiment}/{trial.trial_id}",
             start_time_s=self._start_times.get(trial.trial_id, time.time()),
             end_time_s=time.time(),
-            succeeded=row["status"] == "TERMINATED",
+            succeeded=row["status"] in ("TERMINATED", "STOPPED"),
         )
         file_writer = writer.file_writer  # add_hparams would write into a sub-run; the trial's own run is clearer
         assert file_writer is not None
@@ -180,6 +242,10 @@ class ResultRecorder(Callback):
             "budget_params": last.get("budget_params"),
             "total_conv_params": last.get("total_conv_params"),
             "train_time_s": sum(self._epoch_times.get(trial.trial_id, {}).values()),
+            "start_time_s": self._start_times.get(trial.trial_id),
+            "end_time_s": time.time(),
+            "wall_time_s": time.time() - self._start_times.get(trial.trial_id, time.time()),
+            **{key: last[key] for key in REPEAT_SUMMARY_COLUMNS if key in last},
             "node_id": last.get("node_id"),
             "hostname": last.get("hostname"),
             "layer_names": self._layer_names.get(trial.trial_id, []),
@@ -198,15 +264,8 @@ class ResultRecorder(Callback):
         self._last[trial.trial_id] = result
         self._layer_names.setdefault(trial.trial_id, list(result.get("layer_names", [])))
         self._epoch_times.setdefault(trial.trial_id, {})[int(result["epoch"])] = float(result.get("epoch_time_s", 0.0))
-        self.epochs.add(
-            {
-                "schema_version": SCHEMA_VERSION,
-                "experiment": self.experiment,
-                "trial_id": trial.trial_id,
-                **self._config_of(trial),
-                **{key: result.get(key) for key in METRIC_COLUMNS},
-            }
-        )
+        self._config_of(trial)
+        self.epochs.add(self._epoch_row(trial.trial_id, result))
         self._write_tensorboard(trial.trial_id, result)
         now = time.monotonic()
         if now - self._last_flush >= self.flush_every_s:
@@ -214,13 +273,21 @@ class ResultRecorder(Callback):
         if now - self._last_status >= self.status_every_s:
             self._status(trials)
 
+    def _completed_status(self, trial: Trial) -> str:
+        """``STOPPED`` for a trial that ended before its last epoch (early stopping), else ``TERMINATED``."""
+        config = self._config_of(trial)
+        planned = int(config.get("training.epochs", 0)) + int(config.get("training.warmup_epochs", 0))
+        run = int(self._last.get(trial.trial_id, {}).get("epoch", 0))
+        return "STOPPED" if run < planned else "TERMINATED"
+
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
-        row = self._summary_row(trial, "TERMINATED", None)
+        row = self._summary_row(trial, self._completed_status(trial), None)
         self.trials.add(row)
         self._write_hparams(trial, row)
         self._done.add(trial.trial_id)
+        stopped = " (stopped early)" if row["status"] == "STOPPED" else ""
         self.echo(
-            f"trial {trial.trial_id} done in {row['epochs_run']} epochs: best val top-1 {row['best_val_top1']:.1f}% "
+            f"trial {trial.trial_id} done in {row['epochs_run']} epochs{stopped}: best val top-1 {row['best_val_top1']:.1f}% "
             f"at epoch {row['best_epoch']}, test top-1 there {row['test_top1_at_best_val']:.1f}%"
         )
         self._flush()
@@ -237,6 +304,12 @@ class ResultRecorder(Callback):
         self._flush()
 
     def on_experiment_end(self, trials: list[Trial], **info: Any) -> None:
+        # A trial that finished just before an interrupted driver could write its row
+        # is TERMINATED in the restored experiment state and never completes again.
+        written = self.trials.previous_keys()
+        for trial in trials:
+            if trial.status == Trial.TERMINATED and trial.trial_id not in self._done and (self.experiment, trial.trial_id) not in written:
+                self.trials.add(self._summary_row(trial, "TERMINATED", None))
         self._flush()
         for writer in self._writers.values():
             writer.close()
@@ -246,3 +319,27 @@ def _short(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)
+
+
+def _read_results(location: str) -> Iterator[dict[str, Any]]:
+    """Every result line of the ``trial_*/result.json`` files under ``location``."""
+    import pyarrow.fs as pafs
+
+    fs, root = resolve_location(location)
+    if fs is None:
+        fs, root = pafs.LocalFileSystem(), root
+    if fs.get_file_info(root).type != pafs.FileType.Directory:
+        return
+    for info in fs.get_file_info(pafs.FileSelector(root)):
+        if info.type != pafs.FileType.Directory or not info.base_name.startswith("trial_"):
+            continue
+        path = f"{info.path}/result.json"
+        if fs.get_file_info(path).type != pafs.FileType.File:
+            continue
+        with fs.open_input_stream(path) as stream:
+            text = stream.read().decode()
+        for line in text.splitlines():
+            try:
+                yield json.loads(line)
+            except json.JSONDecodeError:
+                continue  # the line being written when the driver died

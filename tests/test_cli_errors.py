@@ -1,0 +1,168 @@
+"""Bad input on the command line: one clear line, exit code 2, answered fast, nothing written or damaged.
+
+Space-file cases already in ``test_space.py`` (malformed YAML, unknown keys, wrong types, non-positive
+lr, ratios, empty choice lists, unknown names, SU schemes that do not fit) are not repeated here.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from search.cli import main
+from search.experiment import ClusterError, auto_concurrency, check_shared_storage, estimate_trial_memory
+from search.space import DEFAULT_SPACE, load_space
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def space_file(tmp_path: Path, **search: Any) -> Path:
+    space = yaml.safe_load(DEFAULT_SPACE.read_text())
+    space["search"].update(search)
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump(space))
+    return path
+
+
+def one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    return err
+
+
+def snapshot(directory: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+# --- space files ------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("search", "message"),
+    [
+        ({"algorithm": "grid", "params": {}}, "search.params: the grid is empty"),
+        ({"max_failures": -1}, "search.max_failures: must be >= 0, got -1"),
+        ({"max_concurrent": 0}, "search.max_concurrent: must be >= 1 (or auto), got 0"),
+        ({"max_concurrent": "many"}, "search.max_concurrent: expected an integer or one of 'auto', got 'many'"),
+    ],
+)
+def test_bad_search_values(tmp_path: Path, capsys: pytest.CaptureFixture[str], search: dict[str, Any], message: str) -> None:
+    path = space_file(tmp_path, **search)
+    assert main(["--space", str(path), "--results", str(tmp_path / "out")]) == 2
+    assert one_error_line(capsys).startswith(f"error: {path}: {message}")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_class_count_that_does_not_match_the_model_head(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--set", "model.num_classes=2", "--results", str(tmp_path / "out")]) == 2
+    assert one_error_line(capsys).startswith(
+        "error: spaces/digits.yaml: model.num_classes: the model head has 2 classes but data set 'digits' has 10 (with "
+    )
+    assert not (tmp_path / "out").exists()
+    assert load_space(None, overrides=[("model.num_classes", 10)]).base["model"]["num_classes"] == 10
+
+
+def test_auto_concurrency_is_a_valid_space_value(tmp_path: Path) -> None:
+    assert load_space(space_file(tmp_path, max_concurrent="auto")).search.max_concurrent == "auto"
+    assert load_space(None).search.max_concurrent == 2  # the digits space sets it
+
+
+# --- the command line ---------------------------------------------------------------------------------------------------
+def test_missing_space_file_from_the_shell(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, str(ROOT / "run_search.py"), "--space", "nope.yaml"], capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == ["error: nope.yaml: no such space file"]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_resume_of_a_directory_without_an_experiment(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    directory = tmp_path / "results" / "not-an-experiment"
+    directory.mkdir(parents=True)
+    (directory / "epochs.parquet").write_bytes(b"not touched")
+    (directory / "notes.txt").write_text("mine")
+    before = snapshot(tmp_path)
+    assert main(["--resume", str(directory)]) == 2
+    assert one_error_line(capsys).startswith(f"error: --resume {directory}: no experiment to resume there")
+    assert snapshot(tmp_path) == before
+    assert main(["--resume", str(tmp_path / "missing")]) == 2
+    assert one_error_line(capsys).startswith(f"error: --resume {tmp_path / 'missing'}: no experiment to resume there")
+    assert not (tmp_path / "missing").exists()
+
+
+def test_an_unreachable_address_is_answered_within_30_s(tmp_path: Path) -> None:
+    address = f"127.0.0.1:{free_port()}"  # nothing listens there
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "run_search.py"), "--address", address, "--results", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=60,
+    )
+    elapsed = time.monotonic() - started
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stderr.strip().splitlines() == [f"error: --address {address}: no Ray cluster reachable there (Connection refused)"]
+    assert elapsed < 30
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_malformed_address(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--address", "head-node", "--results", str(tmp_path / "out")]) == 2
+    assert one_error_line(capsys) == "error: --address head-node: expected 'auto' or HOST:PORT of a Ray head (GCS port, 6379 by default)"
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_storage_uri_pyarrow_cannot_open(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--storage", "ftp2://bucket/runs", "--results", str(tmp_path / "out")]) == 2
+    assert one_error_line(capsys).startswith("error: --storage ftp2://bucket/runs: not a storage URI pyarrow can open")
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_flag_values_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as caught:
+        main(["--max-concurrent", "lots"])
+    assert caught.value.code == 2
+    assert "expected 'auto' or a number of trials, got 'lots'" in capsys.readouterr().err
+
+
+# --- the storage rule and the default concurrency -------------------------------------------------------------------------
+def test_multi_node_storage_rule() -> None:
+    one_host = ["10.0.0.1", "10.0.0.1"]
+    check_shared_storage("/data/results", node_ips=one_host, driver_ip="10.0.0.1", shared=False)  # every node on this host
+    check_shared_storage("s3://bucket/results", node_ips=["10.0.0.1", "10.0.0.2"], driver_ip="10.0.0.1", shared=False)
+    check_shared_storage("/mnt/nfs/results", node_ips=["10.0.0.1", "10.0.0.2"], driver_ip="10.0.0.1", shared=True)
+    with pytest.raises(ClusterError) as caught:
+        check_shared_storage("/data/results", node_ips=["10.0.0.1", "10.0.0.3", "10.0.0.2"], driver_ip="10.0.0.1", shared=False)
+    assert str(caught.value).startswith("--storage /data/results: a local path is not shared with the cluster's nodes on 10.0.0.2, 10.0.0.3; ")
+    assert "--shared-storage" in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_auto_concurrency_follows_cpus_and_memory() -> None:
+    gib = 2**30
+    assert auto_concurrency(cpus=16, cpus_per_trial=1, memory_bytes=64 * gib, trial_memory_bytes=2 * gib, num_trials=100) == 16
+    assert auto_concurrency(cpus=16, cpus_per_trial=1, memory_bytes=10 * gib, trial_memory_bytes=2 * gib, num_trials=100) == 5
+    assert auto_concurrency(cpus=16, cpus_per_trial=4, memory_bytes=64 * gib, trial_memory_bytes=2 * gib, num_trials=100) == 4
+    assert auto_concurrency(cpus=16, cpus_per_trial=1, memory_bytes=64 * gib, trial_memory_bytes=2 * gib, num_trials=3) == 3
+    assert auto_concurrency(cpus=2, cpus_per_trial=1, memory_bytes=0.5 * gib, trial_memory_bytes=2 * gib, num_trials=8) == 1
+
+
+def test_trial_memory_estimate_grows_with_the_model_and_the_batch() -> None:
+    small = load_space(None, overrides=[("data.image_size", 16)])
+    big_images = load_space(None, overrides=[("data.image_size", 128), ("data.batch_size", 64)])
+    resnet = load_space(
+        None, overrides=[("model.name", "resnet18"), ("budget.scheme", None), ("budget.ratio", 0.2)], search_overrides={"params": {}}
+    )
+    assert 1.3 * 2**30 < estimate_trial_memory(small) < 1.5 * 2**30
+    assert estimate_trial_memory(big_images) - estimate_trial_memory(small) == 800 * (64 * 128**2 - 32 * 16**2)  # bytes per batch pixel
+    assert estimate_trial_memory(resnet) > estimate_trial_memory(small) + 200 * 2**20
