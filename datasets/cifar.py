@@ -37,8 +37,8 @@ class CifarLayout:
     train_files: tuple[str, ...]
     test_file: str
     meta_file: str
-    label_key: bytes
-    names_key: bytes
+    label_key: str
+    names_key: str
 
     @property
     def files(self) -> tuple[str, ...]:
@@ -52,10 +52,10 @@ LAYOUTS = {
         tuple(f"data_batch_{i}" for i in range(1, 6)),
         "test_batch",
         "batches.meta",
-        b"labels",
-        b"label_names",
+        "labels",
+        "label_names",
     ),
-    "c100": CifarLayout("CIFAR-100", "cifar-100-python", ("train",), "test", "meta", b"fine_labels", b"fine_label_names"),
+    "c100": CifarLayout("CIFAR-100", "cifar-100-python", ("train",), "test", "meta", "fine_labels", "fine_label_names"),
 }
 
 
@@ -79,24 +79,34 @@ def check_cifar(config: DataConfig) -> None:
         )
 
 
-def _unpickle(path: Path) -> dict[bytes, Any]:
+def _text(value: Any) -> Any:
+    return value.decode("latin1") if isinstance(value, bytes) else value
+
+
+def _unpickle(path: Path) -> dict[str, Any]:
+    """A CIFAR pickle as a dict with text keys.
+
+    The released batches are Python 2 pickles: read as latin-1 (as torchvision
+    does), their keys and names come back as ``str``; keys pickled as
+    ``bytes`` are decoded too.
+    """
     try:
         with open(path, "rb") as handle:
-            loaded = pickle.load(handle, encoding="bytes")
+            loaded = pickle.load(handle, encoding="latin1")
     except (OSError, pickle.UnpicklingError, EOFError, ValueError) as err:
         raise DatasetError(f"cannot read CIFAR batch {path}: {err}") from err
     if not isinstance(loaded, dict):
         raise DatasetError(f"cannot read CIFAR batch {path}: expected a pickled dict, got {type(loaded).__name__}")
-    return loaded
+    return {_text(key): value for key, value in loaded.items()}
 
 
-def _read_batches(folder: Path, files: tuple[str, ...], label_key: bytes) -> ArraySource:
+def _read_batches(folder: Path, files: tuple[str, ...], label_key: str) -> ArraySource:
     images, labels = [], []
     for name in files:
         batch = _unpickle(folder / name)
-        if b"data" not in batch or label_key not in batch:
-            raise DatasetError(f"{folder / name}: missing the key {b'data'!r} or {label_key!r}")
-        data = np.asarray(batch[b"data"], dtype=np.uint8)
+        if "data" not in batch or label_key not in batch:
+            raise DatasetError(f"{folder / name}: missing the key 'data' or {label_key!r}")
+        data = np.asarray(batch["data"], dtype=np.uint8)
         if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or data.shape[0] != len(batch[label_key]):
             raise DatasetError(f"{folder / name}: expected [N, 3072] images with N labels, got {data.shape}")
         images.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
@@ -109,7 +119,7 @@ def read_cifar(name: str, folder: Path) -> tuple[ArraySource, ArraySource, tuple
     """Decoded train and test arrays and class names (cached per process: Ray reuses workers)."""
     layout = LAYOUTS[name]
     meta = _unpickle(folder / layout.meta_file)
-    classes = tuple(n.decode() if isinstance(n, bytes) else str(n) for n in meta.get(layout.names_key, []))
+    classes = tuple(str(_text(n)) for n in meta.get(layout.names_key, []))
     train = _read_batches(folder, layout.train_files, layout.label_key)
     test = _read_batches(folder, (layout.test_file,), layout.label_key)
     top = int(max(train.labels.max(), test.labels.max()))

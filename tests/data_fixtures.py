@@ -40,15 +40,17 @@ def write_jpeg(path: Path, label: int) -> None:
     Image.new("RGB", IMAGE_SIZE, label_colour(label)).save(path, format="JPEG")
 
 
-def _cifar_batch(labels: list[int], label_key: bytes) -> dict[bytes, object]:
+def _cifar_batch(labels: list[int], label_key: str) -> dict[str, object]:
+    """A batch as the release holds it: ``data`` ``[N, 3072]`` uint8 (channel planes, rows), labels a list of ints."""
     data = np.stack([np.repeat(np.array(label_colour(label), np.uint8), 32 * 32) for label in labels])
-    return {b"data": data, label_key: labels, b"batch_label": b"fixture"}
+    return {"batch_label": "fixture batch", label_key: labels, "data": data, "filenames": [f"img_{i}.png" for i in range(len(labels))]}
 
 
 def _pickle(path: Path, value: object) -> None:
+    # Protocol 2 with text keys: what the release's Python 2 pickles load as with encoding="latin1" (torchvision's reading).
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "wb") as handle:
-        pickle.dump(value, handle)
+        pickle.dump(value, handle, protocol=2)
 
 
 def write_cifar(name: str, root: Path) -> Path:
@@ -59,14 +61,14 @@ def write_cifar(name: str, root: Path) -> Path:
     if name == "c10":
         folder = root / "cifar-10-batches-py"
         for i in range(5):
-            _pickle(folder / f"data_batch_{i + 1}", _cifar_batch(train_labels[i::5], b"labels"))
-        _pickle(folder / "test_batch", _cifar_batch(test_labels, b"labels"))
-        _pickle(folder / "batches.meta", {b"label_names": [f"class{c}".encode() for c in range(classes)]})
+            _pickle(folder / f"data_batch_{i + 1}", _cifar_batch(train_labels[i::5], "labels"))
+        _pickle(folder / "test_batch", _cifar_batch(test_labels, "labels"))
+        _pickle(folder / "batches.meta", {"num_cases_per_batch": len(train_labels) // 5, "label_names": [f"class{c}" for c in range(classes)]})
     else:
         folder = root / "cifar-100-python"
-        _pickle(folder / "train", _cifar_batch(train_labels, b"fine_labels"))
-        _pickle(folder / "test", _cifar_batch(test_labels, b"fine_labels"))
-        _pickle(folder / "meta", {b"fine_label_names": [f"fine{c}".encode() for c in range(classes)]})
+        _pickle(folder / "train", _cifar_batch(train_labels, "fine_labels"))
+        _pickle(folder / "test", _cifar_batch(test_labels, "fine_labels"))
+        _pickle(folder / "meta", {"fine_label_names": [f"fine{c}" for c in range(classes)], "coarse_label_names": ["all"]})
     return root
 
 

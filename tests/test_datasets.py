@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import pickle
 from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
 import pytest
@@ -344,3 +345,70 @@ def test_an_image_folder_without_classes_is_refused(tmp_path: Path) -> None:
 
 def test_fixture_sizes_match_the_writers() -> None:
     assert FOLDER_CLASSES == {name: FIXTURE_SIZES[name][0] for name in FOLDER_CLASSES}
+
+
+def test_torchvision_reads_the_fixtures_as_we_do(data_root: Path, tmp_path: Path) -> None:
+    """The fixtures are in the real formats: torchvision's own readers see the same images and labels."""
+    from torchvision.datasets import CIFAR10, CIFAR100, Flowers102, Food101, OxfordIIITPet
+    from torchvision.datasets.mnist import read_image_file, read_label_file
+
+    class Cifar10(CIFAR10):  # the fixture's files do not have the release's md5 sums
+        meta: ClassVar[dict[str, Any]] = {**CIFAR10.meta, "md5": None}
+
+        def _check_integrity(self) -> bool:
+            return True
+
+    class Cifar100(CIFAR100):
+        meta: ClassVar[dict[str, Any]] = {**CIFAR100.meta, "md5": None}
+
+        def _check_integrity(self) -> bool:
+            return True
+
+    class Flowers(Flowers102):
+        def _check_integrity(self) -> bool:
+            return True
+
+    for name, reader in (("c10", Cifar10), ("c100", Cifar100)):
+        theirs = reader(str(data_root / name), train=False)
+        ours = build_dataset(config(name, data_root)).test.source  # type: ignore[attr-defined]
+        assert np.array_equal(theirs.data, ours.images) and theirs.targets == ours.labels.tolist()
+        assert theirs.classes == build_dataset(config(name, data_root)).classes
+    for name, split, their_reader in (
+        ("flowers", "test", lambda root: Flowers(root, split="test")),
+        ("food", "test", lambda root: Food101(root, split="test")),
+        ("pets", "test", lambda root: OxfordIIITPet(root, split="test")),
+    ):
+        theirs = their_reader(str(data_root / name))
+        files = getattr(theirs, "_image_files", None) or theirs._images
+        ours = getattr(build_dataset(config(name, data_root)), split).source
+        assert sorted(zip(map(str, files), theirs._labels, strict=True)) == sorted(zip(ours.paths, ours.labels, strict=True))
+    import gzip
+    import shutil
+
+    for prefix in ("train", "t10k"):
+        for kind, read in (("images-idx3", read_image_file), ("labels-idx1", read_label_file)):
+            plain = tmp_path / f"{prefix}-{kind}-ubyte"
+            with gzip.open(data_root / "fashion-mnist" / f"{plain.name}.gz") as packed, open(plain, "wb") as out:
+                shutil.copyfileobj(packed, out)
+            source = build_dataset(config("fashion-mnist", data_root)).test.source  # type: ignore[attr-defined]
+            if prefix == "t10k":
+                assert np.array_equal(read(str(plain)).numpy(), source.images if kind.startswith("images") else source.labels)
+
+
+def test_a_trial_on_a_fixture_repeats_under_its_seed(data_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from trainables import train
+
+    monkeypatch.setenv("NEQ_DATA", str(data_root))
+    torch.set_num_threads(1)
+    trial = {
+        "data": {"name": "vww", "image_size": 32, "velocity_images": 4, "batch_size": 8},
+        "model": {"name": "mbv2-w0.35"},
+        "training": {"epochs": 2, "seed": 3},
+        "budget": {"policy": "velocity", "ratio": 0.1},
+    }
+    runs: list[list[dict[str, object]]] = [[], []]
+    for rows in runs:
+        train(trial, lambda metrics, *_, rows=rows: rows.append(metrics))  # type: ignore[misc]
+    keys = ("train_loss", "train_top1", "val_top1", "test_top1", "params_updated")
+    assert [[r[k] for k in keys] for r in runs[0]] == [[r[k] for k in keys] for r in runs[1]]
+    assert len(runs[0]) == 2
