@@ -63,7 +63,9 @@ def write_cifar(name: str, root: Path) -> Path:
         for i in range(5):
             _pickle(folder / f"data_batch_{i + 1}", _cifar_batch(train_labels[i::5], "labels"))
         _pickle(folder / "test_batch", _cifar_batch(test_labels, "labels"))
-        _pickle(folder / "batches.meta", {"num_cases_per_batch": len(train_labels) // 5, "label_names": [f"class{c}" for c in range(classes)]})
+        _pickle(
+            folder / "batches.meta", {"num_cases_per_batch": len(train_labels) // 5, "label_names": [f"class{c}" for c in range(classes)]}
+        )
     else:
         folder = root / "cifar-100-python"
         _pickle(folder / "train", _cifar_batch(train_labels, "fine_labels"))
