@@ -87,7 +87,7 @@ def budget_lines(space: Space, model: Any, total: int) -> list[BudgetLine]:
 
 def describe_models(space: Space) -> Iterator[str]:
     """Per model: its source, convs and conv parameters, then every budget in parameters."""
-    from trainables.models import build_model, model_spec, ungrouped_conv_params
+    from trainables.models import build_model, imagenet_weights_path, model_spec, ungrouped_conv_params
     from trainables.neurons import conv_neuron_params, total_params
 
     sizes = sorted({s for s in choices(space, "data.image_size") if s is not None}) or [DataConfig().image_size]
@@ -96,6 +96,8 @@ def describe_models(space: Space) -> Iterator[str]:
         pretrained = values.get("pretrained")
         config = from_mapping(ModelConfig, {**values, "pretrained": None}, "model")
         spec = model_spec(name)
+        if pretrained == "imagenet":
+            pretrained = f"imagenet from {imagenet_weights_path(config)}"
         model = build_model(config, num_classes=10)
         total = total_params(conv_neuron_params(model))
         yield (

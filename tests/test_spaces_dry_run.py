@@ -4,23 +4,62 @@ from __future__ import annotations
 
 import math
 import re
+import urllib.error
 from pathlib import Path
 
 import pytest
 import torch
+import torchvision
 import yaml
 from data_fixtures import fixture_env
 
 from search.cli import main
 from search.space import load_space
+from trainables.config import ModelConfig
+from trainables.models import build_model
+from trainables.zoo import ZOO_NETS
 
 SPACES = Path(__file__).resolve().parent.parent / "spaces"
 STUDY_SPACES = sorted(p for p in SPACES.glob("*.yaml") if not p.name.startswith("digits"))
 
 
 @pytest.fixture(scope="module")
-def neq_data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    return fixture_env(tmp_path_factory.mktemp("neq_data"))
+def weights_cache(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """ImageNet weights of the spaces' models in their caches (state dicts of randomly initialised models)."""
+    root = tmp_path_factory.mktemp("weights")
+    weights = {
+        "mbv2": torchvision.models.MobileNet_V2_Weights.DEFAULT,
+        "resnet18": torchvision.models.ResNet18_Weights.DEFAULT,
+        "resnet50": torchvision.models.ResNet50_Weights.DEFAULT,
+    }
+    for name, enum in weights.items():
+        path = root / "torch" / "hub" / "checkpoints" / enum.url.rsplit("/", 1)[-1]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(build_model(ModelConfig(name=name), 1000).state_dict(), path)
+    (root / "mcunet").mkdir()
+    torch.save(
+        {"state_dict": build_model(ModelConfig(name="mcunet-in1"), 1000).state_dict()}, root / "mcunet" / f"{ZOO_NETS['mcunet-in1']}.pth"
+    )
+    return {"TORCH_HOME": str(root / "torch"), "NEQ_MCUNET": str(root / "mcunet")}
+
+
+@pytest.fixture(scope="module")
+def data_and_weights(tmp_path_factory: pytest.TempPathFactory, weights_cache: dict[str, str]) -> dict[str, str]:
+    return {**fixture_env(tmp_path_factory.mktemp("neq_data")), **weights_cache}
+
+
+@pytest.fixture
+def neq_data(data_and_weights: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """$NEQ_DATA with every data set's fixture, $TORCH_HOME and $NEQ_MCUNET with the weights; nothing is downloaded."""
+    for key, value in data_and_weights.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(torch.hub, "_hub_dir", None)
+    monkeypatch.setattr(torch.hub, "download_url_to_file", _offline)
+    return data_and_weights
+
+
+def _offline(url: str, dst: str, *args: object, **kwargs: object) -> None:
+    raise urllib.error.URLError("[Errno -2] Name or service not known")
 
 
 def test_there_is_a_space_for_every_sweep_of_the_study() -> None:
@@ -37,8 +76,6 @@ def test_dry_run_of_every_study_space(
     space_file: Path, neq_data: dict[str, str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     torch.set_num_threads(1)
-    for key, value in neq_data.items():
-        monkeypatch.setenv(key, value)
     raw = yaml.safe_load(space_file.read_text())
     assert "root" not in raw["data"], "data roots come from $NEQ_DATA"
     assert raw["search"]["algorithm"] == "grid" and "training.seed" in raw["search"]["params"]
@@ -65,8 +102,6 @@ def test_dry_run_of_every_study_space(
 def test_dry_run_prints_the_study_budgets(
     neq_data: dict[str, str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    for key, value in neq_data.items():
-        monkeypatch.setenv(key, value)
     assert main(["--space", str(SPACES / "c10_resnet18.yaml"), "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "11,166,912 conv parameters" in out
@@ -80,9 +115,12 @@ def test_dry_run_prints_the_study_budgets(
 def test_a_bad_space_exits_2_naming_the_key(
     tmp_path: Path, neq_data: dict[str, str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    for key, value in neq_data.items():
-        monkeypatch.setenv(key, value)
-    text = (SPACES / "c10_mcunet.yaml").read_text().replace("name: mcunet-in1", "name: proxyless-w0.3")
+    text = (
+        (SPACES / "c10_mcunet.yaml")
+        .read_text()
+        .replace("name: mcunet-in1", "name: proxyless-w0.3")
+        .replace("pretrained: imagenet", "pretrained: null")
+    )
     text = text.replace("mcunet-in1_scheme_1, mcunet-in1_scheme_2", "proxyless-w0.3_scheme_1, proxyless-w0.3_scheme_2")
     text = text.replace("scheme: mcunet-in1_scheme_1", "scheme: proxyless-w0.3_scheme_2")
     bad = tmp_path / "bad.yaml"
@@ -98,3 +136,17 @@ def test_a_bad_space_exits_2_naming_the_key(
     )
     assert main(["--space", str(missing), "--dry-run"]) == 2
     assert "data.root" in capsys.readouterr().err
+
+
+def test_missing_imagenet_weights_offline_exit_2_naming_the_file(
+    neq_data: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("NEQ_MCUNET", str(tmp_path / "empty"))
+    assert main(["--space", str(SPACES / "pets_mcunet_baseline.yaml"), "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip()
+    expected = tmp_path / "empty" / f"{ZOO_NETS['mcunet-in1']}.pth"
+    assert (
+        err.startswith("error: spaces/pets_mcunet_baseline.yaml: model.pretrained: the ImageNet weights of mcunet-in1 are not at")
+        or "model.pretrained" in err
+    )
+    assert str(expected) in err and "put it at" in err and "\n" not in err

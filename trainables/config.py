@@ -181,7 +181,10 @@ class ModelConfig:
         _require(self.name in model_names(), _join(path, "name"), f"unknown model {self.name!r}; known models: {', '.join(model_names())}")
         spec = model_spec(self.name)
         if self.pretrained == "imagenet":
+            from trainables.models import imagenet_weights_path
+
             _require(spec.imagenet is not None, _join(path, "pretrained"), f"model {self.name!r} has no ImageNet weights")
+            imagenet_weights_path(self)  # refuse a run that cannot get its weights before it starts
         elif self.pretrained is not None:
             _require(Path(self.pretrained).expanduser().is_file(), _join(path, "pretrained"), f"no checkpoint file at {self.pretrained}")
         if self.net_config is not None:

@@ -204,6 +204,19 @@ def ungrouped_conv_params(model: nn.Module) -> int:
     return total
 
 
+def imagenet_weights_path(config: ModelConfig) -> Path:
+    """The local file of the ImageNet weights of ``config``'s model, fetched into its cache when missing.
+
+    Raises:
+        ConfigError: (``model.pretrained``) the model has no ImageNet weights,
+            or they are neither cached nor downloadable (names the file).
+    """
+    spec = model_spec(config.name)
+    if spec.imagenet is None:
+        raise ConfigError("model.pretrained", f"model {config.name!r} has no ImageNet weights")
+    return spec.imagenet(config)
+
+
 def build_model(config: ModelConfig, num_classes: int) -> nn.Module:
     """Build the network named in ``config`` with a ``num_classes``-way classifier.
 
@@ -221,9 +234,7 @@ def build_model(config: ModelConfig, num_classes: int) -> nn.Module:
     spec = model_spec(config.name)
     model = spec.build(config, num_classes)
     if config.pretrained == "imagenet":
-        if spec.imagenet is None:
-            raise ConfigError("model.pretrained", f"model {config.name!r} has no ImageNet weights")
-        load_checkpoint(model, spec.imagenet(config))
+        load_checkpoint(model, imagenet_weights_path(config))
     elif config.pretrained:
         load_checkpoint(model, config.pretrained)
     return model
