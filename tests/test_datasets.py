@@ -412,3 +412,12 @@ def test_a_trial_on_a_fixture_repeats_under_its_seed(data_root: Path, monkeypatc
     keys = ("train_loss", "train_top1", "val_top1", "test_top1", "params_updated")
     assert [[r[k] for k in keys] for r in runs[0]] == [[r[k] for k in keys] for r in runs[1]]
     assert len(runs[0]) == 2
+
+
+def test_the_benchmark_compares_cold_and_cached_builds(data_root: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from datasets.benchmark import main as benchmark_main
+
+    assert benchmark_main(["pets", "--root", str(data_root / "pets"), "--repeats", "2", "--batch", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "pets: 52 train / 12 val / 10 velocity / 37 test" in out and "ratio cold / cached:" in out
+    assert benchmark_main(["pets", "--root", str(data_root / "missing")]) == 2
