@@ -218,6 +218,17 @@ def test_a_zoo_model_builds_from_a_net_config_file(tmp_path: Path) -> None:
     assert model.state_dict()["classifier.linear.weight"].shape == (3, 32)
 
 
+@pytest.mark.parametrize("name", sorted(ZOO_NETS))
+def test_every_zoo_model_builds_from_a_config_file_written_here(name: str, tmp_path: Path) -> None:
+    # The user's own copy of the zoo JSON (here: the shipped architecture, written out) builds the same network.
+    shipped = json.loads((SHIPPED_CONFIGS / f"{ZOO_NETS[name]}.json").read_text())
+    path = tmp_path / "net.json"
+    path.write_text(json.dumps(shipped, indent=4))
+    model = build_model(ModelConfig(name=name, net_config=str(path)), num_classes=4)
+    assert total_params(conv_neuron_params(model)) == STUDY_TOTALS[name]
+    assert len(conv_layers(model)) == UNGROUPED_TOTALS[name][1]
+
+
 def test_a_cached_net_config_takes_precedence_over_the_shipped_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / f"{ZOO_NETS['mcunet-in1']}.json").write_text(json.dumps(_tiny_net_config()))
     monkeypatch.setenv("NEQ_MCUNET", str(tmp_path))
