@@ -1,0 +1,166 @@
+"""A real two-node Ray cluster on this machine (loopback only), a search submitted as a Ray job.
+
+The head and the worker node are started with the ``ray`` CLI of the project's
+virtualenv, on free ports and a private temporary directory, so that other Ray
+instances on the machine are neither joined nor disturbed; the test stops only
+the processes of its own cluster (found by that directory), even when it fails.
+Every command gets the same token authentication settings, so the test works
+whether or not ``~/.ray/auth_token`` exists.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(sys.executable).parent
+HOST = "127.0.0.1"
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct ports nothing listens on now."""
+    socks = []
+    try:
+        for _ in range(n):
+            sock = socket.socket()
+            sock.bind((HOST, 0))
+            socks.append(sock)
+        return [int(sock.getsockname()[1]) for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def free_range(width: int) -> tuple[int, int]:
+    """A run of ``width`` ports, all free now, inside the unprivileged range."""
+    for _ in range(200):
+        start = secrets.randbelow(20_000) + 30_000
+        try:
+            socks = []
+            for port in range(start, start + width):
+                sock = socket.socket()
+                socks.append(sock)
+                sock.bind((HOST, port))
+            return start, start + width - 1
+        except OSError:
+            continue
+        finally:
+            for sock in socks:
+                sock.close()
+    raise RuntimeError("no free port range")
+
+
+def cluster_pids(marker: str) -> list[int]:
+    """Pids of the processes whose command line names this test's Ray directory."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if marker in cmdline.read_bytes().decode(errors="replace"):
+                found.append(int(cmdline.parent.name))
+        except OSError:
+            continue
+    return [pid for pid in found if pid != os.getpid()]
+
+
+def stop_cluster(marker: str, env: dict[str, str]) -> None:
+    for sig, wait_s in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 2.0)):
+        for pid in cluster_pids(marker):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + wait_s
+        while cluster_pids(marker) and time.monotonic() < deadline:
+            time.sleep(0.2)
+
+
+def node_ports() -> list[str]:
+    """Per-node ports, so that two nodes on one host (and other engineers' Ray) never clash."""
+    manager, objects, agent, agent_grpc, metrics, runtime_env = free_ports(6)
+    low, high = free_range(20)
+    return [
+        f"--node-manager-port={manager}",
+        f"--object-manager-port={objects}",
+        f"--dashboard-agent-listen-port={agent}",
+        f"--dashboard-agent-grpc-port={agent_grpc}",
+        f"--metrics-export-port={metrics}",
+        f"--runtime-env-agent-port={runtime_env}",
+        f"--min-worker-port={low}",
+        f"--max-worker-port={high}",
+    ]
+
+
+@pytest.fixture
+def cluster() -> Iterator[tuple[str, dict[str, str], Path]]:
+    """A head and one worker node, one CPU each: ``(dashboard URL, env for ray commands, temp dir)``."""
+    temp_dir = Path(tempfile.mkdtemp(prefix="nqc", dir="/tmp"))  # short: Ray's socket paths have a length limit
+    env = {key: value for key, value in os.environ.items() if not key.startswith("RAY_")}
+    env.update(
+        PATH=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        RAY_AUTH_MODE="token",
+        RAY_AUTH_TOKEN=secrets.token_hex(32),
+        RAY_USAGE_STATS_ENABLED="0",
+    )
+    gcs, dashboard, client = free_ports(3)
+    ray = str(VENV_BIN / "ray")
+    common = ["--num-cpus=1", f"--node-ip-address={HOST}", "--disable-usage-stats"]
+    try:
+        subprocess.run(
+            [ray, "start", "--head", f"--port={gcs}", f"--dashboard-host={HOST}", f"--dashboard-port={dashboard}",
+             f"--ray-client-server-port={client}", f"--temp-dir={temp_dir / 'h'}", "--include-dashboard=true", *common, *node_ports()],
+            env=env, check=True, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        subprocess.run(
+            # its own temp dir: two nodes on one host must not share (and clean up) each other's runtime-env files
+            [ray, "start", f"--address={HOST}:{gcs}", f"--temp-dir={temp_dir / 'w'}", *common, *node_ports()],
+            env=env, check=True, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        yield f"http://{HOST}:{dashboard}", env, temp_dir
+    finally:
+        stop_cluster(str(temp_dir), env)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def test_a_search_submitted_as_a_ray_job_runs_trials_on_both_nodes(cluster: tuple[str, dict[str, str], Path], tmp_path: Path) -> None:
+    started = time.monotonic()
+    dashboard, env, _ = cluster
+    space = {
+        "experiment": "cluster",
+        "data": {"name": "digits", "image_size": 16, "batch_size": 64},
+        "model": {"name": "mbv2-w0.35"},
+        "training": {"epochs": 2, "lr": 0.1},
+        "budget": {"policy": "velocity", "initialization": "random", "scheme": "mbv2-w0.35_scheme_3"},
+        "search": {"algorithm": "grid", "num_samples": 1, "cpus_per_trial": 1, "params": {"budget.policy": {"choice": ["velocity", "random"]}}},
+    }
+    space_path = tmp_path / "tiny.yaml"
+    space_path.write_text(yaml.safe_dump(space))
+    storage = tmp_path / "storage"
+    job = subprocess.run(
+        [str(VENV_BIN / "ray"), "job", "submit", "--address", dashboard, "--working-dir", str(ROOT), "--",
+         "python", "run_search.py", "--space", str(space_path), "--storage", str(storage), "--name", "two-nodes"],
+        env=env, capture_output=True, text=True, timeout=170, cwd=ROOT,
+    )  # fmt: skip
+    log = job.stdout + job.stderr
+    assert "neqtune: 2 trials (0 failed)" in log, log
+    assert "max_concurrent auto = 2" in log, log
+    epochs = pd.read_parquet(storage / "two-nodes" / "epochs.parquet")
+    trials = pd.read_parquet(storage / "two-nodes" / "trials.parquet")
+    assert len(trials) == 2 and (trials.status == "TERMINATED").all()
+    assert len(epochs) == 4 and epochs.node_id.notna().all()
+    assert trials.node_id.nunique() == 2, trials[["trial_id", "node_id"]]  # one trial per node: each has one CPU
+    assert (epochs.groupby("trial_id").node_id.nunique() == 1).all()
+    print(f"two-node cluster test: {time.monotonic() - started:.0f} s from submit to checked tables")
