@@ -165,13 +165,16 @@ class ModelConfig:
     the zoo cache; downloaded only when missing) or a local state-dict file.
     ``zoo_dir``: the MCUNet zoo cache (JSON net configs and ``.pth`` weights;
     default ``$NEQ_MCUNET``, else ``~/.torch/mcunet``). ``net_config``: a zoo
-    JSON net config file to build a zoo model from instead.
+    JSON net config file to build a zoo model from instead. ``num_classes``:
+    the classes the head must have; ``null`` takes the data set's, a number
+    must equal the data set's class count (checked when the space loads).
     """
 
     name: str = "mbv2-w0.35"
     pretrained: str | None = None
     zoo_dir: str | None = None
     net_config: str | None = None
+    num_classes: int | None = None
 
     def validate(self, path: str) -> None:
         from pathlib import Path
@@ -179,6 +182,8 @@ class ModelConfig:
         from trainables.models import model_names, model_spec
 
         _require(self.name in model_names(), _join(path, "name"), f"unknown model {self.name!r}; known models: {', '.join(model_names())}")
+        if self.num_classes is not None:
+            _require(self.num_classes >= 2, _join(path, "num_classes"), f"must be >= 2, got {self.num_classes}")
         spec = model_spec(self.name)
         if self.pretrained == "imagenet":
             from trainables.models import imagenet_weights_path
