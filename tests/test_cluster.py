@@ -164,3 +164,13 @@ def test_a_search_submitted_as_a_ray_job_runs_trials_on_both_nodes(cluster: tupl
     assert trials.node_id.nunique() == 2, trials[["trial_id", "node_id"]]  # one trial per node: each has one CPU
     assert (epochs.groupby("trial_id").node_id.nunique() == 1).all()
     print(f"two-node cluster test: {time.monotonic() - started:.0f} s from submit to checked tables")
+
+
+@pytest.mark.parametrize("name", ["aws.yaml", "onprem.yaml"])
+def test_the_shipped_cluster_files_pass_rays_schema(name: str) -> None:
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    config = prepare_config(yaml.safe_load((ROOT / "cluster" / name).read_text()))
+    validate_config(config)  # raises on a key Ray's autoscaler does not know or a wrong type
+    assert config["provider"]["type"] == ("aws" if name == "aws.yaml" else "local")
+    assert any("ray start --head" in command for command in config["head_start_ray_commands"])
