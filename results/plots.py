@@ -31,13 +31,13 @@ import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
-from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, NullLocator
 
 if TYPE_CHECKING:
     from results.analyze import Analysis, Experiments
 
 FULL = "full"
-DPI = 130
+DPI = 110
 # At most this many budget columns in the learning curves (the most seeded ones); the report says when more exist.
 MAX_CURVE_PANELS = 8
 Colors = dict[tuple[str, str], Any]  # (policy, initialization) -> a matplotlib colour
@@ -207,6 +207,7 @@ def plot_layer_updates(analysis: Analysis, experiments: Experiments, out_dir: Pa
                               extent=(by_epoch.index.min() - 0.5, by_epoch.index.max() + 0.5, n_layers - 0.5, -0.5))  # fmt: skip
             ax.set_title(f"budget {int(budget):,} params, n={panel['trial_id'].nunique()}", fontsize=9)
             ax.set_xlabel("epoch")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.set_yticks(range(n_layers))
             ax.set_yticklabels(names if ax is axes[0][0] else [], fontsize=5)
         axes[0][0].set_ylabel("conv layer (module order)")
