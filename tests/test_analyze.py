@@ -19,6 +19,7 @@ from results.analyze import (
     AnalysisInputError,
     analyze,
     best_epoch,
+    default_out_dir,
     load_experiments,
     main,
     mean_std,
@@ -289,3 +290,22 @@ def test_seed_repeats_split_into_one_trial_per_seed_and_stopped_trials_count(tmp
     only = analysis.table.iloc[0]
     assert only["n_seeds"] == 2 and only["seeds"] == "7, 8" and only["test_top1_mean"] == pytest.approx(76.0)
     assert analysis.problems.empty
+
+
+def test_default_output_directories_and_disagreeing_tables(tmp_path: Path, grid: Path, full: Path) -> None:
+    assert default_out_dir([grid]) == grid / "analysis"
+    assert default_out_dir([grid, full]) == tmp_path / "analysis-grid+full"
+    summary = {"schema_version": SCHEMA_VERSION, "experiment": "odd", "trial_id": "o", "status": "TERMINATED", "best_epoch": 1}
+    odd = write_experiment(tmp_path, "odd", [FakeTrial("o", "velocity", 10, 0, val=[1, 2, 3], test=[1, 2, 3], status=None)])
+    write_atomic(rows_to_table([summary]), odd / TRIALS_TABLE)
+    problems = analyze(load_experiments([odd])).problems
+    assert problems["problem"].tolist() == ["trials.parquet says best epoch 1, the epoch rows say 3"]
+    assert problems["in_table"].tolist() == [True]  # a warning: the epoch rows decide
+
+
+def test_output_path_that_is_a_file_is_refused(grid: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    taken = tmp_path / "taken"
+    taken.write_text("keep me\n")
+    assert main([str(grid), "-o", str(taken)]) == 2
+    assert "taken: exists and is not a directory" in capsys.readouterr().err
+    assert taken.read_text() == "keep me\n"
