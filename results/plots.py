@@ -143,6 +143,8 @@ def plot_learning_curves(analysis: Analysis, epochs: pd.DataFrame, path: Path, c
         for row, (column, ylabel) in enumerate((("val_top1", "validation top-1 (%)"), ("train_loss", "training loss (cross-entropy)"))):
             ax = axes[row][col]
             for group, label, color, style in groups:
+                if column not in group.columns:  # a table written before the column existed
+                    continue
                 curve = _mean_curves(group, column)
                 n = group["trial_id"].nunique()
                 ax.plot(curve["epoch"], curve["mean"], style, color=color, marker=".", label=f"{label}, n={n}")
