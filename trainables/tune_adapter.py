@@ -20,6 +20,7 @@ import yaml
 from ray import tune
 
 from trainables.config import TrialConfig, with_overrides
+from trainables.repeats import train_repeats
 from trainables.trainer import Metrics, StateFn, train
 
 STATE_FILE = "state.pt"
@@ -31,13 +32,15 @@ def resolve_trial_config(base: dict[str, Any], sampled: dict[str, Any]) -> Trial
     return TrialConfig.from_dict(with_overrides(base, sampled))
 
 
-def budgeted_trainable(config: dict[str, Any], *, base: dict[str, Any], threads: int = 1) -> None:
+def budgeted_trainable(config: dict[str, Any], *, base: dict[str, Any], threads: int = 1, repeats: int = 1) -> None:
     """Ray Tune function trainable for one budgeted fine-tuning trial.
 
     Args:
         config: Tune's sampled values, by dotted key.
         base: the nested trial config from the space, before sampling.
         threads: torch CPU threads (the trial's CPU share).
+        repeats: seeds per configuration; above 1 the seeds run in lockstep
+            and every report carries their mean (:mod:`trainables.repeats`).
     """
     torch.set_num_threads(max(1, threads))
     trial_config = resolve_trial_config(base, config)
@@ -57,4 +60,7 @@ def budgeted_trainable(config: dict[str, Any], *, base: dict[str, Any], threads:
             torch.save(state(), Path(directory) / STATE_FILE)
             tune.report({**metrics, **placement}, checkpoint=tune.Checkpoint.from_directory(directory))
 
-    train(trial_config, report, resume=resume)
+    if repeats > 1:
+        train_repeats(trial_config, repeats, report, resume=resume)
+    else:
+        train(trial_config, report, resume=resume)
