@@ -134,7 +134,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 def report_outcome(outcome: SearchOutcome, results: Path, *, searched: list[str]) -> int:
     """Print where the results are and the best trial; the exit code (1 if a trial failed or none finished)."""
     print(f"\nneqtune: {outcome.num_trials} trials ({outcome.errors} failed) in {outcome.wall_time_s:.0f} s")
-    print(f"results: {outcome.experiment_dir}  (epochs.parquet, trials.parquet, tensorboard/)")
+    print(f"results: {outcome.location or outcome.experiment_dir}  (epochs.parquet, trials.parquet, tensorboard/)")
+    if outcome.location and outcome.location != str(outcome.experiment_dir):
+        print(f"tensorboard files: {outcome.experiment_dir}")
     if outcome.best is None:
         print("no trial finished")
         return 1

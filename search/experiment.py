@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,8 +14,11 @@ from typing import Any
 import optuna
 import yaml
 
+from search.pareto import PARETO_TABLE, pareto_front
 from search.recorder import ResultRecorder
-from search.space import ParamSpec, SearchConfig, Space
+from search.space import ParamSpec, SearchConfig, Space, build_space
+from search.tables import config_column_types, is_uri, resolve_location, rows_to_table, write_atomic
+from trainables.config import TrialConfig
 from trainables.tune_adapter import budgeted_trainable
 
 # Our recorder writes the tables and TensorBoard files and prints progress;
@@ -25,6 +29,23 @@ os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 # Keeping one checkpoint per trial forces an experiment snapshot per epoch; at
 # our epoch lengths that is cheap, so Ray's warning about it is noise.
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+
+
+# One trial's resident memory, measured here (ru_maxrss of one mbv2-w0.35 digits epoch in a
+# process that imported torch and ray: 1.23-1.29 GiB at 16-32 px; resnet18: 1.35 GiB).
+TRIAL_BASE_MEMORY_BYTES = 1_400 * 2**20
+# Per model parameter: weights, gradients, optimizer state, the best-epoch copy and the
+# checkpoint being written (float32 each).
+BYTES_PER_PARAMETER = 6 * 4
+# Per input pixel of a training batch: activations kept for the backward pass (an upper
+# estimate for the registered conv nets, float32).
+ACTIVATION_BYTES_PER_PIXEL = 200 * 4
+PROBE_TIMEOUT_S = 5.0
+SPACE_FILE = "space.yaml"
+
+
+class ClusterError(ValueError):
+    """A cluster, storage or resume problem found before any trial runs: one line, exit code 2."""
 
 
 @dataclass(frozen=True)
@@ -38,6 +59,12 @@ class SearchOutcome:
         num_trials: trials run.
         errors: trials that failed.
         wall_time_s: seconds from start to end, Ray start included.
+        pareto: for several objectives, the trials no other trial
+            dominates (also in ``pareto.parquet``); None otherwise.
+        objectives: the metrics the search optimised.
+        searched: the dotted keys the search varied.
+        location: where the tables and trial directories are (a path or a
+            URI; ``experiment_dir`` holds the TensorBoard files).
     """
 
     experiment_dir: Path
@@ -45,6 +72,10 @@ class SearchOutcome:
     num_trials: int
     errors: int
     wall_time_s: float
+    pareto: list[dict[str, Any]] | None = None
+    objectives: tuple[str, ...] = ()
+    searched: tuple[str, ...] = ()
+    location: str = ""
 
 
 def tune_domain(spec: ParamSpec, *, grid: bool) -> Any:
@@ -63,27 +94,100 @@ def tune_domain(spec: ParamSpec, *, grid: bool) -> Any:
     return tune.randint(spec.randint[0], spec.randint[1])
 
 
+def build_sampler(search: SearchConfig) -> optuna.samplers.BaseSampler:
+    """The seeded Optuna sampler named in the space.
+
+    TPE handles several objectives itself (multi-objective TPE); NSGA-II
+    evolves generations of ``population_size`` trials; random ignores the objectives.
+    """
+    if search.sampler == "tpe":
+        return optuna.samplers.TPESampler(seed=search.seed, n_startup_trials=search.startup_trials)
+    if search.sampler == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=search.seed, population_size=search.population_size)
+    return optuna.samplers.RandomSampler(seed=search.seed)
+
+
 def build_searcher(search: SearchConfig) -> Any:
-    """OptunaSearch with a seeded sampler (TPE or random); None for a grid."""
+    """OptunaSearch over the space's objectives (one metric, or lists of metrics and modes); None for a grid."""
     if search.algorithm == "grid":
         return None
     from ray.tune.search.optuna import OptunaSearch
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    sampler: optuna.samplers.BaseSampler
-    if search.sampler == "tpe":
-        sampler = optuna.samplers.TPESampler(seed=search.seed, n_startup_trials=search.startup_trials)
-    else:
-        sampler = optuna.samplers.RandomSampler(seed=search.seed)
-    return OptunaSearch(sampler=sampler)
+    metric: str | list[str] = search.metrics if search.multi_objective else search.metrics[0]
+    mode: str | list[str] = list(search.modes) if search.multi_objective else search.modes[0]
+    return OptunaSearch(sampler=build_sampler(search), metric=metric, mode=mode)
+
+
+def build_scheduler(space: Space) -> Any:
+    """Ray Tune's ASHA scheduler over epochs (``training_iteration``) for ``scheduler: asha``; None for FIFO."""
+    search = space.search
+    if search.scheduler != "asha":
+        return None
+    from ray.tune.schedulers import ASHAScheduler
+
+    asha = search.asha
+    return ASHAScheduler(
+        time_attr="training_iteration",
+        metric=asha.metric,
+        mode=asha.mode,
+        max_t=space.asha_max_epochs(),
+        grace_period=asha.grace_period,
+        reduction_factor=asha.reduction_factor,
+    )
+
+
+def final_rows(recorder: ResultRecorder, experiment: str, metrics: list[str]) -> list[dict[str, Any]]:
+    """The trials table's rows of ``experiment``, with any objective it lacks taken from the trial's last epoch."""
+    rows = [row for row in recorder.trials.table().to_pylist() if row["experiment"] == experiment]
+    missing = [m for m in metrics if rows and m not in rows[0]]
+    if missing:
+        last: dict[str, dict[str, Any]] = {}
+        for row in recorder.epochs.table().to_pylist():
+            if row["experiment"] == experiment and row["epoch"] >= last.get(row["trial_id"], {}).get("epoch", -1):
+                last[row["trial_id"]] = row
+        for row in rows:
+            row.update({m: last.get(row["trial_id"], {}).get(m) for m in missing})
+    return rows
+
+
+def _has_metrics(row: dict[str, Any], metrics: list[str]) -> bool:
+    return all(isinstance(row.get(m), (int, float)) and not math.isnan(row[m]) for m in metrics)
+
+
+def probe_address(address: str, timeout_s: float = PROBE_TIMEOUT_S) -> None:
+    """Check that a ``HOST:PORT`` cluster address accepts connections, within ``timeout_s``.
+
+    ``ray.init`` retries an unreachable address for minutes; a socket connect
+    answers at once. ``auto`` and ``ray://`` addresses are left to Ray.
+
+    Raises:
+        ClusterError: a malformed address or nothing listening there.
+    """
+    if address == "auto" or "://" in address:
+        return
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ClusterError(f"--address {address}: expected 'auto' or HOST:PORT of a Ray head (GCS port, 6379 by default)")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout_s):
+            pass
+    except OSError as err:
+        raise ClusterError(f"--address {address}: no Ray cluster reachable there ({err.strerror or err})") from None
 
 
 def start_ray(address: str | None) -> None:
-    """Join the cluster at ``address`` (or ``RAY_ADDRESS``), else start Ray on this machine."""
+    """Join the cluster at ``address`` (or ``RAY_ADDRESS``), else start Ray on this machine.
+
+    Raises:
+        ClusterError: the cluster cannot be reached.
+    """
     import ray
 
     if ray.is_initialized():
         return
+    if address is not None:
+        probe_address(address)
     # Trials report through Tune, and failures land in their error files and the
     # trials table; forwarding worker logs would only repeat Ray's INFO lines.
     kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "include_dashboard": False, "log_to_driver": False}
@@ -91,7 +195,106 @@ def start_ray(address: str | None) -> None:
         kwargs["num_cpus"] = os.cpu_count() or 1
     else:
         kwargs.pop("include_dashboard")
-    ray.init(address=address, **kwargs)
+    try:
+        ray.init(address=address, **kwargs)
+    except ConnectionError as err:
+        raise ClusterError(f"--address {address or os.environ.get('RAY_ADDRESS')}: {str(err).strip().splitlines()[0]}") from None
+
+
+def check_shared_storage(storage: str, *, node_ips: list[str], driver_ip: str, shared: bool) -> None:
+    """The rule for where a multi-node search may keep its results and checkpoints.
+
+    Trials write checkpoints where the driver and every other node can read
+    them back (a trial may restart on another node). That holds for a URI
+    (``s3://``, ``gs://``), for a local path when every node runs on the
+    driver's host, and for a path on a shared file system (NFS), which the
+    user vouches for with ``--shared-storage``.
+
+    Raises:
+        ClusterError: a local path on a cluster with nodes on other hosts.
+    """
+    if is_uri(storage) or shared:
+        return
+    others = sorted({ip for ip in node_ips if ip != driver_ip})
+    if others:
+        raise ClusterError(
+            f"--storage {storage}: a local path is not shared with the cluster's nodes on {', '.join(others)}; "
+            "give a URI (s3://bucket/path, gs://bucket/path) or, for a shared file system mounted on every node, add --shared-storage"
+        )
+
+
+def check_cluster_storage(storage: str, shared: bool) -> None:
+    """Apply :func:`check_shared_storage` to the running cluster's alive nodes."""
+    import ray
+
+    alive = [node for node in ray.nodes() if node.get("Alive")]
+    here = ray.get_runtime_context().get_node_id()
+    driver_ip = next((str(node["NodeManagerAddress"]) for node in alive if node.get("NodeID") == here), ray.util.get_node_ip_address())
+    check_shared_storage(storage, node_ips=[str(node["NodeManagerAddress"]) for node in alive], driver_ip=driver_ip, shared=shared)
+
+
+def estimate_trial_memory(space: Space) -> int:
+    """A coarse upper estimate of one trial's resident memory, in bytes.
+
+    ``TRIAL_BASE_MEMORY_BYTES`` (a worker process with torch and Ray) plus
+    ``BYTES_PER_PARAMETER`` per parameter of the largest searched model plus
+    ``ACTIVATION_BYTES_PER_PIXEL`` per pixel of a training batch.
+    """
+    from trainables.config import ModelConfig
+    from trainables.models import build_model
+
+    models = set(space.search.params["model.name"].choice or []) if "model.name" in space.search.params else set()
+    models.add(space.base.get("model", {}).get("name", ModelConfig().name))
+    data = space.base.get("data", {})
+    params = max(sum(p.numel() for p in build_model(ModelConfig(name=name), num_classes=10).parameters()) for name in models)
+    pixels = int(data.get("batch_size", 32)) * int(data.get("image_size", 32)) ** 2
+    return TRIAL_BASE_MEMORY_BYTES + BYTES_PER_PARAMETER * params + ACTIVATION_BYTES_PER_PIXEL * pixels
+
+
+def auto_concurrency(*, cpus: float, cpus_per_trial: float, memory_bytes: float, trial_memory_bytes: int, num_trials: int) -> int:
+    """Trials to run at once: as many as the CPUs and the memory allow, at least 1, at most ``num_trials``."""
+    by_cpu = int(cpus // cpus_per_trial)
+    by_memory = int(memory_bytes // trial_memory_bytes)
+    return max(1, min(by_cpu, by_memory, num_trials))
+
+
+def available_memory() -> int:
+    """Bytes of memory this machine can still give (``MemAvailable`` on Linux, free pages elsewhere)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+
+
+def resolve_concurrency(space: Space, *, local: bool, echo: Any = print) -> int:
+    """``search.max_concurrent``, or for ``auto`` :func:`auto_concurrency` on the running Ray cluster.
+
+    CPUs are the cluster's; memory is this machine's available memory for a
+    local Ray, else the cluster's ``memory`` resource.
+    """
+    search = space.search
+    if search.max_concurrent != "auto":
+        return search.max_concurrent
+    import ray
+
+    resources = ray.cluster_resources()
+    memory = float(available_memory()) if local else float(resources.get("memory", 0.0))
+    trial_memory = estimate_trial_memory(space)
+    chosen = auto_concurrency(
+        cpus=float(resources.get("CPU", 1.0)),
+        cpus_per_trial=search.cpus_per_trial,
+        memory_bytes=memory,
+        trial_memory_bytes=trial_memory,
+        num_trials=space.num_trials(),
+    )
+    echo(
+        f"neqtune: max_concurrent auto = {chosen} (CPUs {resources.get('CPU', 0):g} / {search.cpus_per_trial:g} per trial; "
+        f"memory {memory / 2**30:.1f} GiB / {trial_memory / 2**30:.2f} GiB estimated per trial)"
+    )
+    return chosen
 
 
 def experiment_name(space: Space, name: str | None) -> str:
@@ -99,70 +302,195 @@ def experiment_name(space: Space, name: str | None) -> str:
     return name or f"{space.experiment}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def run_search(space: Space, *, results_dir: Path, name: str | None = None, address: str | None = None, echo: Any = print) -> SearchOutcome:
+def storage_root(storage: str | None, results_dir: Path) -> str:
+    """Where experiment directories go: ``storage`` (a URI, or a local path made absolute), else ``results_dir``.
+
+    Raises:
+        ClusterError: a URI whose scheme pyarrow cannot open.
+    """
+    try:
+        fs, path = resolve_location(storage if storage is not None else results_dir)
+    except ValueError as err:
+        raise ClusterError(f"--storage {err}") from None
+    return str(storage).rstrip("/") if fs is not None else path
+
+
+def write_text(location: str, text: str) -> None:
+    """Write a small text file to a local path or a URI."""
+    fs, path = resolve_location(location)
+    if fs is None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(text)
+        return
+    fs.create_dir(path.rpartition("/")[0], recursive=True)
+    with fs.open_output_stream(path) as stream:
+        stream.write(text.encode())
+
+
+def build_trainable(space: Space) -> Any:
+    """The Tune trainable of ``space``: the budgeted trainable with its base config and resources."""
+    from ray import tune
+
+    search = space.search
+    return tune.with_resources(
+        tune.with_parameters(budgeted_trainable, base=space.base, threads=max(1, int(search.cpus_per_trial)), repeats=search.repeats),
+        {"cpu": search.cpus_per_trial, "gpu": search.gpus_per_trial},
+    )
+
+
+def _local_ray(address: str | None) -> bool:
+    return address is None and "RAY_ADDRESS" not in os.environ
+
+
+def run_search(
+    space: Space,
+    *,
+    results_dir: Path,
+    name: str | None = None,
+    address: str | None = None,
+    echo: Any = print,
+    storage: str | None = None,
+    shared_storage: bool = False,
+) -> SearchOutcome:
     """Run the search of ``space`` with Ray Tune and record its results.
 
     Args:
         space: a validated space (:func:`search.load_space`).
-        results_dir: parent of the experiment directory.
+        results_dir: parent of the experiment directory (TensorBoard files
+            always go there; tables and checkpoints too unless ``storage``).
         name: experiment directory name (default: space name + timestamp).
         address: a Ray cluster to join (``auto`` or ``host:port``).
         echo: where progress lines go.
+        storage: where tables, trial directories and checkpoints go: a local
+            path or a URI (``s3://...``, ``gs://...``); default ``results_dir``.
+        shared_storage: the local ``storage`` path is on a file system every
+            node mounts (see :func:`check_shared_storage`).
+
+    Raises:
+        ClusterError: unreachable cluster, unusable storage (before any trial runs).
     """
     from ray import tune
-    from ray.tune.logger import JsonLoggerCallback
 
     started = time.monotonic()
     experiment = experiment_name(space, name)
-    experiment_dir = results_dir.resolve() / experiment
+    root = storage_root(storage, results_dir)
+    location = f"{root}/{experiment}"
+    experiment_dir = results_dir.resolve() / experiment if is_uri(root) else Path(location)
     search = space.search
     echo(
         f"neqtune: experiment {experiment}: {space.num_trials()} trials ({search.algorithm}), "
-        f"{search.max_concurrent} at a time, {search.cpus_per_trial:g} CPU each; results in {experiment_dir}"
+        f"{search.max_concurrent} at a time, {search.cpus_per_trial:g} CPU each; results in {location}"
     )
     start_ray(address)
+    check_cluster_storage(root, shared_storage)
+    max_concurrent = resolve_concurrency(space, local=_local_ray(address), echo=echo)
     experiment_dir.mkdir(parents=True, exist_ok=True)
-    (experiment_dir / "space.yaml").write_text(yaml.safe_dump(space.to_dict(), sort_keys=False))
+    write_text(f"{location}/{SPACE_FILE}", yaml.safe_dump(space.to_dict(), sort_keys=False))
 
     grid = search.algorithm == "grid"
     param_space = {key: tune_domain(spec, grid=grid) for key, spec in search.params.items()}
-    trainable = tune.with_resources(
-        tune.with_parameters(budgeted_trainable, base=space.base, threads=max(1, int(search.cpus_per_trial))),
-        {"cpu": search.cpus_per_trial, "gpu": search.gpus_per_trial},
-    )
-    recorder = ResultRecorder(experiment_dir, experiment, space.base, searched=list(search.params), echo=echo)
+    recorder = ResultRecorder(experiment_dir, experiment, space.base, searched=list(search.params), echo=echo, tables_dir=location)
     tuner = tune.Tuner(
-        trainable,
+        build_trainable(space),
         param_space=param_space,
         tune_config=tune.TuneConfig(
-            metric=search.metric,
-            mode=search.mode,
-            search_alg=build_searcher(search),
+            search_alg=build_searcher(search),  # the searcher and the scheduler carry their own metrics
+            scheduler=build_scheduler(space),
+            reuse_actors=search.reuse_actors,
             num_samples=search.num_samples,
-            max_concurrent_trials=search.max_concurrent,
+            max_concurrent_trials=max_concurrent,
             trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}",
         ),
         run_config=tune.RunConfig(
             name=experiment,
-            storage_path=str(results_dir.resolve()),
-            callbacks=[recorder, JsonLoggerCallback()],
+            storage_path=root,
+            callbacks=tune_callbacks(recorder),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            failure_config=tune.FailureConfig(max_failures=search.max_failures),
             verbose=0,
         ),
     )
+    return finish_search(tuner, recorder, space, experiment_dir=experiment_dir, started=started)
+
+
+def tune_callbacks(recorder: ResultRecorder) -> list[Any]:
+    """The driver's Tune callbacks: our recorder, and Ray's per-trial ``result.json`` log (which a resume backfills from)."""
+    from ray.tune.logger import JsonLoggerCallback
+
+    return [recorder, JsonLoggerCallback()]
+
+
+def resume_search(
+    location: str, *, results_dir: Path | None = None, address: str | None = None, echo: Any = print, shared_storage: bool = False
+) -> SearchOutcome:
+    """Continue a search whose driver died: ``Tuner.restore`` of ``results/<experiment>`` (or a URI).
+
+    Finished trials stay finished, unfinished ones continue from their last
+    checkpoint, the Optuna searcher keeps its state (saved with the
+    experiment), and the tables are reopened and backfilled so that every
+    trial-epoch ends in them exactly once.
+
+    Args:
+        location: the experiment directory (local path or URI).
+        results_dir: where TensorBoard files go for a URI ``location``
+            (default: ``./results``).
+
+    Raises:
+        ClusterError: ``location`` holds no experiment; unreachable cluster; unusable storage.
+    """
+    from ray import tune
+
+    started = time.monotonic()
+    try:
+        fs, path = resolve_location(location)
+    except ValueError as err:
+        raise ClusterError(f"--resume {err}") from None
+    location = location.rstrip("/") if fs is not None else path
+    space_file = f"{location}/{SPACE_FILE}"
+    if not tune.Tuner.can_restore(location) or (fs is None and not Path(space_file).is_file()):
+        raise ClusterError(f"--resume {location}: no experiment to resume there (expected {SPACE_FILE}, tuner.pkl and experiment_state-*.json)")
+    text = Path(space_file).read_text() if fs is None else fs.open_input_stream(path.rstrip("/") + f"/{SPACE_FILE}").read().decode()
+    try:
+        space = build_space(yaml.safe_load(text), space_file)
+    except ValueError as err:
+        raise ClusterError(f"--resume {str(err).splitlines()[0]}") from None
+    experiment = location.rstrip("/").rpartition("/")[2]
+    experiment_dir = Path(location) if fs is None else (results_dir or Path("results")).resolve() / experiment
+    echo(f"neqtune: resuming experiment {experiment} from {location}")
+    start_ray(address)
+    check_cluster_storage(location, shared_storage)
+    recorder = ResultRecorder(experiment_dir, experiment, space.base, searched=list(space.search.params), echo=echo, tables_dir=location)
+    added = recorder.backfill(location)
+    echo(f"neqtune: {len(recorder.epochs.previous_keys())} trial-epochs in the tables, {added} recovered from the trials' result logs")
+    tuner = tune.Tuner.restore(location, trainable=build_trainable(space), resume_unfinished=True, resume_errored=False)
+    # The recorder saved with the experiment belongs to the dead driver; supply the callbacks again.
+    internal = tuner._local_tuner  # Tuner has no public setter for the restored run config
+    assert internal is not None, "resuming through Ray Client is not supported"
+    internal.get_run_config().callbacks = tune_callbacks(recorder)
+    return finish_search(tuner, recorder, space, experiment_dir=experiment_dir, started=started)
+
+
+def finish_search(tuner: Any, recorder: ResultRecorder, space: Space, *, experiment_dir: Path, started: float) -> SearchOutcome:
+    """Run ``tuner`` to the end and summarise the experiment from its tables."""
+    search = space.search
+    experiment = recorder.experiment
     results = tuner.fit()
-    rows = [row for row in recorder.trials.table().to_pylist() if row["experiment"] == experiment]
-    finished = [
-        row
-        for row in rows
-        if row["status"] == "TERMINATED" and isinstance(row.get(search.metric), (int, float)) and not math.isnan(row[search.metric])
-    ]
-    sign = 1 if search.mode == "max" else -1
-    best = max(finished, key=lambda row: sign * row[search.metric]) if finished else None
+    rows = final_rows(recorder, experiment, search.metrics)
+    finished = [row for row in rows if row["status"] in ("TERMINATED", "STOPPED") and _has_metrics(row, search.metrics)]
+    pareto: list[dict[str, Any]] | None = None
+    if search.multi_objective:
+        pareto = pareto_front(finished, search.metrics, search.modes)
+        write_atomic(rows_to_table(pareto, config_column_types(TrialConfig)), f"{recorder.tables_dir}/{PARETO_TABLE}")
+    sign = 1 if search.modes[0] == "max" else -1
+    best = max(finished, key=lambda row: sign * row[search.metrics[0]]) if finished else None
     return SearchOutcome(
         experiment_dir=experiment_dir,
         best=best,
         num_trials=len(results),
         errors=results.num_errors,
         wall_time_s=time.monotonic() - started,
+        pareto=pareto,
+        objectives=tuple(search.metrics),
+        searched=tuple(search.params),
+        location=recorder.tables_dir,
     )

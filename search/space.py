@@ -20,6 +20,7 @@ trial (SU schemes must fit the model). Each problem is one
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 import math
@@ -83,40 +84,139 @@ class ParamSpec:
         return [low, high - 1] if self.kind == "randint" else [low, high]
 
 
+# Per-epoch metrics a search or a scheduler may steer by (all numeric, reported every epoch).
+OBJECTIVE_METRICS = (
+    "best_val_top1", "val_top1", "train_top1", "train_loss", "test_top1_at_best_val", "test_top1",
+    "budget_params", "params_updated", "frozen_pct", "flops_saved", "flops_saved_pct",
+)  # fmt: skip
+Mode = Literal["max", "min"]
+
+
+def _is_test_metric(metric: str) -> bool:
+    return metric.startswith("test_")
+
+
+@dataclass
+class AshaConfig:
+    """Early stopping with Ray Tune's ASHA scheduler (``search.scheduler: asha``).
+
+    A trial reaching a rung (``grace_period * reduction_factor**i`` epochs,
+    below ``max_epochs``) continues only if its ``metric`` is in the top
+    ``1 / reduction_factor`` of the trials that reached that rung so far.
+    ``max_epochs`` null: the trials' own epoch count (warm-up included).
+    """
+
+    metric: str = "best_val_top1"
+    mode: Mode = "max"
+    grace_period: int = 1
+    reduction_factor: float = 3.0
+    max_epochs: int | None = None
+
+    def validate(self, path: str) -> None:
+        if self.metric not in OBJECTIVE_METRICS:
+            raise ConfigError(f"{path}.metric", f"unknown metric {self.metric!r}; known: {', '.join(OBJECTIVE_METRICS)}")
+        if _is_test_metric(self.metric):
+            raise ConfigError(f"{path}.metric", f"early stopping must not look at the test split, got {self.metric!r}")
+        if self.grace_period < 1:
+            raise ConfigError(f"{path}.grace_period", f"must be >= 1 epoch, got {self.grace_period}")
+        if self.reduction_factor <= 1:
+            raise ConfigError(f"{path}.reduction_factor", f"must be > 1, got {self.reduction_factor}")
+        if self.max_epochs is not None and self.max_epochs < self.grace_period:
+            raise ConfigError(f"{path}.max_epochs", f"must be >= grace_period ({self.grace_period}), got {self.max_epochs}")
+
+
 @dataclass
 class SearchConfig:
-    """How to search: algorithm, trial counts, resources and the objective.
+    """How to search: algorithm, trial counts, resources, objectives, early stopping, repeats.
 
     ``num_samples`` is the number of trials for ``optuna``, and the number of
     repeats of the whole grid for ``grid`` (seeds belong in the grid as
     ``training.seed``). ``metric`` is reported by every epoch; the default
-    maximises the best validation top-1 (test accuracy is never used to steer).
+    maximises the best validation top-1. A single objective never steers by
+    test accuracy. ``metric`` and ``mode`` may be lists of equal length (a
+    multi-objective search: Optuna's sampler gets every objective, and the
+    Pareto set is saved); there a test metric is allowed, at the user's risk.
+    ``sampler``: ``tpe`` (multi-objective TPE when there are several
+    objectives), ``nsga2`` (NSGA-II, ``population_size`` per generation) or
+    ``random``. ``max_concurrent: auto`` runs as many trials at once as the
+    CPUs and the memory allow (see :func:`search.experiment.auto_concurrency`);
+    ``max_failures``: restarts of a failed trial from its last checkpoint.
+    ``scheduler: asha`` stops bad trials early (see
+    :class:`AshaConfig`). ``repeats``: every configuration runs under that
+    many seeds in lockstep and is scored by the mean. ``reuse_actors``:
+    trials reuse Ray worker processes (and their cached data sets).
     """
 
     algorithm: Literal["optuna", "grid"] = "optuna"
-    sampler: Literal["tpe", "random"] = "tpe"
+    sampler: Literal["tpe", "random", "nsga2"] = "tpe"
+    population_size: int = 8
     startup_trials: int = 4
     num_samples: int = 8
-    max_concurrent: int = 2
+    max_concurrent: int | Literal["auto"] = "auto"
+    max_failures: int = 2
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
     seed: int = 0
-    metric: str = "best_val_top1"
-    mode: Literal["max", "min"] = "max"
+    metric: str | list[str] = "best_val_top1"
+    mode: Mode | list[Mode] = "max"
+    scheduler: Literal["fifo", "asha"] = "fifo"
+    asha: AshaConfig = field(default_factory=AshaConfig)
+    repeats: int = 1
+    reuse_actors: bool = True
     params: dict[str, ParamSpec] = field(default_factory=dict)
+
+    @property
+    def metrics(self) -> list[str]:
+        """The objectives' metrics, as a list (one for a single objective)."""
+        return [self.metric] if isinstance(self.metric, str) else list(self.metric)
+
+    @property
+    def modes(self) -> list[Mode]:
+        """The objectives' modes, as a list."""
+        return [self.mode] if isinstance(self.mode, str) else list(self.mode)
+
+    @property
+    def multi_objective(self) -> bool:
+        """Whether the search has more than one objective."""
+        return len(self.metrics) > 1
+
+    def _validate_objectives(self, path: str) -> None:
+        metrics, modes = self.metrics, self.modes
+        if not metrics:
+            raise ConfigError(f"{path}.metric", "give at least one metric")
+        if isinstance(self.metric, str) != isinstance(self.mode, str) or len(metrics) != len(modes):
+            raise ConfigError(f"{path}.mode", f"give one mode per metric: metric {self.metric!r}, mode {self.mode!r}")
+        if len(set(metrics)) != len(metrics):
+            raise ConfigError(f"{path}.metric", f"objectives repeat a metric: {metrics}")
+        for metric in metrics:
+            if metric not in OBJECTIVE_METRICS:
+                raise ConfigError(f"{path}.metric", f"unknown metric {metric!r}; known: {', '.join(OBJECTIVE_METRICS)}")
+        if len(metrics) == 1 and _is_test_metric(metrics[0]):
+            raise ConfigError(f"{path}.metric", f"a single objective must not steer by the test split, got {metrics[0]!r}; use best_val_top1")
 
     def validate(self, path: str) -> None:
         for key, value in (
             ("num_samples", self.num_samples),
-            ("max_concurrent", self.max_concurrent),
+            ("max_concurrent", 1 if self.max_concurrent == "auto" else self.max_concurrent),
             ("startup_trials", self.startup_trials),
         ):
             if value < 1:
-                raise ConfigError(f"{path}.{key}", f"must be >= 1, got {value}")
+                raise ConfigError(f"{path}.{key}", f"must be >= 1 (or auto), got {value}" if key == "max_concurrent" else f"must be >= 1, got {value}")
+        if self.max_failures < 0:
+            raise ConfigError(f"{path}.max_failures", f"must be >= 0, got {self.max_failures}")
         if self.cpus_per_trial <= 0:
             raise ConfigError(f"{path}.cpus_per_trial", f"must be > 0, got {self.cpus_per_trial}")
         if self.gpus_per_trial < 0:
             raise ConfigError(f"{path}.gpus_per_trial", f"must be >= 0, got {self.gpus_per_trial}")
+        self._validate_objectives(path)
+        if self.population_size < 2:
+            raise ConfigError(f"{path}.population_size", f"must be >= 2, got {self.population_size}")
+        if self.repeats < 1:
+            raise ConfigError(f"{path}.repeats", f"must be >= 1, got {self.repeats}")
+        if self.repeats > 1 and "training.seed" in self.params:
+            raise ConfigError(f"{path}.repeats", "repeats run seeds training.seed, +1, ...; do not also search training.seed")
+        if self.algorithm == "grid" and not self.params:
+            raise ConfigError(f"{path}.params", "the grid is empty: give at least one key with a choice list (seeds: training.seed)")
         known = set(iter_leaf_keys(TrialConfig))
         for key, spec in self.params.items():
             if key not in known:
@@ -156,9 +256,19 @@ class Space:
         for combo in itertools.product(*values):
             yield dict(zip(keys, combo, strict=True))
 
+    def asha_max_epochs(self) -> int:
+        """ASHA's last rung: ``search.asha.max_epochs``, else the longest trial's epochs (warm-up included)."""
+        if self.search.asha.max_epochs is not None:
+            return self.search.asha.max_epochs
+        return max(
+            (check_trial(c, self.base).training.total_epochs for c in itertools.islice(self.combinations(), MAX_CHECKED_COMBINATIONS)),
+            default=TrialConfig().training.total_epochs,
+        )
+
     def to_dict(self) -> dict[str, Any]:
         """The space as it was resolved (after command-line overrides), for saving."""
-        search = {k: v for k, v in vars(self.search).items() if k != "params"}
+        search = {k: v for k, v in vars(self.search).items() if k not in ("params", "asha")}
+        search["asha"] = dataclasses.asdict(self.search.asha)
         search["params"] = {k: {spec.kind: getattr(spec, spec.kind)} for k, spec in self.search.params.items()}
         return {"experiment": self.experiment, **self.base, "search": search}
 
@@ -183,6 +293,19 @@ def _conv_count_model(name: str) -> Any:
     return build_model(ModelConfig(name=name), num_classes=10)
 
 
+def _dataset_num_classes(data: Any) -> int:
+    """The class count of the data set ``data`` (a DataConfig) names, read once per distinct config."""
+    key = yaml.safe_dump(dataclasses.asdict(data), sort_keys=True)
+    if key not in _CLASS_COUNTS:
+        from datasets import build_dataset
+
+        _CLASS_COUNTS[key] = build_dataset(data).num_classes
+    return _CLASS_COUNTS[key]
+
+
+_CLASS_COUNTS: dict[str, int] = {}
+
+
 def check_trial(overrides: Mapping[str, Any], base: Mapping[str, Any]) -> TrialConfig:
     """Validate one combination; SU schemes are checked against the model's convs, data sets against the disk."""
     from datasets import check_dataset
@@ -192,6 +315,14 @@ def check_trial(overrides: Mapping[str, Any], base: Mapping[str, Any]) -> TrialC
     config = TrialConfig.from_dict(with_overrides(base, overrides))
     if config.data.name != "digits":  # built in; every other data set must be on disk (or downloadable) before Ray starts
         check_dataset(config.data)
+    if config.model.num_classes is not None:
+        found = _dataset_num_classes(config.data)
+        if found != config.model.num_classes:
+            where = f" at {config.data.root}" if config.data.root else ""
+            raise ConfigError(
+                "model.num_classes",
+                f"the model head has {config.model.num_classes} classes but data set {config.data.name!r}{where} has {found}",
+            )
     budget = config.budget
     if needs_su_mask(budget):
         scheme = get_scheme(budget.scheme) if budget.scheme else None
@@ -269,6 +400,11 @@ def build_space(
                 message = f"{err.message} (with {where})" if where else err.message
                 key = f"search.params.{err.key}" if err.key.split("[")[0] in combination else err.key
                 raise ConfigError(key, message) from None
+        if search.scheduler == "asha" and search.asha.grace_period > space.asha_max_epochs():
+            raise ConfigError(
+                "search.asha.grace_period",
+                f"{search.asha.grace_period} epochs exceed the trials' {space.asha_max_epochs()} epochs",
+            )
     except ConfigError as err:
         raise SpaceError(source, err.key, err.message) from None
     return space
