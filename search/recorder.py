@@ -210,6 +210,10 @@ class ResultRecorder(Callback):
             file_writer.add_summary(summary, step)
         writer.flush()
 
+    def flush(self) -> None:
+        """Write both tables now."""
+        self._flush()
+
     def _flush(self) -> None:
         self.epochs.flush()
         self.trials.flush()

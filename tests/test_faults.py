@@ -271,3 +271,46 @@ def test_tables_under_a_uri_are_written_through_pyarrow_filesystems(tmp_path: Pa
     again.flush()
     assert pq.read_table(tmp_path / "bucket" / "exp" / "trials.parquet").to_pylist() == [{"trial_id": "a", "v": 1}, {"trial_id": "b", "v": 2}]
     assert sorted(p.name for p in (tmp_path / "bucket" / "exp").iterdir()) == ["trials.parquet"]
+
+
+def test_resume_backfills_the_epochs_a_dead_driver_never_wrote(tmp_path: Path) -> None:
+    from search.recorder import ResultRecorder
+    from search.space import load_space
+
+    base = load_space(None).base
+    experiment = tmp_path / "exp"
+    (experiment / "trial_t1").mkdir(parents=True)
+    log = experiment / "trial_t1" / "result.json"
+
+    def results(epochs: range) -> str:
+        return "".join(
+            json.dumps({"trial_id": "t1", "epoch": e, "config": {"training.lr": 0.02}, "train_loss": 1.0 / e, "epoch_time_s": 0.5}) + "\n"
+            for e in epochs
+        )
+
+    def recorder() -> ResultRecorder:
+        return ResultRecorder(experiment, "exp", base, searched=[], echo=lambda _: None)
+
+    log.write_text(results(range(1, 2)))
+    first = recorder()
+    assert first.backfill(str(experiment)) == 1
+    first.flush()  # the dead driver had written epoch 1 only ...
+    log.write_text(results(range(1, 4)) + '{"trial_id": "t1", "epo')  # ... while Ray's log holds 1-3 and a line cut mid-write
+    resumed = recorder()
+    assert resumed.backfill(str(experiment)) == 2
+    resumed.flush()
+    assert recorder().backfill(str(experiment)) == 0  # everything written: nothing twice
+    rows = pd.read_parquet(experiment / "epochs.parquet")
+    assert rows.epoch.tolist() == [1, 2, 3] and (rows["training.lr"] == 0.02).all()
+    assert rows.train_loss.tolist() == [1.0, 0.5, 1.0 / 3]
+
+
+def test_storage_root_and_space_file_under_a_uri(tmp_path: Path) -> None:
+    from search.experiment import ClusterError, storage_root, write_text
+
+    assert storage_root(None, tmp_path / "results") == str((tmp_path / "results").resolve())
+    assert storage_root(f"file://{tmp_path}/store/", tmp_path) == f"file://{tmp_path}/store"
+    write_text(f"file://{tmp_path}/store/exp/space.yaml", "experiment: exp\n")
+    assert (tmp_path / "store" / "exp" / "space.yaml").read_text() == "experiment: exp\n"
+    with pytest.raises(ClusterError, match=r"^--storage nope://x: not a storage URI pyarrow can open"):
+        storage_root("nope://x", tmp_path)
