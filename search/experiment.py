@@ -42,6 +42,8 @@ BYTES_PER_PARAMETER = 6 * 4
 ACTIVATION_BYTES_PER_PIXEL = 200 * 4
 PROBE_TIMEOUT_S = 5.0
 SPACE_FILE = "space.yaml"
+# How many checkpoints the experiment state saved by Tune may lag behind a trial's newest one.
+CHECKPOINT_LAG = 3
 
 
 class ClusterError(ValueError):
@@ -462,12 +464,64 @@ def resume_search(
     recorder = ResultRecorder(experiment_dir, experiment, space.base, searched=list(space.search.params), echo=echo, tables_dir=location)
     added = recorder.backfill(location)
     echo(f"neqtune: {len(recorder.epochs.previous_keys())} trial-epochs in the tables, {added} recovered from the trials' result logs")
+    filled = fill_missing_checkpoints(location)
     tuner = tune.Tuner.restore(location, trainable=build_trainable(space), resume_unfinished=True, resume_errored=False)
     # The recorder saved with the experiment belongs to the dead driver; supply the callbacks again.
     internal = tuner._local_tuner  # Tuner has no public setter for the restored run config
     assert internal is not None, "resuming through Ray Client is not supported"
     internal.get_run_config().callbacks = tune_callbacks(recorder)
-    return finish_search(tuner, recorder, space, experiment_dir=experiment_dir, started=started)
+    try:
+        return finish_search(tuner, recorder, space, experiment_dir=experiment_dir, started=started)
+    finally:
+        import pyarrow.fs as pafs
+
+        filesystem = resolve_location(location)[0] or pafs.LocalFileSystem()
+        for directory in filled:  # the stand-ins served their purpose (Tune has newer checkpoints now)
+            if filesystem.get_file_info(directory).type == pafs.FileType.Directory:
+                filesystem.delete_dir(directory)
+
+
+def fill_missing_checkpoints(location: str, lag: int = CHECKPOINT_LAG) -> list[str]:
+    """Make the checkpoints an interrupted experiment state may still name exist again.
+
+    With ``CheckpointConfig(num_to_keep=1)`` Tune deletes a trial's previous
+    checkpoint as soon as it registers the next one, and saves the experiment
+    state a moment later; a driver killed in between leaves a state that names
+    a deleted checkpoint, and the trial would fail to restore. For each trial,
+    the ``lag`` checkpoint directories below its newest one are recreated as
+    links to the newest (its state carries its own epoch, so the trial goes on
+    from the newest epoch). Returns the directories created, to remove later.
+    """
+    import pyarrow.fs as pafs
+
+    fs, root = resolve_location(location)
+    fs = fs or pafs.LocalFileSystem()
+    created: list[str] = []
+    for trial in fs.get_file_info(pafs.FileSelector(root, allow_not_found=True)):
+        if trial.type != pafs.FileType.Directory or not trial.base_name.startswith("trial_"):
+            continue
+        indices = sorted(
+            int(info.base_name.removeprefix("checkpoint_"))
+            for info in fs.get_file_info(pafs.FileSelector(trial.path))
+            if info.type == pafs.FileType.Directory and info.base_name.startswith("checkpoint_") and info.base_name[11:].isdigit()
+        )
+        if not indices:
+            continue
+        newest = f"{trial.path}/checkpoint_{indices[-1]:06d}"
+        files = [info for info in fs.get_file_info(pafs.FileSelector(newest, recursive=True)) if info.type == pafs.FileType.File]
+        for index in range(max(0, indices[-1] - lag), indices[-1]):
+            if index in indices:
+                continue
+            target = f"{trial.path}/checkpoint_{index:06d}"
+            fs.create_dir(target)
+            for info in files:
+                destination = f"{target}/{info.path[len(newest) + 1 :]}"
+                if isinstance(fs, pafs.LocalFileSystem):
+                    os.link(info.path, destination)
+                else:
+                    fs.copy_file(info.path, destination)
+            created.append(target)
+    return created
 
 
 def finish_search(tuner: Any, recorder: ResultRecorder, space: Space, *, experiment_dir: Path, started: float) -> SearchOutcome:

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import optuna
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -189,6 +190,10 @@ def test_sigkilled_driver_resumes_with_every_trial_epoch_exactly_once(tmp_path: 
     assert after.groupby("trial_id")["training.lr"].first()[list(lr_before)].to_dict() == lr_before
     assert all(math.isfinite(v) for v in trials.best_val_top1)
     assert "resuming experiment exp" in resumed.stdout
+    # The Optuna searcher went on with its seeded stream (a fresh one would propose the first values again).
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=7))
+    expected = [study.ask({"training.lr": optuna.distributions.FloatDistribution(0.01, 0.3, log=True)}).params["training.lr"] for _ in range(4)]
+    assert sorted(trials["training.lr"]) == pytest.approx(sorted(expected), rel=1e-12)
 
 
 # --- durable tables -------------------------------------------------------------------------------------------------
@@ -314,3 +319,20 @@ def test_storage_root_and_space_file_under_a_uri(tmp_path: Path) -> None:
     assert (tmp_path / "store" / "exp" / "space.yaml").read_text() == "experiment: exp\n"
     with pytest.raises(ClusterError, match=r"^--storage nope://x: not a storage URI pyarrow can open"):
         storage_root("nope://x", tmp_path)
+
+
+def test_checkpoints_a_stale_experiment_state_may_name_are_recreated(tmp_path: Path) -> None:
+    from search.experiment import fill_missing_checkpoints
+
+    newest = tmp_path / "trial_a" / "checkpoint_000005"
+    newest.mkdir(parents=True)
+    (newest / "state.pt").write_bytes(b"epoch 6")
+    (tmp_path / "trial_a" / "checkpoint_000003").mkdir()  # still there: left alone
+    (tmp_path / "trial_b").mkdir()  # no checkpoint yet
+    created = fill_missing_checkpoints(str(tmp_path), lag=3)
+    assert sorted(Path(c).name for c in created) == ["checkpoint_000002", "checkpoint_000004"]
+    for name in ("checkpoint_000002", "checkpoint_000004"):
+        copy = tmp_path / "trial_a" / name / "state.pt"
+        assert copy.read_bytes() == b"epoch 6" and copy.stat().st_ino == (newest / "state.pt").stat().st_ino  # a link, no copy
+    assert list((tmp_path / "trial_a" / "checkpoint_000003").iterdir()) == []
+    assert fill_missing_checkpoints(str(tmp_path), lag=3) == []
