@@ -191,6 +191,7 @@ def test_sigkilled_driver_resumes_with_every_trial_epoch_exactly_once(tmp_path: 
     assert all(math.isfinite(v) for v in trials.best_val_top1)
     assert "resuming experiment exp" in resumed.stdout
     # The Optuna searcher went on with its seeded stream (a fresh one would propose the first values again).
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=7))
     expected = [study.ask({"training.lr": optuna.distributions.FloatDistribution(0.01, 0.3, log=True)}).params["training.lr"] for _ in range(4)]
     assert sorted(trials["training.lr"]) == pytest.approx(sorted(expected), rel=1e-12)
