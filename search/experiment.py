@@ -449,9 +449,13 @@ def resume_search(
         raise ClusterError(f"--resume {err}") from None
     location = location.rstrip("/") if fs is not None else path
     space_file = f"{location}/{SPACE_FILE}"
-    if not tune.Tuner.can_restore(location) or (fs is None and not Path(space_file).is_file()):
+    import pyarrow.fs as pafs
+
+    filesystem, space_path = (fs, path.rstrip("/") + f"/{SPACE_FILE}") if fs is not None else (pafs.LocalFileSystem(), space_file)
+    if not tune.Tuner.can_restore(location) or filesystem.get_file_info(space_path).type != pafs.FileType.File:
         raise ClusterError(f"--resume {location}: no experiment to resume there (expected {SPACE_FILE}, tuner.pkl and experiment_state-*.json)")
-    text = Path(space_file).read_text() if fs is None else fs.open_input_stream(path.rstrip("/") + f"/{SPACE_FILE}").read().decode()
+    with filesystem.open_input_stream(space_path) as stream:
+        text = stream.read().decode()
     try:
         space = build_space(yaml.safe_load(text), space_file)
     except ValueError as err:
