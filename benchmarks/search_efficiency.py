@@ -22,7 +22,7 @@ wall time minus its epochs' time (worker start excluded). The table goes to
 ``docs/benchmarks/search_efficiency.md`` and ``.parquet``, the Pareto set to
 ``search_efficiency.pareto.parquet``.
 
-``python -m benchmarks.search_efficiency`` (about 10 minutes on 2 CPU
+``python -m benchmarks.search_efficiency`` (12 minutes on 2 shared CPU
 cores); ``--quick`` runs tiny sizes in about a minute, to check the pipeline.
 """
 
