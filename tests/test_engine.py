@@ -35,7 +35,7 @@ def train_steps(model: nn.Module, engine: SparseUpdateEngine, optimizer: Any, ma
     # float64: a randomly initialised MobileNetV2 amplifies the float32 rounding
     # differences of the two gradient paths (different summation orders) by
     # about 1e3 per step, so equality of the algorithms is checked in float64.
-    inputs = torch.randn(8, 3, 64, 64, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    inputs = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     labels = torch.tensor([0, 1, 2, 3] * 2)
     model.train()
     for step, masks in enumerate(masks_per_step):
@@ -138,3 +138,57 @@ def test_fully_frozen_convs_need_no_weight_gradient() -> None:
     F.cross_entropy(model(torch.randn(2, 3, 32, 32)), torch.tensor([0, 1])).backward()
     for name, conv in conv_layers(model).items():
         assert (conv.weight.grad is None) == (not masks[name].any()), name
+
+
+def saved_activation_bytes(model: nn.Module, inputs: torch.Tensor) -> int:
+    """Bytes of the non-parameter tensors autograd keeps for backward in one forward pass."""
+    parameters = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    saved: dict[int, int] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        if tensor.untyped_storage().data_ptr() not in parameters:
+            saved[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        model(inputs).sum().backward()
+    return sum(saved.values())
+
+
+def test_a_frozen_conv_keeps_no_activation_and_a_depthwise_conv_only_its_selected_channels() -> None:
+    torch.manual_seed(0)
+    inputs = torch.randn(2, 8, 6, 6, requires_grad=True)
+    for groups, expected in ((1, 0), (8, 2 * 2 * 6 * 6 * 4)):  # frozen: nothing; depthwise, 2 of 8 selected: 2 input channels
+        conv = nn.Conv2d(8, 8, 3, padding=1, groups=groups)
+        native = saved_activation_bytes(conv, inputs)
+        assert native == inputs.nbytes
+        engine = SparseUpdateEngine(conv)
+        mask = torch.zeros(8, dtype=torch.bool)
+        mask[[2, 5]] = groups > 1
+        engine.set_masks({"": mask})
+        assert saved_activation_bytes(conv, inputs) == expected
+        ours = torch.autograd.grad(conv(inputs).sin().sum(), inputs)[0]
+        engine.remove()
+        torch.testing.assert_close(ours, torch.autograd.grad(conv(inputs).sin().sum(), inputs)[0])
+
+
+def test_masks_change_without_rebuilding_the_model_or_the_optimizer_state() -> None:
+    model = build_model(ModelConfig(name="mbv2-w0.35"), 4)
+    engine = SparseUpdateEngine(model)
+    optimizer = build_optimizer(model, TrainingConfig(lr=0.01, momentum=0.9))
+    first, second = policy_masks(model, "random", seed=1), policy_masks(model, "random", seed=2)
+    inputs, labels = torch.randn(2, 3, 32, 32), torch.tensor([0, 1])
+    forwards = {name: conv.forward for name, conv in conv_layers(model).items()}
+    buffers: dict[str, torch.Tensor] = {}
+    for masks in (first, second):
+        engine.set_masks(masks)
+        optimizer.set_update_masks({conv.weight: masks[name] for name, conv in conv_layers(model).items()})
+        optimizer.zero_grad(set_to_none=True)
+        F.cross_entropy(model(inputs), labels).backward()
+        optimizer.step()
+        for name, conv in conv_layers(model).items():
+            if name in buffers and masks[name].any():
+                assert optimizer.state[conv.weight]["momentum_buffer"] is buffers[name]  # same state object, updated in place
+            if conv.weight in optimizer.state:
+                buffers[name] = optimizer.state[conv.weight]["momentum_buffer"]
+    assert {name: conv.forward for name, conv in conv_layers(model).items()} == forwards

@@ -41,8 +41,20 @@ def _convolution_backward(
     return torch.ops.aten.convolution_backward(grad, inputs, weight, None, stride, padding, dilation, False, [0, 0], groups, mask)
 
 
+def _group_input_channels(selected: torch.Tensor, weight: torch.Tensor, groups: int) -> torch.Tensor:
+    """Input channels that the ``selected`` output channels of a grouped conv read, group by group."""
+    out_per_group = weight.shape[0] // groups
+    in_per_group = weight.shape[1]
+    first_input = (selected // out_per_group) * in_per_group
+    return (first_input.unsqueeze(1) + torch.arange(in_per_group, device=selected.device)).flatten()
+
+
 class _RowSparseConv(torch.autograd.Function):
-    """conv2d whose weight (and bias) gradient is computed for ``selected`` output channels only."""
+    """conv2d whose weight (and bias) gradient is computed for ``selected`` output channels only.
+
+    A grouped (depthwise) conv keeps only the input channels its selected
+    neurons read for backward, so the memory it holds shrinks with the mask.
+    """
 
     @staticmethod
     def forward(
@@ -54,38 +66,71 @@ class _RowSparseConv(torch.autograd.Function):
         conf: tuple[Any, ...],
         groups: int,
     ) -> torch.Tensor:
-        ctx.save_for_backward(inputs, weight, selected)
-        ctx.conf, ctx.groups, ctx.has_bias = conf, groups, bias is not None
+        # ``selected`` travels as an attribute: it is a constant of the mask, not an activation.
+        ctx.selected, ctx.conf, ctx.groups, ctx.has_bias = selected, conf, groups, bias is not None
+        ctx.input_shape = inputs.shape
+        needs_weight_grad = weight.requires_grad
+        kept = inputs
+        if needs_weight_grad and groups > 1:
+            kept = inputs.index_select(1, _group_input_channels(selected, weight, groups))
+        ctx.save_for_backward(kept if needs_weight_grad else None, weight)
         stride, padding, dilation = conf
         return F.conv2d(inputs, weight, bias, stride, padding, dilation, groups)
 
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        inputs, weight, selected = ctx.saved_tensors
-        groups = ctx.groups
+        kept, weight = ctx.saved_tensors
+        groups, selected = ctx.groups, ctx.selected
         grad_in = grad_weight = grad_bias = None
         if ctx.needs_input_grad[0]:
-            grad_in = _convolution_backward(grad_out, inputs, weight, ctx.conf, groups, [True, False, False])[0]
+            grad_in = _input_gradient(grad_out, ctx.input_shape, weight, ctx.conf, groups)
         if ctx.needs_input_grad[1]:
             grad_rows = grad_out.index_select(1, selected)
             weight_rows = weight.index_select(0, selected)
-            if groups == 1:
-                rows = _convolution_backward(grad_rows, inputs, weight_rows, ctx.conf, 1, [False, True, False])[1]
-            else:
-                # Each selected neuron becomes a group of its own over the inputs of
-                # its original group (for depthwise convs: exactly one input channel).
-                out_per_group = weight.shape[0] // groups
-                in_per_group = weight.shape[1]
-                first_input = (selected // out_per_group) * in_per_group
-                channels = (first_input.unsqueeze(1) + torch.arange(in_per_group, device=selected.device)).flatten()
-                rows = _convolution_backward(
-                    grad_rows, inputs.index_select(1, channels), weight_rows, ctx.conf, selected.numel(), [False, True, False]
-                )[1]
-            grad_weight = torch.zeros_like(weight).index_copy_(0, selected, rows)
+            # Each selected neuron of a grouped conv becomes a group of its own
+            # over the inputs of its original group (kept in that order).
+            rows_groups = 1 if groups == 1 else selected.numel()
+            rows = _convolution_backward(grad_rows, kept, weight_rows, ctx.conf, rows_groups, [False, True, False])[1]
+            grad_weight = weight.new_zeros(weight.shape).index_copy_(0, selected, rows)
             if ctx.has_bias and ctx.needs_input_grad[2]:
-                grad_bias = torch.zeros(weight.shape[0], dtype=grad_out.dtype, device=grad_out.device)
+                grad_bias = grad_out.new_zeros(weight.shape[0])
                 grad_bias.index_copy_(0, selected, grad_rows.sum(dim=(0, 2, 3)))
         return grad_in, grad_weight, grad_bias, None, None, None
+
+
+def _input_gradient(grad_out: torch.Tensor, input_shape: torch.Size, weight: torch.Tensor, conf: tuple[Any, ...], groups: int) -> torch.Tensor:
+    """Gradient of a conv's input; only the input's shape is needed, not its values.
+
+    The placeholder is uninitialised memory rather than a stride-0 expansion
+    (as ``torch.nn.grad.conv2d_input`` uses): oneDNN would copy an expanded
+    tensor into a full contiguous one first, which cost about 8% of a step.
+    """
+    shape_only = grad_out.new_empty(input_shape)
+    grad_in: torch.Tensor = _convolution_backward(grad_out, shape_only, weight, conf, groups, [True, False, False])[0]
+    return grad_in
+
+
+class _FrozenConv(torch.autograd.Function):
+    """conv2d with a frozen weight: backward computes the input gradient only.
+
+    Autograd's own conv keeps its input alive for backward even when the
+    weight needs no gradient; this keeps the weight only, so a frozen conv
+    holds no activation.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any, inputs: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, conf: tuple[Any, ...], groups: int
+    ) -> torch.Tensor:
+        ctx.conf, ctx.groups, ctx.input_shape = conf, groups, inputs.shape
+        ctx.save_for_backward(weight)
+        stride, padding, dilation = conf
+        return F.conv2d(inputs, weight, bias, stride, padding, dilation, groups)
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        (weight,) = ctx.saved_tensors
+        return _input_gradient(grad_out, ctx.input_shape, weight, ctx.conf, ctx.groups), None, None, None, None
 
 
 def norms_after_convs(model: nn.Module) -> dict[str, list[nn.Module]]:
@@ -118,6 +163,8 @@ class SparseUpdateEngine:
         self.sparse = sparse
         self.convs = conv_layers(model)
         self.norms = norms_after_convs(model)
+        # per conv: None = every neuron updated (ordinary conv), an empty tensor =
+        # none updated, else the indices of the updated output channels
         self._selected: dict[str, torch.Tensor | None] = dict.fromkeys(self.convs)
         for name, conv in self.convs.items():
             if sparse and conv.padding_mode == "zeros" and not isinstance(conv.padding, str):
@@ -130,6 +177,10 @@ class SparseUpdateEngine:
             selected = self._selected[name]
             if selected is None or not torch.is_grad_enabled():
                 return F.conv2d(inputs, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+            if selected.numel() == 0:
+                if not inputs.requires_grad:  # nothing below trains: autograd records nothing
+                    return F.conv2d(inputs, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+                return _FrozenConv.apply(inputs, conv.weight, conv.bias, conf, conv.groups)  # type: ignore[no-any-return]
             return _RowSparseConv.apply(inputs, conv.weight, conv.bias, selected, conf, conv.groups)  # type: ignore[no-any-return]
 
         return forward
@@ -143,8 +194,8 @@ class SparseUpdateEngine:
             if self.sparse:
                 for param in conv.parameters():
                     param.requires_grad_(trainable)
-                partial = 0 < n_updated < mask.numel()
-                self._selected[name] = mask.nonzero().flatten().to(conv.weight.device) if partial else None
+                everything = n_updated == mask.numel()
+                self._selected[name] = None if everything else mask.nonzero().flatten().to(conv.weight.device)
             for norm in self.norms[name]:
                 for param in norm.parameters():
                     param.requires_grad_(trainable or self.bn_update == "all")

@@ -1,0 +1,472 @@
+"""Per-step time and memory of the update paths, measured side by side in one run.
+
+For each model the benchmark builds one network per *condition* from the same
+start weights and the same batch, then times single training steps
+(zero_grad, forward, cross-entropy, backward, SGD step with momentum 0.9 and
+weight decay) round-robin over the conditions, so that noise from other
+processes on the machine hits every condition alike. Reported: the median
+step time of the timed rounds (warm-up rounds excluded) and its ratios to the
+bound, the mask-after-backward path and the full update.
+
+Conditions (``path`` column):
+
+- ``full``: every neuron updated (the baseline).
+- ``bound``: every conv weight gradient switched off; BatchNorm and the
+  classifier train, so input gradients still flow through every layer. No
+  budgeted policy under the study's rules can be cheaper.
+- ``masked``: the study's path: full backward, then the frozen rows of the
+  gradients and steps are zeroed (``training.update_engine: masked``).
+- ``engine``: the sparse-update engine (``training.update_engine: sparse``,
+  the default), ``bn_update: all``.
+- ``engine-selected``: the engine with ``bn_update: selected`` (SU masks only).
+
+Masks: ``velocity`` masks come from a :class:`~trainables.VelocityTracker`
+over 16 fixed random images, observed before and after each of two
+full-update SGD steps on the random batch (the velocities of a real, if
+short, run from the random initialisation); ``random`` masks are drawn by the
+policy from a seeded generator; ``su`` masks are the scheme's static mask
+(not for resnet18, whose convs the study's SU indices do not fit).
+
+Memory (``memory_mib``): what a step holds beyond the weights: the bytes of
+the tensors autograd saves for backward (counted with
+``torch.autograd.graph.saved_tensors_hooks``, each storage once, parameters
+excluded), plus the parameter gradients, plus the optimizer state after the
+step. This is the part of the peak that differs between the paths; the
+weights themselves and transient kernel workspaces are not counted.
+
+Usage::
+
+    python -m benchmarks.update_step                  # 128 px, batch 32, three models
+    python -m benchmarks.update_step --quick          # tiny sizes, one round
+    python -m benchmarks.update_step --models mbv2-w0.35 --repeats 5 --out /tmp/bench
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from trainables.config import ModelConfig, TrainingConfig
+from trainables.engine import SparseUpdateEngine
+from trainables.models import build_model, model_names
+from trainables.neurons import Masks, conv_layers, conv_neuron_params, total_params
+from trainables.optim import MaskedAdam, MaskedSGD
+from trainables.policies import select_neurons, su_update_mask
+from trainables.schemes import get_scheme
+from trainables.trainer import build_optimizer
+from trainables.velocity import VelocityTracker
+
+SCHEMES: dict[str, dict[str, str]] = {
+    "mbv2-w0.35": {"1": "mbv2-w0.35_scheme_1", "3": "mbv2-w0.35_scheme_3"},
+    "mbv2": {"1": "mbv2_scheme_1", "3": "mbv2_scheme_3"},
+    "resnet18": {"1": "scheme_1", "3": "scheme_3"},
+}
+"""The budget schemes 1 and 3 of each benchmarked model."""
+
+POLICIES = ("velocity", "random", "su")
+NUM_CLASSES = 10
+MIB = 2**20
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """What to measure and where to write it."""
+
+    models: tuple[str, ...] = ("mbv2-w0.35", "mbv2", "resnet18")
+    image_size: int = 128
+    batch_size: int = 32
+    repeats: int = 7
+    warmup: int = 2
+    threads: int = 2
+    seed: int = 0
+    out_dir: Path = Path("docs/benchmarks")
+    name: str = "update_step"
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One column of the comparison: an update path under one mask."""
+
+    model: str
+    path: str
+    policy: str = "-"
+    scheme: str = "-"
+    bn_update: str = "all"
+
+    @property
+    def label(self) -> str:
+        """Short name for progress lines."""
+        return f"{self.model}/{self.path}/{self.policy}/{self.scheme}/{self.bn_update}"
+
+
+@dataclass
+class Runner:
+    """A network, its engine and optimizer, ready to take steps on one batch."""
+
+    condition: Condition
+    model: nn.Module
+    engine: SparseUpdateEngine
+    optimizer: MaskedSGD | MaskedAdam
+    masks: Masks
+    inputs: torch.Tensor
+    labels: torch.Tensor
+    times: list[float] = field(default_factory=list)
+
+    def step(self) -> None:
+        """One training step: forward, loss, backward, optimizer step."""
+        self.optimizer.zero_grad(set_to_none=True)
+        F.cross_entropy(self.model(self.inputs), self.labels).backward()
+        self.optimizer.step()
+
+    def timed_step(self) -> float:
+        """:meth:`step`, returning its wall time in seconds."""
+        started = time.perf_counter()
+        self.step()
+        return time.perf_counter() - started
+
+
+# --- masks ------------------------------------------------------------------
+
+
+def all_masks(model: nn.Module, value: bool) -> Masks:
+    """Every neuron updated (True) or every neuron frozen (False)."""
+    return {name: torch.full((conv.out_channels,), value, dtype=torch.bool) for name, conv in conv_layers(model).items()}
+
+
+def velocity_masks(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, budget: int) -> Masks:
+    """Velocity masks from a short real run: two full SGD steps from ``model``'s weights.
+
+    The tracker observes 16 fixed images before and after each step; the
+    velocities after the second step rank the neurons. ``model`` is not changed.
+    """
+    twin = copy.deepcopy(model)
+    velocity_images = inputs[:16]
+    optimizer = torch.optim.SGD(twin.parameters(), lr=0.05, momentum=0.9)
+    velocities = None
+    with VelocityTracker(twin) as tracker:
+        tracker.observe([velocity_images])
+        for _ in range(2):
+            twin.train()
+            optimizer.zero_grad(set_to_none=True)
+            F.cross_entropy(twin(inputs), labels).backward()
+            optimizer.step()
+            velocities = tracker.observe([velocity_images])
+    assert velocities is not None
+    return select_neurons("velocity", scores=velocities, neuron_params=conv_neuron_params(model), budget=budget)
+
+
+def policy_masks(policy: str, model: nn.Module, scheme_name: str, inputs: torch.Tensor, labels: torch.Tensor, seed: int) -> Masks | None:
+    """The masks of ``policy`` at the budget of ``scheme_name``; None where SU does not fit the model."""
+    scheme = get_scheme(scheme_name)
+    neuron_params = conv_neuron_params(model)
+    budget = scheme.budget_params(total_params(neuron_params))
+    if policy == "velocity":
+        return velocity_masks(model, inputs, labels, budget)
+    if policy == "random":
+        generator = torch.Generator().manual_seed(seed)
+        return select_neurons("random", scores=None, neuron_params=neuron_params, budget=budget, generator=generator)
+    if scheme.su is None:
+        return None
+    return su_update_mask(model, manual_weight_idx=scheme.su.manual_weight_idx, weight_update_ratio=scheme.su.weight_update_ratio)
+
+
+def model_conditions(model_name: str, model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, seed: int) -> list[tuple[Condition, Masks]]:
+    """Every condition benchmarked for one model, with its masks."""
+    conditions = [
+        (Condition(model_name, "full"), all_masks(model, True)),
+        (Condition(model_name, "bound"), all_masks(model, False)),
+    ]
+    for label, scheme_name in SCHEMES[model_name].items():
+        for policy in POLICIES:
+            masks = policy_masks(policy, model, scheme_name, inputs, labels, seed)
+            if masks is None:
+                continue
+            paths = [("masked", "all"), ("engine", "all")]
+            if policy == "su":
+                paths.append(("engine-selected", "selected"))
+            for path, bn_update in paths:
+                conditions.append((Condition(model_name, path, policy, label, bn_update), masks))
+    return conditions
+
+
+# --- runners ----------------------------------------------------------------
+
+
+def build_runner(condition: Condition, start: nn.Module, masks: Masks, inputs: torch.Tensor, labels: torch.Tensor) -> Runner:
+    """A copy of ``start`` with the condition's engine, masks and a masked SGD."""
+    model = copy.deepcopy(start)
+    model.train()
+    engine = SparseUpdateEngine(model, bn_update=condition.bn_update, sparse=condition.path != "masked")  # type: ignore[arg-type]
+    optimizer = build_optimizer(model, TrainingConfig(optimizer="sgd", lr=0.01, momentum=0.9, weight_decay=4e-5))
+    engine.set_masks(masks)
+    per_param: dict[torch.Tensor, torch.Tensor] = {}
+    for name, conv in conv_layers(model).items():
+        per_param[conv.weight] = masks[name]
+        if conv.bias is not None:
+            per_param[conv.bias] = masks[name]
+    optimizer.set_update_masks(per_param)
+    return Runner(condition, model, engine, optimizer, masks, inputs, labels)
+
+
+def step_memory(runner: Runner) -> tuple[int, int, int]:
+    """Bytes saved for backward, of parameter gradients, and of optimizer state, in one step."""
+    parameter_storages = {p.untyped_storage().data_ptr() for p in runner.model.parameters()}
+    saved: dict[int, int] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in parameter_storages:
+            saved[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    runner.optimizer.zero_grad(set_to_none=True)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        loss = F.cross_entropy(runner.model(runner.inputs), runner.labels)
+    loss.backward()
+    grads = sum(p.grad.nbytes for p in runner.model.parameters() if p.grad is not None)
+    runner.optimizer.step()
+    state = sum(v.nbytes for s in runner.optimizer.state.values() for v in s.values() if isinstance(v, torch.Tensor))
+    return sum(saved.values()), grads, state
+
+
+def mask_summary(model: nn.Module, masks: Masks) -> dict[str, int]:
+    """Parameters and convs the masks update."""
+    params = conv_neuron_params(model)
+    counts = [int(m.sum()) for m in masks.values()]
+    return {
+        "params_updated": int(sum(int(params[n][m].sum()) for n, m in masks.items())),
+        "convs_full": sum(c == m.numel() for c, m in zip(counts, masks.values(), strict=True)),
+        "convs_partial": sum(0 < c < m.numel() for c, m in zip(counts, masks.values(), strict=True)),
+        "convs_frozen": sum(c == 0 for c in counts),
+    }
+
+
+def benchmark_model(model_name: str, config: BenchConfig, log: Callable[[str], None]) -> list[dict[str, object]]:
+    """Time and measure every condition of one model; one row per condition."""
+    torch.manual_seed(config.seed)
+    start = build_model(ModelConfig(name=model_name), NUM_CLASSES)
+    generator = torch.Generator().manual_seed(config.seed)
+    inputs = torch.randn(config.batch_size, 3, config.image_size, config.image_size, generator=generator)
+    labels = torch.randint(0, NUM_CLASSES, (config.batch_size,), generator=generator)
+    conditions = model_conditions(model_name, start, inputs, labels, config.seed)
+    runners = [build_runner(c, start, m, inputs, labels) for c, m in conditions]
+    log(f"{model_name}: {len(runners)} conditions, {config.warmup} warm-up + {config.repeats} timed rounds")
+    for round_index in range(config.warmup + config.repeats):
+        shift = round_index % len(runners)  # rotate the order so no condition always follows the same one
+        for runner in runners[shift:] + runners[:shift]:
+            elapsed = runner.timed_step()
+            if round_index >= config.warmup:
+                runner.times.append(elapsed)
+        log(f"  round {round_index + 1}/{config.warmup + config.repeats} done")
+    total = total_params(conv_neuron_params(start))
+    rows: list[dict[str, object]] = []
+    for runner in runners:
+        c = runner.condition
+        saved, grads, state = step_memory(runner)
+        budget = get_scheme(SCHEMES[model_name][c.scheme]).budget_params(total) if c.scheme != "-" else total if c.path == "full" else 0
+        rows.append(
+            {
+                "model": c.model,
+                "path": c.path,
+                "policy": c.policy,
+                "scheme": c.scheme,
+                "bn_update": c.bn_update,
+                "budget_params": budget,
+                "total_conv_params": total,
+                **mask_summary(start, runner.masks),
+                "step_s": statistics.median(runner.times),
+                "step_min_s": min(runner.times),
+                "rounds": len(runner.times),
+                "saved_mib": saved / MIB,
+                "grads_mib": grads / MIB,
+                "optimizer_mib": state / MIB,
+                "memory_mib": (saved + grads + state) / MIB,
+            }
+        )
+    return rows
+
+
+# --- table ------------------------------------------------------------------
+
+
+def add_ratios(table: pd.DataFrame) -> pd.DataFrame:
+    """Ratios of median step times (and memory) to the bound, the masked path and the full update."""
+    table = table.copy()
+    key = ["model", "policy", "scheme"]
+    per_model = table.set_index("model")
+    full = per_model[per_model.path == "full"].step_s
+    bound = per_model[per_model.path == "bound"].step_s
+    masked = table[table.path == "masked"].set_index(key)
+    index = pd.MultiIndex.from_frame(table[key])
+    table["vs_bound"] = table.step_s.to_numpy() / bound.reindex(table.model).to_numpy()
+    table["vs_full"] = table.step_s.to_numpy() / full.reindex(table.model).to_numpy()
+    table["vs_masked"] = table.step_s.to_numpy() / masked.step_s.reindex(index).to_numpy()
+    table["memory_vs_masked"] = table.memory_mib.to_numpy() / masked.memory_mib.reindex(index).to_numpy()
+    return table
+
+
+def target_checks(table: pd.DataFrame) -> list[dict[str, object]]:
+    """The issue's targets, each with the measured ratio and whether it holds."""
+    checks: list[dict[str, object]] = []
+
+    def check(target: str, value: float, limit: float, strict: bool = False) -> None:
+        holds = value < limit if strict else value <= limit
+        checks.append({"target": target, "measured": round(float(value), 3), "limit": limit, "holds": bool(holds)})
+
+    masked_limit = {"mbv2": 0.85, "resnet18": 0.75}
+    engine = table[table.path == "engine"]
+    for row in engine[(engine.scheme == "1") & engine.policy.isin(["velocity", "random"])].itertuples():
+        check(f"{row.model} {row.policy} scheme 1: engine / bound", row.vs_bound, 1.10)
+        if row.model in masked_limit:
+            check(f"{row.model} {row.policy} scheme 1: engine / masked", row.vs_masked, masked_limit[row.model])
+    for row in table[(table.path == "engine-selected") & (table.scheme == "1")].itertuples():
+        if row.model == "mbv2":
+            check(f"{row.model} su scheme 1, bn_update selected: engine / full", row.vs_full, 0.6)
+    for row in table[table.path.str.startswith("engine")].itertuples():
+        strict = row.policy == "su"
+        check(f"{row.model} {row.policy} scheme {row.scheme} {row.path}: memory / masked", row.memory_vs_masked, 1.0, strict=strict)
+    return checks
+
+
+def machine() -> str:
+    """CPU model, cores and torch threads, for the table's caption."""
+    cpu = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} with {torch.get_num_threads()} threads"
+
+
+def markdown(table: pd.DataFrame, checks: list[dict[str, object]], config: BenchConfig, command: str) -> str:
+    """The results as Markdown: how they were produced, the table, the targets."""
+    columns = [
+        "model",
+        "path",
+        "policy",
+        "scheme",
+        "params_updated",
+        "convs_partial",
+        "convs_frozen",
+        "step_s",
+        "vs_bound",
+        "vs_masked",
+        "vs_full",
+        "memory_mib",
+        "memory_vs_masked",
+    ]
+    shown = table[columns].copy()
+    for column in ("step_s",):
+        shown[column] = shown[column].map(lambda v: f"{v:.3f}")
+    for column in ("vs_bound", "vs_masked", "vs_full", "memory_vs_masked"):
+        shown[column] = shown[column].map(lambda v: "-" if pd.isna(v) else f"{v:.2f}")
+    shown["memory_mib"] = shown["memory_mib"].map(lambda v: f"{v:.1f}")
+    lines = [
+        f"# Update-step benchmark ({config.name})",
+        "",
+        f"Command: `{command}`",
+        "",
+        f"Machine: {machine()}. Input {config.image_size} px, batch {config.batch_size}, "
+        f"{config.warmup} warm-up + {config.repeats} timed rounds, conditions interleaved round-robin; "
+        "`step_s` is the median step time (s), ratios are ratios of medians. "
+        "`memory_mib`: saved-for-backward tensors + gradients + optimizer state (MiB). "
+        "SU masks do not fit resnet18 (the study's SU indices are for MobileNetV2), so resnet18 has none.",
+        "",
+        "| " + " | ".join(columns) + " |",
+        "|" + "---|" * len(columns),
+    ]
+    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in shown.itertuples(index=False)]
+    if checks:
+        lines += ["", "## Targets", "", "| target | measured | limit | holds |", "|---|---|---|---|"]
+        lines += [f"| {c['target']} | {c['measured']} | {c['limit']} | {'yes' if c['holds'] else 'NO'} |" for c in checks]
+    return "\n".join(lines) + "\n"
+
+
+def write_atomically(path: Path, write: Callable[[Path], object]) -> None:
+    """Write through a temporary file in the same folder, then rename: never half-written."""
+    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as handle:
+        temporary = Path(handle.name)
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def run(config: BenchConfig, command: str, log: Callable[[str], None] = print) -> pd.DataFrame:
+    """Run the benchmark, write ``<name>.parquet`` and ``<name>.md`` into ``config.out_dir``."""
+    torch.set_num_threads(config.threads)
+    torch.set_flush_denormal(True)
+    rows: list[dict[str, object]] = []
+    for model_name in config.models:
+        rows += benchmark_model(model_name, config, log)
+    table = add_ratios(pd.DataFrame(rows))
+    table["image_size"] = config.image_size
+    table["batch_size"] = config.batch_size
+    table["machine"] = machine()
+    checks = target_checks(table)
+    config.out_dir.mkdir(parents=True, exist_ok=True)
+    write_atomically(config.out_dir / f"{config.name}.parquet", lambda p: table.to_parquet(p, index=False))
+    write_atomically(config.out_dir / f"{config.name}.md", lambda p: p.write_text(markdown(table, checks, config, command)))
+    return table
+
+
+def parse_args(argv: Sequence[str] | None) -> BenchConfig:
+    """Command-line options; argparse exits with code 2 on a bad one."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.update_step", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes and one timed round (a smoke run)")
+    parser.add_argument("--models", nargs="+", choices=sorted(SCHEMES), help="models to benchmark (default: all three)")
+    parser.add_argument("--image-size", type=int, help="input side in pixels (default 128; quick: 32)")
+    parser.add_argument("--batch-size", type=int, help="images per step (default 32; quick: 4)")
+    parser.add_argument("--repeats", type=int, help="timed rounds (default 7; quick: 1)")
+    parser.add_argument("--warmup", type=int, help="untimed rounds first (default 2; quick: 1)")
+    parser.add_argument("--threads", type=int, help="torch threads (default 2; quick: 1)")
+    parser.add_argument("--out", type=Path, default=Path("docs/benchmarks"), help="output folder (default docs/benchmarks)")
+    args = parser.parse_args(argv)
+    quick = {"image_size": 32, "batch_size": 4, "repeats": 1, "warmup": 1, "threads": 1}
+    default = quick if args.quick else {"image_size": 128, "batch_size": 32, "repeats": 7, "warmup": 2, "threads": 2}
+    values = {k: getattr(args, k) if getattr(args, k) is not None else v for k, v in default.items()}
+    for key, value in values.items():
+        minimum = 0 if key == "warmup" else 1
+        if value < minimum:
+            parser.error(f"--{key.replace('_', '-')} must be >= {minimum}, got {value}")
+    if args.out.exists() and not args.out.is_dir():
+        parser.error(f"--out {args.out} exists and is not a folder")
+    unknown = [m for m in args.models or [] if m not in model_names()]
+    if unknown:
+        parser.error(f"--models: unknown models {unknown}")
+    return BenchConfig(
+        models=tuple(args.models) if args.models else BenchConfig.models,
+        out_dir=args.out,
+        name="update_step_quick" if args.quick else "update_step",
+        **values,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m benchmarks.update_step``."""
+    config = parse_args(argv)
+    command = "python -m benchmarks.update_step " + " ".join(sys.argv[1:] if argv is None else argv)
+    table = run(config, command.strip())
+    print(f"wrote {config.out_dir / (config.name + '.parquet')} and {config.out_dir / (config.name + '.md')} ({len(table)} conditions)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

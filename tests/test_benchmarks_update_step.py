@@ -1,0 +1,103 @@
+"""The update-step benchmark runs end to end and writes complete tables (no timing assertions)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from benchmarks import bn_update, update_step
+from trainables.config import ModelConfig
+from trainables.models import build_model
+
+
+@pytest.fixture(scope="module")
+def quick_table(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, pd.DataFrame]:
+    out = tmp_path_factory.mktemp("bench")
+    threads = torch.get_num_threads()
+    try:
+        assert update_step.main(["--quick", "--models", "mbv2-w0.35", "resnet18", "--image-size", "16", "--batch-size", "2", "--threads", "1", "--out", str(out)]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    return out, pd.read_parquet(out / "update_step_quick.parquet")
+
+
+def test_quick_run_writes_every_condition(quick_table: tuple[Path, pd.DataFrame]) -> None:
+    out, table = quick_table
+    expected = {
+        "model", "path", "policy", "scheme", "bn_update", "budget_params", "params_updated", "convs_partial", "convs_frozen",
+        "step_s", "rounds", "saved_mib", "grads_mib", "optimizer_mib", "memory_mib", "vs_bound", "vs_masked", "vs_full", "memory_vs_masked",
+    }  # fmt: skip
+    assert expected <= set(table.columns)
+    conditions = set(table[["model", "path", "policy", "scheme"]].itertuples(index=False, name=None))
+    for model in ("mbv2-w0.35", "resnet18"):
+        assert {(model, "full", "-", "-"), (model, "bound", "-", "-")} <= conditions
+        for scheme in ("1", "3"):
+            for policy in ("velocity", "random"):
+                assert {(model, "masked", policy, scheme), (model, "engine", policy, scheme)} <= conditions
+    for scheme in ("1", "3"):
+        assert {("mbv2-w0.35", p, "su", scheme) for p in ("masked", "engine", "engine-selected")} <= conditions
+    assert not (table.model == "resnet18").to_numpy()[table.policy.to_numpy() == "su"].any()  # SU does not fit resnet18
+    assert (table.step_s > 0).all() and (table.rounds == 1).all()
+    budgeted = table[table.scheme != "-"]
+    assert (budgeted.params_updated <= budgeted.budget_params).all()
+    assert (budgeted.params_updated[budgeted.policy != "velocity"] > 0).all()  # tiny inputs may leave every velocity tied
+    assert table.loc[table.path == "bound", "params_updated"].eq(0).all()
+    assert (table.vs_bound[table.path == "bound"] == 1).all() and (table.vs_masked[table.path == "masked"] == 1).all()
+    text = (out / "update_step_quick.md").read_text()
+    assert "| model | path | policy |" in text and "## Targets" in text and text.count("\n| mbv2-w0.35 |") == 16
+
+
+def test_engine_memory_is_never_above_the_masked_path(quick_table: tuple[Path, pd.DataFrame]) -> None:
+    _, table = quick_table
+    engine = table[table.path.str.startswith("engine")]
+    assert (engine.memory_vs_masked <= 1.0).all()
+    su = engine[engine.policy == "su"]
+    assert (su.memory_vs_masked < 0.9).all()  # frozen convs keep no activations, no gradients
+    selected = su[su.path == "engine-selected"].set_index("scheme").saved_mib
+    assert (selected < su[su.path == "engine"].set_index("scheme").saved_mib).all()  # backward stops below the SU layers
+
+
+def test_masks_of_the_policies_fit_the_budgets() -> None:
+    model = build_model(ModelConfig(name="mbv2-w0.35"), 10)
+    inputs, labels = torch.randn(16, 3, 16, 16), torch.randint(0, 10, (16,))
+    velocity = update_step.policy_masks("velocity", model, "mbv2-w0.35_scheme_1", inputs, labels, seed=0)
+    assert velocity is not None
+    summary = update_step.mask_summary(model, velocity)
+    assert 0 < summary["params_updated"] <= 22_410
+    assert update_step.policy_masks("su", build_model(ModelConfig(name="resnet18"), 10), "scheme_1", inputs, labels, seed=0) is None
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["--repeats", "0"], ["--models", "vgg"], ["--threads", "0"], ["--image-size", "-1"]],
+)
+def test_bad_options_exit_2_before_any_work(argv: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        update_step.main([*argv, "--out", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    assert not (tmp_path / "out").exists()
+    last_line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "error:" in last_line and argv[0] in last_line
+
+
+def test_out_that_is_a_file_is_refused(tmp_path: Path) -> None:
+    target = tmp_path / "table"
+    target.write_text("keep me")
+    with pytest.raises(SystemExit) as exit_info:
+        bn_update.main(["--out", str(target)])
+    assert exit_info.value.code == 2 and target.read_text() == "keep me"
+
+
+def test_bn_update_comparison_runs_and_writes_both_settings(tmp_path: Path) -> None:
+    threads = torch.get_num_threads()
+    try:
+        table = bn_update.run(bn_update.BnBenchConfig(epochs=1, seeds=(0,), image_size=8, threads=1, out_dir=tmp_path), "test", log=lambda _line: None)
+    finally:
+        torch.set_num_threads(threads)
+    assert sorted(table.bn_update) == ["all", "selected"]
+    assert (table.epochs == 1).all() and table.test_top1_at_best_val.between(0, 100).all()
+    assert set(pd.read_parquet(tmp_path / "bn_update.parquet").columns) >= {"bn_update", "seed", "best_val_top1", "test_top1_at_best_val"}
+    assert "## Mean over seeds" in (tmp_path / "bn_update.md").read_text()
