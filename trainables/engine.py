@@ -103,7 +103,7 @@ def _input_gradient(grad_out: torch.Tensor, input_shape: torch.Size, weight: tor
 
     The placeholder is uninitialised memory rather than a stride-0 expansion
     (as ``torch.nn.grad.conv2d_input`` uses): oneDNN would copy an expanded
-    tensor into a full contiguous one first, which cost about 8% of a step.
+    tensor into a full contiguous one first (about 4% of an mbv2 step, profiled).
     """
     shape_only = grad_out.new_empty(input_shape)
     grad_in: torch.Tensor = _convolution_backward(grad_out, shape_only, weight, conf, groups, [True, False, False])[0]
