@@ -106,10 +106,13 @@ def test_bn_update_selected_matches_and_freezes_norms_below() -> None:
     assert not torch.equal(after["features.17.conv.1.1.weight"], before["features.17.conv.1.1.weight"])  # BN after an updated conv
 
 
-@pytest.mark.parametrize(("groups", "in_channels", "out_channels", "bias"), [(1, 6, 8, True), (8, 8, 8, False), (2, 4, 6, True), (4, 4, 8, False)])
-def test_row_sparse_gradient_equals_the_full_gradient_rows(groups: int, in_channels: int, out_channels: int, bias: bool) -> None:
+@pytest.mark.parametrize(
+    ("groups", "in_channels", "out_channels", "bias", "kernel", "stride"),
+    [(1, 6, 8, True, 3, 2), (8, 8, 8, False, 3, 2), (2, 4, 6, True, 3, 2), (4, 4, 8, False, 3, 2), (1, 6, 8, True, 1, 1), (1, 6, 8, False, 1, 2)],
+)
+def test_row_sparse_gradient_equals_the_full_gradient_rows(groups: int, in_channels: int, out_channels: int, bias: bool, kernel: int, stride: int) -> None:
     torch.manual_seed(0)
-    conv = nn.Conv2d(in_channels, out_channels, 3, stride=2, padding=1, groups=groups, bias=bias)
+    conv = nn.Conv2d(in_channels, out_channels, kernel, stride=stride, padding=kernel // 2, groups=groups, bias=bias)
     inputs = torch.randn(3, in_channels, 9, 9, requires_grad=True)
     conv(inputs).sin().sum().backward()
     full_weight, full_input = conv.weight.grad.clone(), inputs.grad.clone()  # type: ignore[union-attr]

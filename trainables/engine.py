@@ -89,13 +89,33 @@ class _RowSparseConv(torch.autograd.Function):
             weight_rows = weight.index_select(0, selected)
             # Each selected neuron of a grouped conv becomes a group of its own
             # over the inputs of its original group (kept in that order).
-            rows_groups = 1 if groups == 1 else selected.numel()
-            rows = _convolution_backward(grad_rows, kept, weight_rows, ctx.conf, rows_groups, [False, True, False])[1]
+            if _is_pointwise(weight, groups, ctx.conf):
+                rows = _pointwise_weight_rows(grad_rows, kept, ctx.conf[0]).view(weight_rows.shape)
+            else:
+                rows_groups = 1 if groups == 1 else selected.numel()
+                rows = _convolution_backward(grad_rows, kept, weight_rows, ctx.conf, rows_groups, [False, True, False])[1]
             grad_weight = weight.new_zeros(weight.shape).index_copy_(0, selected, rows)
             if ctx.has_bias and ctx.needs_input_grad[2]:
                 grad_bias = grad_out.new_zeros(weight.shape[0])
                 grad_bias.index_copy_(0, selected, grad_rows.sum(dim=(0, 2, 3)))
         return grad_in, grad_weight, grad_bias, None, None, None
+
+
+def _is_pointwise(weight: torch.Tensor, groups: int, conf: tuple[Any, ...]) -> bool:
+    """A dense 1x1 conv without padding: its weight gradient is a plain matrix product."""
+    stride, padding, _dilation = conf
+    return groups == 1 and weight.shape[2:] == (1, 1) and tuple(padding) == (0, 0) and len(tuple(stride)) == 2
+
+
+def _pointwise_weight_rows(grad_rows: torch.Tensor, inputs: torch.Tensor, stride: tuple[int, int]) -> torch.Tensor:
+    """Weight gradient of a few output rows of a 1x1 conv: ``sum_n grad[n] @ input[n]^T``.
+
+    For a handful of rows a batched matrix product beats oneDNN's weight
+    gradient, which first re-lays out the whole input.
+    """
+    if tuple(stride) != (1, 1):
+        inputs = inputs[:, :, :: stride[0], :: stride[1]]
+    return torch.bmm(grad_rows.flatten(2), inputs.flatten(2).transpose(1, 2)).sum(0)
 
 
 def _input_gradient(grad_out: torch.Tensor, input_shape: torch.Size, weight: torch.Tensor, conf: tuple[Any, ...], groups: int) -> torch.Tensor:
