@@ -110,8 +110,9 @@ def _is_pointwise(weight: torch.Tensor, groups: int, conf: tuple[Any, ...]) -> b
 def _pointwise_weight_rows(grad_rows: torch.Tensor, inputs: torch.Tensor, stride: tuple[int, int]) -> torch.Tensor:
     """Weight gradient of a few output rows of a 1x1 conv: ``sum_n grad[n] @ input[n]^T``.
 
-    For a handful of rows a batched matrix product beats oneDNN's weight
-    gradient, which first re-lays out the whole input.
+    For a handful of rows a batched matrix product was faster than oneDNN's
+    weight gradient in a micro-benchmark (0.43 against 0.73 ms for 14 of
+    144 rows over a 24-channel 32x32 input, batch 32, one thread).
     """
     if tuple(stride) != (1, 1):
         inputs = inputs[:, :, :: stride[0], :: stride[1]]
