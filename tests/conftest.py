@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 import torch
 from torch import nn
@@ -22,6 +24,14 @@ class TwoConvNet(nn.Module):
         x = torch.relu(self.bn(self.a(x)))
         x = torch.relu(self.c(self.b(x)))
         return self.head(x.mean(dim=(2, 3)))
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_threads() -> Iterator[None]:
+    """Tests that pin torch's thread count must not change it for the tests after them."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture

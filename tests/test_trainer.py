@@ -105,13 +105,17 @@ def test_same_seed_same_result_and_other_seed_differs() -> None:
 
 
 def test_same_seed_same_result_in_another_process() -> None:
+    # Float sums depend on how many threads split them: both processes use the same count
+    # (a Ray trial sets it from its CPU share).
     here, _ = run(config("random"))
     code = (
-        "import json, sys; from trainables import train; "
+        "import json, sys, torch; from trainables import train; "
+        "torch.set_num_threads(int(sys.argv[2])); "
         "cfg = json.loads(sys.argv[1]); out = []; "
         "train(cfg, lambda m, s: out.append(m)); print(json.dumps(out))"
     )
-    done = subprocess.run([sys.executable, "-c", code, json.dumps(config("random"))], capture_output=True, text=True, check=True)
+    command = [sys.executable, "-c", code, json.dumps(config("random")), str(torch.get_num_threads())]
+    done = subprocess.run(command, capture_output=True, text=True, check=True)
     there = json.loads(done.stdout.strip().splitlines()[-1])
     assert [comparable(r) for r in here] == [comparable(r) for r in there]
 
