@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch.utils.data import Dataset
 
+from trainables.registry import Registry
+
 if TYPE_CHECKING:
     from trainables.config import DataConfig
 
@@ -41,8 +43,8 @@ class DataSplits:
 DatasetBuilder = Callable[["DataConfig"], DataSplits]
 DatasetCheck = Callable[["DataConfig"], None]
 
-_DATASETS: dict[str, DatasetBuilder] = {}
-_CHECKS: dict[str, DatasetCheck] = {}
+_DATASETS: Registry[DatasetBuilder] = Registry("data set", "data sets")
+_CHECKS: Registry[DatasetCheck] = Registry("data set check", "data set checks", duplicate="data set {name} already has a check")
 
 
 class DatasetError(RuntimeError):
@@ -51,14 +53,7 @@ class DatasetError(RuntimeError):
 
 def register_dataset(name: str) -> Callable[[DatasetBuilder], DatasetBuilder]:
     """Decorator that registers a data set builder under ``name``."""
-
-    def add(builder: DatasetBuilder) -> DatasetBuilder:
-        if name in _DATASETS:
-            raise ValueError(f"data set {name!r} is already registered")
-        _DATASETS[name] = builder
-        return builder
-
-    return add
+    return _DATASETS.register(name)
 
 
 def register_check(name: str) -> Callable[[DatasetCheck], DatasetCheck]:
@@ -67,14 +62,7 @@ def register_check(name: str) -> Callable[[DatasetCheck], DatasetCheck]:
     The check looks only at files and directories (no image is read) and
     raises :class:`~trainables.config.ConfigError` naming ``data.root``.
     """
-
-    def add(check: DatasetCheck) -> DatasetCheck:
-        if name in _CHECKS:
-            raise ValueError(f"data set {name!r} already has a check")
-        _CHECKS[name] = check
-        return check
-
-    return add
+    return _CHECKS.register(name)
 
 
 def check_dataset(config: DataConfig) -> None:
@@ -86,14 +74,14 @@ def check_dataset(config: DataConfig) -> None:
         trainables.config.ConfigError: the data set is missing or malformed
             (key ``data.root``), or cannot be downloaded (``data.download``).
     """
-    check = _CHECKS.get(config.name)
+    check = _CHECKS.find(config.name)
     if check is not None:
         check(config)
 
 
 def dataset_names() -> list[str]:
     """Names of the registered data sets, sorted."""
-    return sorted(_DATASETS)
+    return _DATASETS.names()
 
 
 def build_dataset(config: DataConfig) -> DataSplits:
@@ -102,9 +90,7 @@ def build_dataset(config: DataConfig) -> DataSplits:
     Raises:
         ValueError: unknown data set name (lists the known ones).
     """
-    if config.name not in _DATASETS:
-        raise ValueError(f"unknown data set {config.name!r}; known data sets: {', '.join(dataset_names())}")
-    return _DATASETS[config.name](config)
+    return _DATASETS.get(config.name)(config)
 
 
 def split_train(n: int, *, velocity_images: int, val_fraction: float, seed: int) -> tuple[list[int], list[int], list[int]]:

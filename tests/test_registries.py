@@ -1,4 +1,4 @@
-"""Contract tests over the registries: every model, every data set."""
+"""Contract tests over the registries: every model, every data set, and the generic registry they share."""
 
 from __future__ import annotations
 
@@ -9,10 +9,12 @@ import torch
 import torch.nn.functional as F
 from data_fixtures import write_fixture
 
-from datasets import build_dataset, dataset_names
-from trainables import model_names
+from datasets import build_dataset, check_dataset, dataset_names, register_check, register_dataset
+from trainables import model_names, policy_names, register_model, register_policy
 from trainables.config import ConfigError, DataConfig, ModelConfig
-from trainables.models import build_model, classifier_name, load_checkpoint
+from trainables.models import build_model, classifier_name, load_checkpoint, model_spec
+from trainables.policies import get_policy
+from trainables.registry import Registry
 
 
 @pytest.mark.parametrize("name", model_names())
@@ -83,3 +85,36 @@ def test_unknown_names_list_the_known_ones() -> None:
         build_model(ModelConfig(name="vgg"), 10)
     with pytest.raises(ValueError, match=r"known data sets: c10, c100, .*digits"):
         build_dataset(DataConfig(name="mnist"))
+
+
+def test_registry_registers_lists_and_refuses_duplicates() -> None:
+    registry: Registry[int] = Registry("colour", "colours")
+    assert registry.register("red")(1) == 1
+    registry.add("blue", 2)
+    assert registry.names() == ["blue", "red"] and list(registry) == ["blue", "red"] and len(registry) == 2
+    assert registry.get("red") == 1 and "blue" in registry and "green" not in registry
+    assert registry.find("green") is None and registry.find("blue") == 2
+    with pytest.raises(ValueError, match=r"^unknown colour 'green'; known colours: blue, red$"):
+        registry.get("green")
+    with pytest.raises(ValueError, match=r"^colour 'red' is already registered$"):
+        registry.add("red", 3)
+    assert registry.get("red") == 1  # the refused registration changed nothing
+    custom: Registry[int] = Registry("check", "checks", duplicate="data set {name} already has a check")
+    custom.add("c10", 0)
+    with pytest.raises(ValueError, match=r"^data set 'c10' already has a check$"):
+        custom.add("c10", 1)
+
+
+def test_the_project_registries_keep_their_messages() -> None:
+    with pytest.raises(ValueError, match=r"^policy 'velocity' is already registered$"):
+        register_policy("velocity")(get_policy("random"))
+    with pytest.raises(ValueError, match=r"^unknown policy 'greedy'; known policies: full, random, velocity$"):
+        get_policy("greedy")
+    with pytest.raises(ValueError, match=r"^model 'resnet18' is already registered$"):
+        register_model("resnet18", source="torchvision", input_size=224)(model_spec("resnet18").build)
+    with pytest.raises(ValueError, match=r"^data set 'digits' is already registered$"):
+        register_dataset("digits")(lambda config: build_dataset(config))
+    with pytest.raises(ValueError, match=r"^data set 'c10' already has a check$"):
+        register_check("c10")(check_dataset)
+    assert policy_names() == ["full", "random", "velocity"]
+    assert "digits" in dataset_names() and "mbv2-w0.35" in model_names()

@@ -23,6 +23,7 @@ import torchvision
 from torch import nn
 
 from trainables.config import ConfigError, ModelConfig
+from trainables.registry import Registry
 from trainables.zoo import ZOO_NETS, build_zoo_model, fetch_weights, shipped_resolution, zoo_weights_path
 
 ModelBuilder = Callable[[ModelConfig, int], nn.Module]
@@ -51,7 +52,7 @@ class ModelSpec:
     imagenet: WeightsLocator | None = None
 
 
-_MODELS: dict[str, ModelSpec] = {}
+_MODELS: Registry[ModelSpec] = Registry("model", "models")
 
 
 def register_model(
@@ -60,9 +61,7 @@ def register_model(
     """Decorator that registers a model builder under ``name``."""
 
     def add(builder: ModelBuilder) -> ModelBuilder:
-        if name in _MODELS:
-            raise ValueError(f"model {name!r} is already registered")
-        _MODELS[name] = ModelSpec(name, builder, source, input_size, imagenet)
+        _MODELS.add(name, ModelSpec(name, builder, source, input_size, imagenet))
         return builder
 
     return add
@@ -70,14 +69,12 @@ def register_model(
 
 def model_names() -> list[str]:
     """Names of the registered models, sorted."""
-    return sorted(_MODELS)
+    return _MODELS.names()
 
 
 def model_spec(name: str) -> ModelSpec:
     """The spec of model ``name``; ValueError listing the known ones otherwise."""
-    if name not in _MODELS:
-        raise ValueError(f"unknown model {name!r}; known models: {', '.join(model_names())}")
-    return _MODELS[name]
+    return _MODELS.get(name)
 
 
 def torchvision_weights(weights: torchvision.models.WeightsEnum) -> WeightsLocator:

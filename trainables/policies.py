@@ -18,37 +18,28 @@ import torch
 from torch import nn
 
 from trainables.neurons import Masks, conv_layers
+from trainables.registry import Registry
 
 Scores = Mapping[str, torch.Tensor]
 NeuronParams = Mapping[str, torch.Tensor]
 Policy = Callable[[Scores | None, NeuronParams, int, torch.Generator | None], Masks]
 
-_POLICIES: dict[str, Policy] = {}
+_POLICIES: Registry[Policy] = Registry("policy", "policies")
 
 
 def register_policy(name: str) -> Callable[[Policy], Policy]:
     """Decorator that registers a selection policy under ``name``."""
-
-    def add(fn: Policy) -> Policy:
-        if name in _POLICIES:
-            raise ValueError(f"policy {name!r} is already registered")
-        _POLICIES[name] = fn
-        return fn
-
-    return add
+    return _POLICIES.register(name)
 
 
 def policy_names() -> list[str]:
     """Names of the registered selection policies, sorted."""
-    return sorted(_POLICIES)
+    return _POLICIES.names()
 
 
 def get_policy(name: str) -> Policy:
     """The policy registered as ``name``; ValueError listing the known ones otherwise."""
-    try:
-        return _POLICIES[name]
-    except KeyError:
-        raise ValueError(f"unknown policy {name!r}; known policies: {', '.join(policy_names())}") from None
+    return _POLICIES.get(name)
 
 
 def select_neurons(

@@ -21,7 +21,6 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from datasets import build_dataset
 from trainables.config import BudgetConfig, ConfigError, TrainingConfig, TrialConfig
 from trainables.engine import SparseUpdateEngine
 from trainables.models import build_model
@@ -143,6 +142,10 @@ class BudgetedRun:
             # digits took 52 s instead of 2.7 s here); flushing them to zero is harmless.
             torch.set_flush_denormal(True)
         seed_everything(training.seed)
+        # Imported here, not at the top: ``import datasets`` loads this package
+        # (datasets.registry uses trainables.registry) and would be found half-done.
+        from datasets import build_dataset
+
         self.data = build_dataset(config.data)
         self.model = build_model(config.model, self.data.num_classes).to(self.device)
         self.neuron_params = conv_neuron_params(self.model)
