@@ -20,6 +20,7 @@ trial (SU schemes must fit the model). Each problem is one
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import itertools
@@ -306,32 +307,84 @@ def _dataset_num_classes(data: Any) -> int:
 _CLASS_COUNTS: dict[str, int] = {}
 
 
+class CombinationError(ConfigError):
+    """A :class:`ConfigError` of one trial config that names the config keys it depends on.
+
+    ``depends_on`` holds dotted keys or whole sections (``data``); a searched
+    key among them is part of the cause, so :func:`build_space` shows its
+    value next to the message.
+    """
+
+    def __init__(self, key: str, message: str, depends_on: Sequence[str]) -> None:
+        super().__init__(key, message)
+        self.depends_on = tuple(depends_on)
+
+
+@contextlib.contextmanager
+def _depending_on(*keys: str) -> Iterator[None]:
+    """Re-raise a ConfigError inside the block as a :class:`CombinationError` that depends on ``keys``."""
+    try:
+        yield
+    except ConfigError as err:
+        raise CombinationError(err.key, err.message, keys) from None
+
+
+def _error_inputs(err: ConfigError) -> tuple[str, ...]:
+    """The config keys or sections ``err`` depends on.
+
+    Its own key, and for a plain ConfigError its section (a section validates
+    its fields together: ``nesterov`` needs ``momentum``); a
+    :class:`CombinationError` names the rest itself.
+    """
+    own = err.key.split("[")[0]
+    if isinstance(err, CombinationError):
+        return (own, *err.depends_on)
+    return (own, own.split(".")[0])
+
+
+def _searched_causes(err: ConfigError, combination: Mapping[str, Any]) -> dict[str, Any]:
+    """The searched keys (with their values in ``combination``) that ``err`` depends on."""
+    inputs = _error_inputs(err)
+    return {key: value for key, value in combination.items() if any(key == given or key.startswith(f"{given}.") for given in inputs)}
+
+
 def check_trial(overrides: Mapping[str, Any], base: Mapping[str, Any]) -> TrialConfig:
-    """Validate one combination; SU schemes are checked against the model's convs, data sets against the disk."""
+    """Validate one combination; SU schemes are checked against the model's convs, data sets against the disk.
+
+    Raises:
+        ConfigError: a bad value (its section validates it), or a
+            :class:`CombinationError` naming the keys a cross-section
+            check depends on.
+    """
     from datasets import check_dataset
     from trainables.schemes import get_scheme
     from trainables.trainer import needs_su_mask
 
     config = TrialConfig.from_dict(with_overrides(base, overrides))
     if config.data.name != "digits":  # built in; every other data set must be on disk (or downloadable) before Ray starts
-        check_dataset(config.data)
+        with _depending_on("data"):
+            check_dataset(config.data)
     if config.model.num_classes is not None:
-        found = _dataset_num_classes(config.data)
+        with _depending_on("data", "model.num_classes"):
+            found = _dataset_num_classes(config.data)
         if found != config.model.num_classes:
             where = f" at {config.data.root}" if config.data.root else ""
-            raise ConfigError(
+            raise CombinationError(
                 "model.num_classes",
                 f"the model head has {config.model.num_classes} classes but data set {config.data.name!r}{where} has {found}",
+                ("data", "model.num_classes"),
             )
     budget = config.budget
     if needs_su_mask(budget):
         scheme = get_scheme(budget.scheme) if budget.scheme else None
         if scheme is None or scheme.su is None:
-            raise ConfigError(
+            raise CombinationError(
                 "budget.scheme",
                 f"policy {budget.policy!r} with initialization {budget.initialization!r} needs a scheme with an SU part, got {budget.scheme!r}",
+                ("budget.policy", "budget.initialization", "budget.scheme"),
             )
-        scheme.su.check_fits(_conv_count_model(config.model.name), scheme.name)
+        with _depending_on("budget.policy", "budget.initialization", "budget.scheme", "model.name"):
+            scheme.su.check_fits(_conv_count_model(config.model.name), scheme.name)
     return config
 
 
@@ -396,7 +449,9 @@ def build_space(
             try:
                 check_trial(combination, base)
             except ConfigError as err:
-                where = ", ".join(f"{k}={v}" for k, v in combination.items())
+                # Name the searched values only where they are part of the cause;
+                # a missing data set root says so plainly.
+                where = ", ".join(f"{k}={v}" for k, v in _searched_causes(err, combination).items())
                 message = f"{err.message} (with {where})" if where else err.message
                 key = f"search.params.{err.key}" if err.key.split("[")[0] in combination else err.key
                 raise ConfigError(key, message) from None

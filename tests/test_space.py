@@ -12,7 +12,7 @@ import yaml
 from torch import nn
 
 from search.cli import main
-from search.space import DEFAULT_SPACE, load_space
+from search.space import DEFAULT_SPACE, SpaceError, load_space
 from trainables.config import ConfigError
 from trainables.schemes import get_scheme
 
@@ -160,3 +160,39 @@ def test_the_studys_inconsistent_proxyless_scheme_says_why() -> None:
         "n_bias_update 21 of 61 convs covers indices 40..60"
     )
     get_scheme("proxyless-w0.3_scheme_2").su.check_fits(model, "proxyless-w0.3_scheme_2")  # type: ignore[union-attr]
+
+
+# --- which searched values an error names ------------------------------------------------------------------------------
+def space_error(tmp_path: Path, space: dict[str, Any]) -> str:
+    with pytest.raises(SpaceError) as caught:
+        load_space(write(tmp_path, space))
+    return str(caught.value)
+
+
+def test_an_error_about_an_unsearched_key_names_no_combination(tmp_path: Path) -> None:
+    missing = tmp_path / "no-cifar"
+    message = space_error(tmp_path, edit({"data/name": "c10", "data/root": str(missing)}))
+    assert message.startswith(f"{tmp_path / 'space.yaml'}: data.root: "), message
+    assert str(missing) in message and "(with" not in message and "budget.policy" not in message
+
+
+def test_an_error_caused_by_a_searched_key_names_only_that_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NEQ_DATA", str(tmp_path / "empty"))
+    message = space_error(tmp_path, edit({"search/params/data.name": {"choice": ["digits", "c10"]}}))
+    assert message.startswith(f"{tmp_path / 'space.yaml'}: data.root: "), message
+    assert message.endswith("(with data.name=c10)"), message  # not the policy, scheme or lr it was tried with
+
+
+def test_an_su_scheme_that_misfits_a_searched_model_names_the_model(tmp_path: Path) -> None:
+    searched = {"model.name": {"choice": ["mbv2-w0.35"]}, "training.lr": {"loguniform": [0.01, 0.3]}}
+    space = edit({"budget/policy": "su", "budget/scheme": "proxyless-w0.3_scheme_2", "search/params": searched})
+    message = space_error(tmp_path, space)
+    assert message.startswith(f"{tmp_path / 'space.yaml'}: budget.scheme: proxyless-w0.3_scheme_2: manual_weight_idx 54 is out of range")
+    assert message.endswith("(with model.name=mbv2-w0.35)"), message
+
+
+def test_a_searched_key_in_error_keeps_its_search_prefix_and_its_section_neighbours(tmp_path: Path) -> None:
+    searched = {"training.nesterov": {"choice": [True]}, "training.momentum": {"choice": [0.0]}, "budget.policy": {"choice": ["random"]}}
+    message = space_error(tmp_path, edit({"search/params": searched}))
+    expected = "search.params.training.nesterov: needs momentum > 0 (with training.momentum=0.0, training.nesterov=True)"
+    assert message == f"{tmp_path / 'space.yaml'}: {expected}"  # the policy it was tried with is no part of it
