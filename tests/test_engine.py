@@ -11,7 +11,7 @@ from torch import nn
 
 from trainables import select_neurons, su_update_mask
 from trainables.config import ModelConfig, TrainingConfig
-from trainables.engine import SparseUpdateEngine
+from trainables.engine import SparseUpdateEngine, row_plan
 from trainables.models import build_model
 from trainables.neurons import Masks, conv_layers, conv_neuron_params
 from trainables.schemes import get_scheme
@@ -110,17 +110,22 @@ def test_bn_update_selected_matches_and_freezes_norms_below() -> None:
     ("groups", "in_channels", "out_channels", "bias", "kernel", "stride"),
     [(1, 6, 8, True, 3, 2), (8, 8, 8, False, 3, 2), (2, 4, 6, True, 3, 2), (4, 4, 8, False, 3, 2), (1, 6, 8, True, 1, 1), (1, 6, 8, False, 1, 2)],
 )
-def test_row_sparse_gradient_equals_the_full_gradient_rows(groups: int, in_channels: int, out_channels: int, bias: bool, kernel: int, stride: int) -> None:
+@pytest.mark.parametrize("most", [False, True], ids=["two-rows", "all-but-one-row-dense"])
+def test_row_sparse_gradient_equals_the_full_gradient_rows(
+    groups: int, in_channels: int, out_channels: int, bias: bool, kernel: int, stride: int, most: bool
+) -> None:
     torch.manual_seed(0)
     conv = nn.Conv2d(in_channels, out_channels, kernel, stride=stride, padding=kernel // 2, groups=groups, bias=bias)
     inputs = torch.randn(3, in_channels, 9, 9, requires_grad=True)
     conv(inputs).sin().sum().backward()
     full_weight, full_input = conv.weight.grad.clone(), inputs.grad.clone()  # type: ignore[union-attr]
     full_bias = conv.bias.grad.clone() if bias else None  # type: ignore[union-attr]
-    mask = torch.zeros(out_channels, dtype=torch.bool)
-    mask[[1, out_channels - 1]] = True
+    mask = torch.full((out_channels,), most)
+    mask[[1, out_channels - 1] if not most else [3]] = not most  # rows 1 and last (row-wise path), or all but row 3 (dense path)
     engine = SparseUpdateEngine(conv)
     engine.set_masks({"": mask})
+    plan = row_plan(mask, conv.weight)
+    assert plan.dense == most
     conv.zero_grad()
     inputs.grad = None
     conv(inputs).sin().sum().backward()
