@@ -211,7 +211,11 @@ def build_runner(condition: Condition, start: nn.Module, masks: Masks, inputs: t
     model = copy.deepcopy(start)
     model.train()
     engine = SparseUpdateEngine(model, bn_update=condition.bn_update, sparse=condition.path != "masked")  # type: ignore[arg-type]
-    optimizer = build_optimizer(model, TrainingConfig(optimizer="sgd", lr=0.01, momentum=0.9, weight_decay=4e-5))
+    # the study's path keeps whole-tensor optimizer steps; the engine's optimizer steps updated rows only
+    training = TrainingConfig(
+        optimizer="sgd", lr=0.01, momentum=0.9, weight_decay=4e-5, update_engine="masked" if condition.path == "masked" else "sparse"
+    )
+    optimizer = build_optimizer(model, training)
     engine.set_masks(masks)
     per_param: dict[torch.Tensor, torch.Tensor] = {}
     for name, conv in conv_layers(model).items():

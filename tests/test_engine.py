@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
@@ -56,7 +57,8 @@ def twin_runs(optimizer: str, masks_per_step: list[Masks], bn_update: str = "all
         model = build_model(ModelConfig(name="mbv2-w0.35"), 4).double()
         model.load_state_dict(start.state_dict())
         engine = SparseUpdateEngine(model, bn_update=bn_update, sparse=sparse)  # type: ignore[arg-type]
-        train_steps(model, engine, build_optimizer(model, config), masks_per_step)
+        optimizer_config = dataclasses.replace(config, update_engine="sparse" if sparse else "masked")  # row-sparse steps vs the study's
+        train_steps(model, engine, build_optimizer(model, optimizer_config), masks_per_step)
         runs.append(model)
     return start, runs[0], runs[1]
 

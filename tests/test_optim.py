@@ -96,3 +96,69 @@ def test_cosine_schedule_with_warmup() -> None:
     assert lr(60) == pytest.approx(0.01 + 0.5 * 0.09 * (1 + math.cos(math.pi * 0.5)))
     assert lr(110) == pytest.approx(0.01)
     assert cosine_lr(0, base_lr=0.2, total_steps=10) == pytest.approx(0.2)
+
+
+ROW_SPARSE: dict[str, Callable[[list[nn.Parameter], bool], MaskedSGD | MaskedAdam]] = {
+    "sgd": lambda p, rows: MaskedSGD(p, lr=0.1, momentum=0.9, weight_decay=0.01, row_sparse=rows),
+    "sgd-nesterov": lambda p, rows: MaskedSGD(p, lr=0.1, momentum=0.9, weight_decay=0.01, nesterov=True, row_sparse=rows),
+    "sgd-no-momentum": lambda p, rows: MaskedSGD(p, lr=0.1, weight_decay=0.01, row_sparse=rows),
+    "adam": lambda p, rows: MaskedAdam(p, lr=0.01, weight_decay=0.01, row_sparse=rows),
+}
+
+
+@pytest.mark.parametrize("name", list(ROW_SPARSE))
+def test_row_sparse_steps_catch_up_skipped_rows_like_the_masked_path(name: str) -> None:
+    # The sparse engine's optimizer steps only the updated rows; rows frozen for a while, or the whole
+    # parameter left without a gradient (a frozen conv), are caught up when next updated.
+    schedule = [
+        [0, 1],  # partial
+        [0, 1],
+        [2, 3, 4],  # rows 0 and 1 stop, 2..4 start (their state saw 2 zero-gradient steps)
+        None,  # whole conv frozen: no gradient at all on the row-sparse side
+        [0, 5],  # row 0 catches up 2 skipped steps, row 5 four
+        [0, 1, 2, 3, 4, 5],  # every row: whole-tensor step, every stale row caught up
+        [1],
+    ]
+    convs = []
+    for row_sparse in (True, False):
+        conv, inputs = conv_and_data()
+        conv = conv.double()
+        optimizer = ROW_SPARSE[name]([conv.weight, conv.bias], row_sparse)
+        for rows in schedule:
+            mask = torch.zeros(6, dtype=torch.bool)
+            mask[rows or []] = True
+            before = conv.weight.detach().clone(), conv.bias.detach().clone()
+            optimizer.set_update_masks({conv.weight: mask, conv.bias: mask})
+            optimizer.zero_grad(set_to_none=True)
+            conv(inputs.double()).square().mean().backward()
+            if rows is None and row_sparse:
+                conv.weight.grad = conv.bias.grad = None  # the engine switches a frozen conv off
+            optimizer.step()
+            assert torch.equal(conv.weight[~mask], before[0][~mask]) and torch.equal(conv.bias[~mask], before[1][~mask])
+            if row_sparse and rows is not None and "momentum_buffer" in optimizer.state[conv.weight] and len(rows) < 6:
+                assert "row_step" in optimizer.state[conv.weight]  # row bookkeeping while steps are row-sparse
+        convs.append((conv, optimizer))
+    (ours, mine), (theirs, reference) = convs
+    torch.testing.assert_close(ours.weight, theirs.weight, rtol=0, atol=1e-12)
+    torch.testing.assert_close(ours.bias, theirs.bias, rtol=0, atol=1e-12)
+    for key, value in reference.state[theirs.weight].items():  # state of rows skipped in the last step is caught up lazily
+        if isinstance(value, torch.Tensor) and value.dtype.is_floating_point:
+            row = 1  # the only row stepped last: its state is current on both sides
+            torch.testing.assert_close(mine.state[ours.weight][key][row], value[row], rtol=0, atol=1e-12)
+
+
+def test_row_sparse_sgd_touches_only_the_updated_rows_of_the_state() -> None:
+    conv, inputs = conv_and_data()
+    optimizer = MaskedSGD([conv.weight], lr=0.1, momentum=0.5, weight_decay=0.1, row_sparse=True)
+    step(conv, optimizer, inputs)
+    buffer = optimizer.state[conv.weight]["momentum_buffer"].clone()
+    frozen = torch.tensor([True, False, False, False, False, False])
+    optimizer.set_update_masks({conv.weight: ~frozen})
+    step(conv, optimizer, inputs)
+    step(conv, optimizer, inputs)
+    assert torch.equal(optimizer.state[conv.weight]["momentum_buffer"][frozen], buffer[frozen])  # not decayed yet: stale until used
+    assert optimizer.state[conv.weight]["row_step"].tolist() == [1, 3, 3, 3, 3, 3]
+    optimizer.set_update_masks({conv.weight: torch.ones(6, dtype=torch.bool)})
+    step(conv, optimizer, inputs)  # whole-tensor step: row 0 decays by momentum ** 2 first, then takes its step
+    assert "row_step" not in optimizer.state[conv.weight]
+    assert optimizer.state[conv.weight]["last_step"] == 4

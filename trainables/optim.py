@@ -16,6 +16,14 @@ an SGD momentum buffer decays by ``momentum ** k``, Adam clears the first
 moment and decays the second by ``beta2 ** k``, and Adam's bias correction
 counts the optimizer's steps, not the parameter's. Both update paths
 therefore produce the same weights.
+
+With ``row_sparse=True`` (the sparse-update engine's optimizer) a partly
+updated parameter is stepped on its updated rows only: their gradient,
+weights and state are gathered, updated and scattered back, so the step costs
+what the budget updates instead of whole weight tensors. The state of the
+rows it skips is caught up per row when they are next updated (or when the
+whole parameter is), by the same rule as above; the weights equal those of the
+masked path up to the rounding of ``momentum ** k`` against ``k`` products.
 """
 
 from __future__ import annotations
@@ -30,13 +38,16 @@ import torch
 class _MaskedOptimizer(torch.optim.Optimizer):
     """Shared mask bookkeeping of :class:`MaskedSGD` and :class:`MaskedAdam`."""
 
-    def __init__(self, params: Iterable[Any], defaults: dict[str, Any]) -> None:
+    def __init__(self, params: Iterable[Any], defaults: dict[str, Any], row_sparse: bool = False) -> None:
         super().__init__(params, {**defaults, "global_step": 0})
+        self.row_sparse = row_sparse
         self._frozen_rows: dict[int, torch.Tensor] = {}
+        self._updated_rows: dict[int, torch.Tensor] = {}
 
     def set_update_masks(self, masks: Mapping[torch.Tensor, torch.Tensor]) -> None:
         """Replace the update masks (True = row updated); unlisted parameters update fully."""
         frozen: dict[int, torch.Tensor] = {}
+        updated: dict[int, torch.Tensor] = {}
         for param, mask in masks.items():
             if mask.shape != param.shape[:1]:
                 raise ValueError(f"mask of shape {tuple(mask.shape)} does not fit a parameter of shape {tuple(param.shape)}")
@@ -44,7 +55,13 @@ class _MaskedOptimizer(torch.optim.Optimizer):
                 continue
             view = (~mask).to(param.device).view(-1, *([1] * (param.dim() - 1)))
             frozen[id(param)] = view
+            updated[id(param)] = mask.to(param.device).nonzero().flatten()
         self._frozen_rows = frozen
+        self._updated_rows = updated
+
+    def _rows_step(self, param: torch.Tensor) -> torch.Tensor | None:
+        """Indices of the rows a row-sparse step updates; None for a whole-tensor step."""
+        return self._updated_rows.get(id(param)) if self.row_sparse else None
 
     def _frozen(self, param: torch.Tensor) -> torch.Tensor | None:
         return self._frozen_rows.get(id(param))
@@ -55,6 +72,33 @@ class _MaskedOptimizer(torch.optim.Optimizer):
         skipped = step - int(state.get("last_step", step - 1)) - 1
         state["last_step"] = step
         return skipped
+
+    @staticmethod
+    def _row_skips(state: dict[str, Any], step: int, rows: torch.Tensor | None, n_rows: int) -> torch.Tensor | None:
+        """Per row of ``rows`` (None: every row), steps missed since its last update; marks them updated now.
+
+        Returns None when no row missed a step. Row bookkeeping starts at the
+        first row-sparse step (from the whole parameter's last step) and ends
+        with the next whole-tensor step.
+        """
+        last = state.get("row_step")
+        if last is None:
+            if rows is None:
+                return None
+            last = state["row_step"] = torch.full((n_rows,), int(state.get("last_step", step - 1)), dtype=torch.long, device=rows.device)
+        if rows is None:
+            del state["row_step"]
+            state["last_step"] = step - 1  # every row caught up below; the whole-tensor rule takes over
+            skipped = step - 1 - last
+        else:
+            skipped = step - 1 - last.index_select(0, rows)
+            last.index_fill_(0, rows, step)
+        return skipped if bool(skipped.any()) else None
+
+
+def _per_row(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``values`` (one per row) shaped to broadcast over the rows of ``like``."""
+    return values.to(like.dtype).view(-1, *([1] * (like.dim() - 1)))
 
 
 class MaskedSGD(_MaskedOptimizer):
@@ -69,13 +113,14 @@ class MaskedSGD(_MaskedOptimizer):
         dampening: float = 0.0,
         weight_decay: float = 0.0,
         nesterov: bool = False,
+        row_sparse: bool = False,
     ) -> None:
         if lr < 0 or momentum < 0 or weight_decay < 0:
             raise ValueError("lr, momentum and weight_decay must be >= 0")
         if nesterov and (momentum <= 0 or dampening != 0):
             raise ValueError("nesterov momentum needs momentum > 0 and dampening 0")
         defaults = {"lr": lr, "momentum": momentum, "dampening": dampening, "weight_decay": weight_decay, "nesterov": nesterov}
-        super().__init__(params, defaults)
+        super().__init__(params, defaults, row_sparse)
 
     @torch.no_grad()
     def step(self, closure: Any = None) -> None:  # type: ignore[override]
@@ -85,8 +130,15 @@ class MaskedSGD(_MaskedOptimizer):
             for param in group["params"]:
                 if param.grad is None:
                     continue
+                rows = self._rows_step(param)
+                if rows is not None:
+                    self._sgd_rows(param, rows, group)
+                    continue
                 frozen = self._frozen(param)
                 state = self.state[param]
+                row_skips = self._row_skips(state, group["global_step"], None, param.shape[0])
+                if row_skips is not None and state.get("momentum_buffer") is not None:
+                    state["momentum_buffer"].mul_(_per_row(torch.pow(momentum, row_skips.double()), param))
                 skipped = self._skipped_steps(state, group["global_step"])
                 step = param.grad
                 if group["weight_decay"] != 0:
@@ -106,6 +158,29 @@ class MaskedSGD(_MaskedOptimizer):
                         step = step.masked_fill(frozen, 0.0)
                 param.add_(step, alpha=-group["lr"])
 
+    def _sgd_rows(self, param: torch.Tensor, rows: torch.Tensor, group: dict[str, Any]) -> None:
+        """The SGD step of the updated ``rows`` of ``param`` only (``row_sparse``)."""
+        assert param.grad is not None
+        momentum, state = group["momentum"], self.state[param]
+        row_skips = self._row_skips(state, group["global_step"], rows, param.shape[0])
+        weights = param.index_select(0, rows)
+        step = param.grad.index_select(0, rows)
+        if group["weight_decay"] != 0:
+            step = step.add(weights, alpha=group["weight_decay"])
+        if momentum != 0:
+            buffer = state.get("momentum_buffer")
+            if buffer is None:
+                buffer = state["momentum_buffer"] = torch.zeros_like(param)
+                rows_buffer = step.clone()
+            else:
+                rows_buffer = buffer.index_select(0, rows)
+                if row_skips is not None:
+                    rows_buffer.mul_(_per_row(torch.pow(momentum, row_skips.double()), rows_buffer))
+                rows_buffer.mul_(momentum).add_(step, alpha=1 - group["dampening"])
+            buffer.index_copy_(0, rows, rows_buffer)
+            step = step.add(rows_buffer, alpha=momentum) if group["nesterov"] else rows_buffer
+        param.index_copy_(0, rows, weights.add_(step, alpha=-group["lr"]))
+
 
 class MaskedAdam(_MaskedOptimizer):
     """Adam (L2 weight decay added to the gradient, as torch's Adam), under update masks."""
@@ -118,12 +193,13 @@ class MaskedAdam(_MaskedOptimizer):
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
         weight_decay: float = 0.0,
+        row_sparse: bool = False,
     ) -> None:
         if lr < 0 or eps < 0 or weight_decay < 0:
             raise ValueError("lr, eps and weight_decay must be >= 0")
         if not (0 <= betas[0] < 1 and 0 <= betas[1] < 1):
             raise ValueError(f"betas must lie in [0, 1), got {betas}")
-        super().__init__(params, {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay})
+        super().__init__(params, {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay}, row_sparse)
 
     @torch.no_grad()
     def step(self, closure: Any = None) -> None:  # type: ignore[override]
@@ -139,6 +215,15 @@ class MaskedAdam(_MaskedOptimizer):
                 if not state:
                     state["exp_avg"] = torch.zeros_like(param)
                     state["exp_avg_sq"] = torch.zeros_like(param)
+                rows = self._rows_step(param)
+                if rows is not None:
+                    self._adam_rows(param, rows, group)
+                    continue
+                row_skips = self._row_skips(state, step, None, param.shape[0])
+                if row_skips is not None:
+                    missed = _per_row(row_skips, param)
+                    state["exp_avg"].masked_fill_(missed > 0, 0.0)
+                    state["exp_avg_sq"].mul_(torch.pow(beta2, missed.double()).to(param.dtype))
                 skipped = self._skipped_steps(state, step)
                 if skipped:
                     state["exp_avg"].zero_()
@@ -158,6 +243,32 @@ class MaskedAdam(_MaskedOptimizer):
                 correction2 = 1 - beta2 ** state["step"]
                 denom = (exp_avg_sq.sqrt() / math.sqrt(correction2)).add_(group["eps"])
                 param.addcdiv_(exp_avg, denom, value=-group["lr"] / correction1)
+
+    def _adam_rows(self, param: torch.Tensor, rows: torch.Tensor, group: dict[str, Any]) -> None:
+        """The Adam step of the updated ``rows`` of ``param`` only (``row_sparse``)."""
+        assert param.grad is not None
+        beta1, beta2 = group["betas"]
+        step, state = group["global_step"], self.state[param]
+        row_skips = self._row_skips(state, step, rows, param.shape[0])
+        state["step"] = step
+        weights = param.index_select(0, rows)
+        grad = param.grad.index_select(0, rows)
+        if group["weight_decay"] != 0:
+            grad = grad.add(weights, alpha=group["weight_decay"])
+        exp_avg = state["exp_avg"].index_select(0, rows)
+        exp_avg_sq = state["exp_avg_sq"].index_select(0, rows)
+        if row_skips is not None:  # rows frozen meanwhile: first moment cleared, second decayed
+            missed = _per_row(row_skips, exp_avg)
+            exp_avg.masked_fill_(missed > 0, 0.0)
+            exp_avg_sq.mul_(torch.pow(beta2, missed.double()).to(exp_avg_sq.dtype))
+        exp_avg.mul_(beta1).add_(grad, alpha=1 - beta1)
+        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        state["exp_avg"].index_copy_(0, rows, exp_avg)
+        state["exp_avg_sq"].index_copy_(0, rows, exp_avg_sq)
+        correction1 = 1 - beta1**step
+        correction2 = 1 - beta2**step
+        denom = (exp_avg_sq.sqrt() / math.sqrt(correction2)).add_(group["eps"])
+        param.index_copy_(0, rows, weights.addcdiv_(exp_avg, denom, value=-group["lr"] / correction1))
 
 
 def cosine_lr(

@@ -106,11 +106,14 @@ def parameter_groups(model: nn.Module, config: TrainingConfig) -> list[dict[str,
 
 
 def build_optimizer(model: nn.Module, config: TrainingConfig) -> MaskedSGD | MaskedAdam:
-    """The masked optimizer named in ``config`` (SGD or Adam)."""
+    """The masked optimizer named in ``config`` (SGD or Adam); row-sparse steps with the sparse-update engine."""
     groups = parameter_groups(model, config)
+    row_sparse = config.update_engine == "sparse"
     if config.optimizer == "sgd":
-        return MaskedSGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov, weight_decay=config.weight_decay)
-    return MaskedAdam(groups, lr=config.lr, weight_decay=config.weight_decay)
+        return MaskedSGD(
+            groups, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov, weight_decay=config.weight_decay, row_sparse=row_sparse
+        )
+    return MaskedAdam(groups, lr=config.lr, weight_decay=config.weight_decay, row_sparse=row_sparse)
 
 
 @torch.no_grad()
