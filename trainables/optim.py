@@ -18,12 +18,12 @@ counts the optimizer's steps, not the parameter's. Both update paths
 therefore produce the same weights.
 
 With ``row_sparse=True`` (the sparse-update engine's optimizer) a partly
-updated parameter is stepped on its updated rows only: their gradient,
-weights and state are gathered, updated and scattered back, so the step costs
-what the budget updates instead of whole weight tensors. The state of the
-rows it skips is caught up per row when they are next updated (or when the
-whole parameter is), by the same rule as above; the weights equal those of the
-masked path up to the rounding of ``momentum ** k`` against ``k`` products.
+updated parameter is stepped on its updated rows only: their gradient and
+weights are gathered, updated and scattered back, and the state of the frozen
+rows takes its zero-gradient step in place (one pass: momentum or the second
+moment decays, the first moment is cleared) instead of the whole-tensor
+temporaries of the masked step. The arithmetic per element is the masked
+path's, so both give bit-identical weights and state.
 """
 
 from __future__ import annotations
@@ -73,34 +73,6 @@ class _MaskedOptimizer(torch.optim.Optimizer):
         state["last_step"] = step
         return skipped
 
-    @staticmethod
-    def _row_skips(state: dict[str, Any], step: int, rows: torch.Tensor | None, n_rows: int) -> torch.Tensor | None:
-        """Per row of ``rows`` (None: every row), steps missed since its last update; marks them updated now.
-
-        Returns None when no row missed a step. Row bookkeeping starts at the
-        first row-sparse step (from the whole parameter's last step) and ends
-        with the next whole-tensor step.
-        """
-        last = state.get("row_step")
-        if last is None:
-            if rows is None:
-                return None
-            last = state["row_step"] = torch.full((n_rows,), int(state.get("last_step", step - 1)), dtype=torch.long, device=rows.device)
-        if rows is None:
-            del state["row_step"]
-            state["last_step"] = step - 1  # every row caught up below; the whole-tensor rule takes over
-            skipped = step - 1 - last
-        else:
-            skipped = step - 1 - last.index_select(0, rows)
-            last.index_fill_(0, rows, step)
-        return skipped if bool(skipped.any()) else None
-
-
-def _per_row(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """``values`` (one per row) shaped to broadcast over the rows of ``like``."""
-    return values.to(like.dtype).view(-1, *([1] * (like.dim() - 1)))
-
-
 class MaskedSGD(_MaskedOptimizer):
     """SGD with momentum, dampening, nesterov and weight decay, under update masks."""
 
@@ -136,9 +108,6 @@ class MaskedSGD(_MaskedOptimizer):
                     continue
                 frozen = self._frozen(param)
                 state = self.state[param]
-                row_skips = self._row_skips(state, group["global_step"], None, param.shape[0])
-                if row_skips is not None and state.get("momentum_buffer") is not None:
-                    state["momentum_buffer"].mul_(_per_row(torch.pow(momentum, row_skips.double()), param))
                 skipped = self._skipped_steps(state, group["global_step"])
                 step = param.grad
                 if group["weight_decay"] != 0:
@@ -159,24 +128,24 @@ class MaskedSGD(_MaskedOptimizer):
                 param.add_(step, alpha=-group["lr"])
 
     def _sgd_rows(self, param: torch.Tensor, rows: torch.Tensor, group: dict[str, Any]) -> None:
-        """The SGD step of the updated ``rows`` of ``param`` only (``row_sparse``)."""
+        """The SGD step of ``param`` computed on its updated ``rows`` only (``row_sparse``)."""
         assert param.grad is not None
         momentum, state = group["momentum"], self.state[param]
-        row_skips = self._row_skips(state, group["global_step"], rows, param.shape[0])
+        skipped = self._skipped_steps(state, group["global_step"])
         weights = param.index_select(0, rows)
         step = param.grad.index_select(0, rows)
         if group["weight_decay"] != 0:
             step = step.add(weights, alpha=group["weight_decay"])
         if momentum != 0:
             buffer = state.get("momentum_buffer")
-            if buffer is None:
+            if buffer is None:  # frozen rows start from zero, as the masked step's
                 buffer = state["momentum_buffer"] = torch.zeros_like(param)
                 rows_buffer = step.clone()
             else:
-                rows_buffer = buffer.index_select(0, rows)
-                if row_skips is not None:
-                    rows_buffer.mul_(_per_row(torch.pow(momentum, row_skips.double()), rows_buffer))
-                rows_buffer.mul_(momentum).add_(step, alpha=1 - group["dampening"])
+                if skipped:
+                    buffer.mul_(momentum**skipped)
+                buffer.mul_(momentum)  # every row's zero-gradient step; updated rows add theirs next
+                rows_buffer = buffer.index_select(0, rows).add_(step, alpha=1 - group["dampening"])
             buffer.index_copy_(0, rows, rows_buffer)
             step = step.add(rows_buffer, alpha=momentum) if group["nesterov"] else rows_buffer
         param.index_copy_(0, rows, weights.add_(step, alpha=-group["lr"]))
@@ -219,11 +188,6 @@ class MaskedAdam(_MaskedOptimizer):
                 if rows is not None:
                     self._adam_rows(param, rows, group)
                     continue
-                row_skips = self._row_skips(state, step, None, param.shape[0])
-                if row_skips is not None:
-                    missed = _per_row(row_skips, param)
-                    state["exp_avg"].masked_fill_(missed > 0, 0.0)
-                    state["exp_avg_sq"].mul_(torch.pow(beta2, missed.double()).to(param.dtype))
                 skipped = self._skipped_steps(state, step)
                 if skipped:
                     state["exp_avg"].zero_()
@@ -245,30 +209,32 @@ class MaskedAdam(_MaskedOptimizer):
                 param.addcdiv_(exp_avg, denom, value=-group["lr"] / correction1)
 
     def _adam_rows(self, param: torch.Tensor, rows: torch.Tensor, group: dict[str, Any]) -> None:
-        """The Adam step of the updated ``rows`` of ``param`` only (``row_sparse``)."""
+        """The Adam step of ``param`` computed on its updated ``rows`` only (``row_sparse``)."""
         assert param.grad is not None
         beta1, beta2 = group["betas"]
         step, state = group["global_step"], self.state[param]
-        row_skips = self._row_skips(state, step, rows, param.shape[0])
+        exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+        skipped = self._skipped_steps(state, step)
+        if skipped:
+            exp_avg.zero_()
+            exp_avg_sq.mul_(beta2**skipped)
         state["step"] = step
         weights = param.index_select(0, rows)
         grad = param.grad.index_select(0, rows)
         if group["weight_decay"] != 0:
             grad = grad.add(weights, alpha=group["weight_decay"])
-        exp_avg = state["exp_avg"].index_select(0, rows)
-        exp_avg_sq = state["exp_avg_sq"].index_select(0, rows)
-        if row_skips is not None:  # rows frozen meanwhile: first moment cleared, second decayed
-            missed = _per_row(row_skips, exp_avg)
-            exp_avg.masked_fill_(missed > 0, 0.0)
-            exp_avg_sq.mul_(torch.pow(beta2, missed.double()).to(exp_avg_sq.dtype))
-        exp_avg.mul_(beta1).add_(grad, alpha=1 - beta1)
-        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-        state["exp_avg"].index_copy_(0, rows, exp_avg)
-        state["exp_avg_sq"].index_copy_(0, rows, exp_avg_sq)
+        frozen = self._frozen(param)
+        assert frozen is not None
+        exp_avg.masked_fill_(frozen, 0.0)  # frozen rows: first moment cleared, second decays (zero gradient)
+        exp_avg_sq.mul_(beta2)
+        rows_avg = exp_avg.index_select(0, rows).mul_(beta1).add_(grad, alpha=1 - beta1)
+        rows_avg_sq = exp_avg_sq.index_select(0, rows).addcmul_(grad, grad, value=1 - beta2)
+        exp_avg.index_copy_(0, rows, rows_avg)
+        exp_avg_sq.index_copy_(0, rows, rows_avg_sq)
         correction1 = 1 - beta1**step
         correction2 = 1 - beta2**step
-        denom = (exp_avg_sq.sqrt() / math.sqrt(correction2)).add_(group["eps"])
-        param.index_copy_(0, rows, weights.addcdiv_(exp_avg, denom, value=-group["lr"] / correction1))
+        denom = (rows_avg_sq.sqrt() / math.sqrt(correction2)).add_(group["eps"])
+        param.index_copy_(0, rows, weights.addcdiv_(rows_avg, denom, value=-group["lr"] / correction1))
 
 
 def cosine_lr(
