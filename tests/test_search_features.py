@@ -54,15 +54,19 @@ def space_of(raw: dict[str, Any]) -> Space:
 
 
 def test_two_objectives_parse_and_save() -> None:
-    space = space_of(
-        tiny({"metric": ["best_val_top1", "budget_params"], "mode": ["max", "min"], "sampler": "nsga2", "population_size": 4})
-    )
+    space = space_of(tiny({"metric": ["best_val_top1", "budget_params"], "mode": ["max", "min"], "sampler": "nsga2", "population_size": 4}))
     assert space.search.multi_objective
     assert space.search.metrics == ["best_val_top1", "budget_params"]
     assert space.search.modes == ["max", "min"]
     saved = yaml.safe_load(yaml.safe_dump(space.to_dict()))
     assert saved["search"]["metric"] == ["best_val_top1", "budget_params"]
-    assert saved["search"]["asha"] == {"metric": "best_val_top1", "mode": "max", "grace_period": 1, "reduction_factor": 3.0, "max_epochs": None}
+    assert saved["search"]["asha"] == {
+        "metric": "best_val_top1",
+        "mode": "max",
+        "grace_period": 1,
+        "reduction_factor": 3.0,
+        "max_epochs": None,
+    }
     single = space_of(tiny({}))
     assert not single.search.multi_objective and single.search.metrics == ["best_val_top1"]
 
@@ -108,7 +112,8 @@ def test_shipped_spaces_load() -> None:
     mo = load_space(ROOT / "spaces" / "digits_mo.yaml")
     assert mo.search.multi_objective and mo.search.params["budget.ratio"].loguniform == [0.01, 1.0]
     asha = load_space(ROOT / "spaces" / "digits_asha.yaml")
-    assert asha.search.scheduler == "asha" and asha.search.repeats == 2 and asha.asha_max_epochs() == 8
+    assert asha.search.scheduler == "asha" and asha.search.repeats == 2 and asha.asha_max_epochs() == 15
+    assert (asha.search.asha.grace_period, asha.search.asha.reduction_factor) == (2, 4)
 
 
 # --- Pareto sets -----------------------------------------------------------------
@@ -313,19 +318,92 @@ def test_asha_stops_worse_trials_and_marks_them(ray_session: None, tmp_path: Pat
 
 
 def test_benchmark_quick_writes_its_tables(ray_session: None, tmp_path: Path) -> None:
-    from benchmarks.search_efficiency import QUICK, Setting, run_benchmark
+    """The quick pipeline, in two runs: every method but one, then ``add`` the missing one to the same tables."""
+    from benchmarks.search_efficiency import METHODS, QUICK, Setting, run_benchmark
 
-    setting = Setting(**{**QUICK.__dict__, "image_size": 8, "epochs": 1, "grace_period": 1})
-    table = run_benchmark(setting, out_dir=tmp_path / "out", results_dir=tmp_path / "results", echo=lambda line: None)
-    assert table.method.tolist() == ["grid", "tpe", "tpe+asha", "tpe+asha, no actor reuse"]
-    saved = pd.read_parquet(tmp_path / "out" / "search_efficiency.parquet")
+    # plain tpe is left out: it is tpe+asha without the scheduler, and every search costs seconds here
+    first = Setting(
+        **{
+            **QUICK.__dict__,
+            "image_size": 8,
+            "epochs": 1,
+            "grace_period": 1,
+            "methods": tuple(m for m in METHODS if m not in ("tpe", "tpe+asha, fewer trials")),
+        }
+    )
+    out = tmp_path / "out"
+    table = run_benchmark(first, out_dir=out, results_dir=tmp_path / "results", echo=lambda line: None)
+    assert table.method.tolist() == ["grid", "tpe+asha", "tpe+asha, no actor reuse"]
+    note = (out / "search_efficiency.md").read_text().split("Velocity against random.")[1]
+    second = Setting(**{**first.__dict__, "methods": ("tpe+asha, fewer trials",)})
+    table = run_benchmark(second, out_dir=out, results_dir=tmp_path / "results", echo=lambda line: None, add=True)
+    assert table.method.tolist() == ["grid", "tpe+asha", "tpe+asha, fewer trials", "tpe+asha, no actor reuse"]
+    saved = pd.read_parquet(out / "search_efficiency.parquet")
     assert saved.method.tolist() == table.method.tolist()
-    assert (saved.configurations == setting.grid_size).all()
-    assert saved.trial_epochs.iloc[0] == setting.grid_size * setting.epochs
-    for column in ("best_val_top1", "test_top1_of_best", "wall_s", "train_s", "overhead_per_trial_s", "steady_overhead_per_trial_s"):
+    assert saved.configurations.tolist() == [2, 2, 1, 2]
+    assert saved.trial_epochs.iloc[0] == first.grid_size * first.epochs
+    assert saved.epochs_vs_grid.iloc[0] == 1.0 and saved.epochs_vs_grid.map(math.isfinite).all()
+    # the grid's own incumbent ends at its best, so it reaches "its best - 1 point" within its epochs
+    assert 1 <= saved.epochs_to_grid_best_minus_1.iloc[0] <= saved.trial_epochs.iloc[0]
+    for column in (
+        "best_val_top1", "test_top1_of_best", "wall_s", "train_s", "overhead_per_trial_s", "steady_overhead_per_trial_s",
+        "in_trial_overhead_median_s", "start_in_worker_s", "driver_per_trial_s",
+    ):  # fmt: skip
         assert saved[column].map(math.isfinite).all(), column
-    assert (saved.wall_s > 0).all() and (saved.train_s > 0).all()
-    pareto = pd.read_parquet(tmp_path / "out" / "search_efficiency.pareto.parquet")
-    assert len(pareto) >= 1 and set(pareto["budget.policy"]) <= {"velocity", "random"}
-    text = (tmp_path / "out" / "search_efficiency.md").read_text()
-    assert "| grid | 2 |" in text and "tpe+asha, no actor reuse" in text and "Velocity against random" in text
+    assert (saved.wall_s > 0).all() and (saved.train_s > 0).all() and (saved.start_in_worker_s >= 0).all()
+    pareto = pq.read_table(out / "search_efficiency.pareto.parquet")
+    assert pareto.num_rows >= 1 and set(pareto.column("budget.policy").to_pylist()) <= {"velocity", "random"}
+    text = (out / "search_efficiency.md").read_text()
+    assert "| grid | 2 |" in text and "| tpe+asha, fewer trials | 1 |" in text and "tpe+asha, no actor reuse" in text
+    assert text.split("Velocity against random.")[1] == note  # the earlier Pareto result is kept
+
+
+def test_asha_rungs_are_tunes() -> None:
+    """The rungs the benchmark states are those Ray Tune's ASHA compares at."""
+    from ray.tune.schedulers import ASHAScheduler
+
+    from benchmarks.search_efficiency import Setting
+
+    for epochs, grace, factor in [(15, 2, 4.0), (15, 2, 3.0), (6, 1, 4.0), (10, 1, 3.0), (2, 2, 2.0)]:
+        setting = Setting(epochs=epochs, grace_period=grace, reduction_factor=factor)
+        asha = ASHAScheduler(
+            time_attr="training_iteration", metric="m", mode="max", max_t=epochs, grace_period=grace, reduction_factor=factor
+        )
+        assert setting.asha_rungs() == sorted(int(m) for m, _ in asha._brackets[0]._rungs), (epochs, grace, factor)
+
+
+def test_dominance_note_picks_each_policy_by_validation() -> None:
+    from benchmarks.search_efficiency import dominance_note
+
+    def trial(tid: str, policy: str, budget: int, val: float, test: float) -> dict[str, Any]:
+        return {"trial_id": tid, "budget.policy": policy, "budget_params": budget, "best_val_top1": val, "test_top1_at_best_val": test}
+
+    trials = pd.DataFrame(
+        [
+            trial("a", "velocity", 100, 90.0, 80.0),  # best velocity by validation at 100: its test (80) counts, not b's 95
+            trial("b", "velocity", 100, 85.0, 95.0),
+            trial("c", "random", 100, 70.0, 82.0),
+            trial("d", "random", 300, 95.0, 90.0),
+            trial("e", "velocity", 300, 96.0, 93.0),
+            trial("f", "random", 50, 40.0, 40.0),  # no velocity trial at 50: no comparison there
+        ]
+    )
+    note = dominance_note(trials, ["best_val_top1", "budget_params"], ["max", "min"])
+    assert "100 params: velocity 80.00 (val 90.00) vs random 82.00 (val 70.00)" in note
+    assert "300 params: velocity 93.00 (val 96.00) vs random 90.00 (val 95.00)" in note
+    assert "velocity beats random at 1 of 2 shared budgets, so it does NOT dominate here" in note
+    # c (100, 70) is dominated by a; d (300, 95) by e; f (50 params) by none
+    assert "dominates 2 of the 3 random trials" in note and "the Pareto set holds 3 trials, 1 of them random" in note
+
+
+def test_benchmark_cli_refuses_bad_arguments_before_any_work(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks.search_efficiency import main as bench_main
+
+    out = tmp_path / "out"
+    assert bench_main(["--quick", "--out", str(out), "--results", str(tmp_path / "r"), "--method", "bogus"]) == 2
+    assert "--method: unknown ['bogus']" in capsys.readouterr().out
+    assert bench_main(["--quick", "--out", str(out), "--results", str(tmp_path / "r"), "--add"]) == 2
+    assert f"error: --add: {out / 'search_efficiency.parquet'}: no earlier table" in capsys.readouterr().out
+    assert bench_main(["--out", str(out), "--render"]) == 2
+    assert f"error: --render: {out / 'search_efficiency.parquet'}: no earlier table" in capsys.readouterr().out
+    assert not out.exists() and not (tmp_path / "r").exists()
