@@ -10,13 +10,17 @@ makes the budget real, conv by conv, from the current masks:
 - some neurons updated: a custom autograd function computes the input
   gradient as usual but the weight gradient only for the updated output
   channels (``grad_output`` restricted to them; depthwise and grouped convs
-  see only the inputs of their own group);
+  see only the inputs of their own group); from half the neurons updated on
+  (:data:`DENSE_FRACTION`) one library call computes the whole weight
+  gradient and the frozen rows are zeroed, which measured faster;
 - every neuron updated: the ordinary conv.
 
 With ``bn_update="selected"`` the normalisation layers after a conv train
 only when that conv holds updated neurons, so backward stops below the
 lowest such layer. Masks change by flipping flags and index tensors; the
-model and the optimizer state are never rebuilt.
+model and the optimizer state are never rebuilt. The optimizer pairs with the
+engine through ``row_sparse=True`` (:mod:`trainables.optim`): it steps only
+the updated rows of a partly updated conv.
 """
 
 from __future__ import annotations
