@@ -29,7 +29,8 @@ tpe+asha, tpe+asha with fewer trials, pareto: about 12 minutes on 2 shared
 CPU cores); ``--method NAME`` (repeatable) picks methods and ``--add`` keeps
 the other rows of an earlier run of the same setting, so ``--add --method
 tpe --method "tpe+asha, no actor reuse"`` completes the table. ``--quick``
-runs every method at tiny sizes in about a minute, to check the pipeline;
+runs every method at tiny sizes in about a minute, to check the pipeline
+(into ``results/search_efficiency_quick``, never over the committed tables);
 ``--render`` recomputes the rows from the experiments under ``--results``
 and rewrites the report, without running a search.
 """
@@ -55,6 +56,7 @@ from search.tables import rows_to_table, write_atomic
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "docs" / "benchmarks"
+QUICK_OUT = ROOT / "results" / "search_efficiency_quick"  # --quick never overwrites the committed tables
 NOTE_KEY = b"neqtune.dominance_note"
 SCHEMES = {1: "mbv2-w0.35_scheme_1", 3: "mbv2-w0.35_scheme_3", 5: "mbv2-w0.35_scheme_5"}
 
@@ -546,7 +548,9 @@ def run_benchmark(setting: Setting, *, out_dir: Path, results_dir: Path, echo: A
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.search_efficiency", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes (checks the pipeline, numbers mean nothing)")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where the Markdown and Parquet tables go")
+    parser.add_argument(
+        "--out", type=Path, default=None, help=f"where the Markdown and Parquet tables go (default {DEFAULT_OUT}; --quick: {QUICK_OUT})"
+    )
     parser.add_argument("--results", type=Path, default=ROOT / "results", help="where the searches' experiment directories go")
     parser.add_argument("--max-concurrent", type=int, default=None, help="trials at a time (default 2)")
     parser.add_argument(
@@ -568,6 +572,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point."""
     args = build_parser().parse_args(argv)
+    out: Path = args.out if args.out is not None else (QUICK_OUT if args.quick else DEFAULT_OUT)
     setting = QUICK if args.quick else Setting()
     if args.max_concurrent is not None:
         if args.max_concurrent < 1:
@@ -583,16 +588,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         setting = Setting(**{**asdict(setting), "methods": methods})
     if args.add or args.render:
         try:
-            rows, pareto, note = previous_outputs(setting, args.out)
+            rows, pareto, note = previous_outputs(setting, out)
         except PreviousRunError as err:
             print(f"error: {'--render' if args.render else '--add'}: {err}")
             return 2
         if args.render:
-            write_outputs(resummarize(rows, setting, args.results), setting, pareto, note, args.out)
-            print((args.out / "search_efficiency.md").read_text())
+            write_outputs(resummarize(rows, setting, args.results), setting, pareto, note, out)
+            print((out / "search_efficiency.md").read_text())
             return 0
-    table = run_benchmark(setting, out_dir=args.out, results_dir=args.results, add=args.add)
-    print((args.out / "search_efficiency.md").read_text())
+    table = run_benchmark(setting, out_dir=out, results_dir=args.results, add=args.add)
+    print((out / "search_efficiency.md").read_text())
     return 0 if len(table) else 1
 
 
