@@ -143,7 +143,7 @@ def _build(config: DataConfig) -> DataSplits:
         _download(config.name, root)
     check_cifar(config)
     train, test, classes = read_cifar(config.name, batches_dir(root, layout).resolve())
-    settings = SplitSettings(config.image_size, config.velocity_images, config.val_fraction, config.split_seed)
+    settings = SplitSettings.of(config)
     return official_splits(train, test, classes, settings)
 
 

@@ -103,7 +103,7 @@ def build_fashion_mnist(config: DataConfig) -> DataSplits:
             FashionMNIST(str(root), train=True, download=True)
     check_fashion_mnist(config)
     train, test = read_fashion_mnist(idx_folder(root).resolve())
-    settings = SplitSettings(config.image_size, config.velocity_images, config.val_fraction, config.split_seed)
+    settings = SplitSettings.of(config)
     return official_splits(train, test, CLASSES, settings)
 
 

@@ -317,7 +317,7 @@ def _build(config: DataConfig) -> DataSplits:
     else:
         index = read_release(config.name, release_dir(root, release).resolve())
     train = index.splits["train"] + index.splits.get("val", ())
-    settings = SplitSettings(config.image_size, config.velocity_images, config.val_fraction, config.split_seed)
+    settings = SplitSettings.of(config)
     return official_splits(_source(train), _source(index.splits["test"]), index.classes, settings)
 
 

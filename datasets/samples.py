@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import torch
@@ -21,6 +21,9 @@ from torch.utils.data import Dataset
 from torchvision import transforms as T
 
 from datasets.registry import DatasetError, DataSplits, split_train
+
+if TYPE_CHECKING:
+    from trainables.config import DataConfig
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 MEAN_STD = (0.5, 0.5, 0.5)
@@ -127,6 +130,11 @@ class SplitSettings:
     val_fraction: float
     split_seed: int
     square_resize: bool = False
+
+    @classmethod
+    def of(cls, config: DataConfig, *, square_resize: bool = False) -> SplitSettings:
+        """The settings of ``config`` (``square_resize``: VWW's resize-to-square transforms)."""
+        return cls(config.image_size, config.velocity_images, config.val_fraction, config.split_seed, square_resize=square_resize)
 
 
 def official_splits(train: SampleSource, test: SampleSource, classes: Sequence[str], settings: SplitSettings) -> DataSplits:

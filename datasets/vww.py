@@ -121,7 +121,7 @@ def build_vww(config: DataConfig) -> DataSplits:
     root = dataset_root(config).resolve()
     train = read_vww_annotations(root / "annotations" / ANNOTATION_FILES["train"], root)
     test = read_vww_annotations(root / "annotations" / ANNOTATION_FILES["test"], root)
-    settings = SplitSettings(config.image_size, config.velocity_images, config.val_fraction, config.split_seed, square_resize=True)
+    settings = SplitSettings.of(config, square_resize=True)
     return official_splits(train, test, CLASSES, settings)
 
 
