@@ -335,7 +335,13 @@ def build_trainable(space: Space) -> Any:
 
     search = space.search
     return tune.with_resources(
-        tune.with_parameters(budgeted_trainable, base=space.base, threads=max(1, int(search.cpus_per_trial)), repeats=search.repeats),
+        tune.with_parameters(
+            budgeted_trainable,
+            base=space.base,
+            threads=max(1, int(search.cpus_per_trial)),
+            repeats=search.repeats,
+            checkpoint_interval_s=search.checkpoint_interval_s,
+        ),
         {"cpu": search.cpus_per_trial, "gpu": search.gpus_per_trial},
     )
 

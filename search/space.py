@@ -142,6 +142,10 @@ class SearchConfig:
     ``random``. ``max_concurrent: auto`` runs as many trials at once as the
     CPUs and the memory allow (see :func:`search.experiment.auto_concurrency`);
     ``max_failures``: restarts of a failed trial from its last checkpoint.
+    ``checkpoint_interval_s``: a trial saves its full state (for restarts
+    and ``--resume``) after an epoch once this many seconds passed since its
+    last save; 0 saves after every epoch. A restart repeats at most that much
+    work, and exactly (the epochs it repeats report the same numbers).
     ``scheduler: asha`` stops bad trials early (see
     :class:`AshaConfig`). ``repeats``: every configuration runs under that
     many seeds in lockstep and is scored by the mean. ``reuse_actors``:
@@ -155,6 +159,7 @@ class SearchConfig:
     num_samples: int = 8
     max_concurrent: int | Literal["auto"] = "auto"
     max_failures: int = 2
+    checkpoint_interval_s: float = 10.0
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
     seed: int = 0
@@ -205,6 +210,8 @@ class SearchConfig:
                 raise ConfigError(f"{path}.{key}", f"must be >= 1 (or auto), got {value}" if key == "max_concurrent" else f"must be >= 1, got {value}")
         if self.max_failures < 0:
             raise ConfigError(f"{path}.max_failures", f"must be >= 0, got {self.max_failures}")
+        if not self.checkpoint_interval_s >= 0:
+            raise ConfigError(f"{path}.checkpoint_interval_s", f"must be >= 0 seconds, got {self.checkpoint_interval_s}")
         if self.cpus_per_trial <= 0:
             raise ConfigError(f"{path}.cpus_per_trial", f"must be > 0, got {self.cpus_per_trial}")
         if self.gpus_per_trial < 0:

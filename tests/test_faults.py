@@ -46,7 +46,7 @@ def tiny_space(epochs: int, search: dict[str, Any]) -> dict[str, Any]:
         "model": {"name": "mbv2-w0.35"},
         "training": {"epochs": epochs, "lr": 0.1, "momentum": 0.9},
         "budget": {"policy": "velocity", "initialization": "random", "scheme": "mbv2-w0.35_scheme_3"},
-        "search": {"max_concurrent": 2, "cpus_per_trial": 1, "max_failures": 2, **search},
+        "search": {"max_concurrent": 2, "cpus_per_trial": 1, "max_failures": 2, "checkpoint_interval_s": 0, **search},
     }
 
 

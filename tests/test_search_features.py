@@ -86,6 +86,7 @@ def test_two_objectives_parse_and_save() -> None:
         ({"scheduler": "asha", "asha": {"patience": 5}}, "search.asha.patience", "unknown key"),
         ({"scheduler": "hyperband"}, "search.scheduler", "expected one of 'fifo', 'asha'"),
         ({"repeats": 0}, "search.repeats", "must be >= 1"),
+        ({"checkpoint_interval_s": -1}, "search.checkpoint_interval_s", "must be >= 0 seconds"),
         ({"repeats": 2, "params": {"training.seed": {"choice": [0, 1]}}}, "search.repeats", "do not also search training.seed"),
     ],
 )
@@ -315,6 +316,33 @@ def test_asha_stops_worse_trials_and_marks_them(ray_session: None, tmp_path: Pat
     assert len(epochs) == 5
     assert outcome.best is not None and outcome.best["status"] in ("TERMINATED", "STOPPED")
     assert (trials.wall_time_s >= trials.train_time_s).all()
+
+
+def test_checkpoint_clock_saves_once_the_interval_passed() -> None:
+    from trainables.tune_adapter import CheckpointClock
+
+    now = [100.0]
+    clock = CheckpointClock(10.0, clock=lambda: now[0])
+    decisions = []
+    for step in (4.0, 4.0, 4.0, 4.0, 7.0, 0.5):
+        now[0] += step
+        decisions.append(clock.due())
+    assert decisions == [False, False, True, False, True, False]  # 12 s after the start, then 11 s after that save
+    always = CheckpointClock(0.0, clock=lambda: now[0])
+    assert [always.due() for _ in range(3)] == [True, True, True]
+
+
+@pytest.mark.parametrize(("interval_s", "saved"), [(0.0, ["checkpoint_000002"]), (1e6, [])])
+def test_checkpoint_interval_sets_which_epochs_save_state(ray_session: None, tmp_path: Path, interval_s: float, saved: list[str]) -> None:
+    """Every epoch reports; the state is saved after every epoch at interval 0 (Tune keeps the newest, the third), never at a long one."""
+    from search.experiment import run_search
+
+    space = space_of(tiny({"algorithm": "grid", "num_samples": 1, "checkpoint_interval_s": interval_s, "params": {"training.seed": {"choice": [3]}}}, epochs=3))
+    outcome = run_search(space, results_dir=tmp_path, name="ckpt", echo=lambda line: None)
+    (trial_dir,) = outcome.experiment_dir.glob("trial_*")
+    assert sorted(p.name for p in trial_dir.glob("checkpoint_*")) == saved
+    assert len(pd.read_parquet(outcome.experiment_dir / "epochs.parquet")) == 3
+    assert (trial_dir / "resolved_config.yaml").is_file()
 
 
 def test_benchmark_quick_writes_its_tables(ray_session: None, tmp_path: Path) -> None:

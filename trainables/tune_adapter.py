@@ -2,8 +2,10 @@
 
 Tune hands in the sampled values as dotted keys (``{"training.lr": 0.03}``);
 they are laid over the space's base config, the trainer runs, and every
-epoch becomes a ``tune.report`` with a checkpoint of the full run state, so
-a restarted trial continues exactly where it stopped.
+epoch becomes a ``tune.report``. Once ``checkpoint_interval_s`` seconds
+passed since the last save, the report carries a checkpoint of the full run
+state, so a restarted trial continues exactly from there; the epochs it
+repeats report the same numbers again.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import os
 import socket
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +35,26 @@ def resolve_trial_config(base: dict[str, Any], sampled: dict[str, Any]) -> Trial
     return TrialConfig.from_dict(with_overrides(base, sampled))
 
 
-def budgeted_trainable(config: dict[str, Any], *, base: dict[str, Any], threads: int = 1, repeats: int = 1) -> None:
+class CheckpointClock:
+    """Decides after which epochs a trial saves its state: once ``interval_s`` passed since the last save (0: always)."""
+
+    def __init__(self, interval_s: float, clock: Any = time.monotonic) -> None:
+        self.interval_s = interval_s
+        self.clock = clock
+        self.last = clock()
+
+    def due(self) -> bool:
+        """Whether to save now; a save restarts the interval."""
+        now = self.clock()
+        if now - self.last < self.interval_s:
+            return False
+        self.last = now
+        return True
+
+
+def budgeted_trainable(
+    config: dict[str, Any], *, base: dict[str, Any], threads: int = 1, repeats: int = 1, checkpoint_interval_s: float = 0.0
+) -> None:
     """Ray Tune function trainable for one budgeted fine-tuning trial.
 
     Args:
@@ -41,6 +63,8 @@ def budgeted_trainable(config: dict[str, Any], *, base: dict[str, Any], threads:
         threads: torch CPU threads (the trial's CPU share).
         repeats: seeds per configuration; above 1 the seeds run in lockstep
             and every report carries their mean (:mod:`trainables.repeats`).
+        checkpoint_interval_s: seconds of work between two saved states (0:
+            after every epoch).
     """
     torch.set_num_threads(max(1, threads))
     trial_config = resolve_trial_config(base, config)
@@ -55,7 +79,12 @@ def budgeted_trainable(config: dict[str, Any], *, base: dict[str, Any], threads:
         with checkpoint.as_directory() as directory:
             resume = torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=False)
 
+    clock = CheckpointClock(checkpoint_interval_s)
+
     def report(metrics: Metrics, state: StateFn) -> None:
+        if not clock.due():
+            tune.report({**metrics, **placement})
+            return
         with tempfile.TemporaryDirectory() as directory:
             torch.save(state(), Path(directory) / STATE_FILE)
             tune.report({**metrics, **placement}, checkpoint=tune.Checkpoint.from_directory(directory))
