@@ -22,6 +22,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from trainables.config import BudgetConfig, ConfigError, TrainingConfig, TrialConfig
+from trainables.cpu import prepare_cpu
 from trainables.engine import SparseUpdateEngine
 from trainables.models import build_model
 from trainables.neurons import Masks, conv_layers, conv_neuron_params, layer_flops, mask_stats, total_params
@@ -141,9 +142,7 @@ class BudgetedRun:
         training, budget = config.training, config.budget
         self.device = resolve_device(training.device)
         if self.device.type == "cpu":
-            # Denormal floats make CPU convolutions crawl (an mbv2-w0.35 epoch on
-            # digits took 52 s instead of 2.7 s here); flushing them to zero is harmless.
-            torch.set_flush_denormal(True)
+            prepare_cpu()  # denormals flushed, freed memory kept for reuse (trainables/cpu.py)
         seed_everything(training.seed)
         # Imported here, not at the top: ``import datasets`` loads this package
         # (datasets.registry uses trainables.registry) and would be found half-done.
