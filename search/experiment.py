@@ -13,9 +13,10 @@ from typing import Any
 
 import optuna
 import yaml
+from ray.tune.stopper import Stopper
 
 from search.pareto import PARETO_TABLE, pareto_front
-from search.recorder import ResultRecorder
+from search.recorder import ResultRecorder, read_results
 from search.space import ParamSpec, SearchConfig, Space, build_space
 from search.tables import config_column_types, is_uri, resolve_location, rows_to_table, write_atomic
 from trainables.config import TrialConfig
@@ -137,6 +138,39 @@ def build_scheduler(space: Space) -> Any:
         grace_period=asha.grace_period,
         reduction_factor=asha.reduction_factor,
     )
+
+
+class TrialEpochBudget(Stopper):  # type: ignore[misc]
+    """A Tune stopper that ends the search once its trials ran ``limit`` epochs in total.
+
+    Every reported epoch counts, the ones a restarted trial repeats too (they
+    were spent). When the budget is reached, running trials stop (they are
+    recorded as ``STOPPED``, having run fewer epochs than planned) and no new
+    trial starts. ``spent`` starts from the epochs an interrupted run already
+    reported when a search is resumed.
+    """
+
+    def __init__(self, limit: int, spent: int = 0) -> None:
+        self.limit = limit
+        self.spent = spent
+        self._last_epoch: dict[str, int] = {}
+
+    def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
+        # Tune hands a finished trial's last result in once more; an epoch counts once per report.
+        epoch = result.get("epoch")
+        if isinstance(epoch, int) and self._last_epoch.get(trial_id) != epoch:
+            self._last_epoch[trial_id] = epoch
+            self.spent += 1
+        return False
+
+    def stop_all(self) -> bool:
+        return self.spent >= self.limit
+
+
+def build_stopper(space: Space) -> TrialEpochBudget | None:
+    """The search's trial-epoch budget as a Tune stopper, or None without one."""
+    limit = space.search.max_trial_epochs
+    return None if limit is None else TrialEpochBudget(limit)
 
 
 def final_rows(recorder: ResultRecorder, experiment: str, metrics: list[str]) -> list[dict[str, Any]]:
@@ -413,6 +447,7 @@ def run_search(
             name=experiment,
             storage_path=root,
             callbacks=tune_callbacks(recorder),
+            stop=build_stopper(space),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             failure_config=tune.FailureConfig(max_failures=search.max_failures),
             verbose=0,
@@ -480,6 +515,8 @@ def resume_search(
     internal = tuner._local_tuner  # Tuner has no public setter for the restored run config
     assert internal is not None, "resuming through Ray Client is not supported"
     internal.get_run_config().callbacks = tune_callbacks(recorder)
+    if isinstance(internal.get_run_config().stop, TrialEpochBudget):  # the budget counts what the dead driver's trials spent
+        internal.get_run_config().stop.spent = sum(1 for result in read_results(location) if "epoch" in result)
     try:
         return finish_search(tuner, recorder, space, experiment_dir=experiment_dir, started=started)
     finally:

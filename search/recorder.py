@@ -133,7 +133,7 @@ class ResultRecorder(Callback):
         """
         written = self.epochs.previous_keys()
         added = 0
-        for result in _read_results(trials_location):
+        for result in read_results(trials_location):
             trial_id, epoch = result.get("trial_id"), result.get("epoch")
             if not isinstance(trial_id, str) or not isinstance(epoch, int):
                 continue
@@ -309,11 +309,12 @@ class ResultRecorder(Callback):
 
     def on_experiment_end(self, trials: list[Trial], **info: Any) -> None:
         # A trial that finished just before an interrupted driver could write its row
-        # is TERMINATED in the restored experiment state and never completes again.
+        # is TERMINATED in the restored experiment state and never completes again;
+        # trials that a search budget ended (search.max_trial_epochs) end here too.
         written = self.trials.previous_keys()
         for trial in trials:
             if trial.status == Trial.TERMINATED and trial.trial_id not in self._done and (self.experiment, trial.trial_id) not in written:
-                self.trials.add(self._summary_row(trial, "TERMINATED", None))
+                self.trials.add(self._summary_row(trial, self._completed_status(trial), None))
         self._flush()
         for writer in self._writers.values():
             writer.close()
@@ -325,7 +326,7 @@ def _short(value: Any) -> str:
     return str(value)
 
 
-def _read_results(location: str) -> Iterator[dict[str, Any]]:
+def read_results(location: str) -> Iterator[dict[str, Any]]:
     """Every result line of the ``trial_*/result.json`` files under ``location``."""
     import pyarrow.fs as pafs
 

@@ -142,6 +142,9 @@ class SearchConfig:
     ``random``. ``max_concurrent: auto`` runs as many trials at once as the
     CPUs and the memory allow (see :func:`search.experiment.auto_concurrency`);
     ``max_failures``: restarts of a failed trial from its last checkpoint.
+    ``max_trial_epochs``: a budget for the whole search; once its trials ran
+    that many epochs in total (each reported epoch counts), running trials
+    stop and no new one starts (null: no budget).
     ``checkpoint_interval_s``: a trial saves its full state (for restarts
     and ``--resume``) after an epoch once this many seconds passed since its
     last save; 0 saves after every epoch. A restart repeats at most that much
@@ -159,6 +162,7 @@ class SearchConfig:
     num_samples: int = 8
     max_concurrent: int | Literal["auto"] = "auto"
     max_failures: int = 2
+    max_trial_epochs: int | None = None
     checkpoint_interval_s: float = 10.0
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
@@ -210,6 +214,8 @@ class SearchConfig:
                 raise ConfigError(f"{path}.{key}", f"must be >= 1 (or auto), got {value}" if key == "max_concurrent" else f"must be >= 1, got {value}")
         if self.max_failures < 0:
             raise ConfigError(f"{path}.max_failures", f"must be >= 0, got {self.max_failures}")
+        if self.max_trial_epochs is not None and self.max_trial_epochs < 1:
+            raise ConfigError(f"{path}.max_trial_epochs", f"must be >= 1 epoch (or null: no budget), got {self.max_trial_epochs}")
         if not self.checkpoint_interval_s >= 0:
             raise ConfigError(f"{path}.checkpoint_interval_s", f"must be >= 0 seconds, got {self.checkpoint_interval_s}")
         if self.cpus_per_trial <= 0:

@@ -87,6 +87,7 @@ def test_two_objectives_parse_and_save() -> None:
         ({"scheduler": "hyperband"}, "search.scheduler", "expected one of 'fifo', 'asha'"),
         ({"repeats": 0}, "search.repeats", "must be >= 1"),
         ({"checkpoint_interval_s": -1}, "search.checkpoint_interval_s", "must be >= 0 seconds"),
+        ({"max_trial_epochs": 0}, "search.max_trial_epochs", "must be >= 1 epoch"),
         ({"repeats": 2, "params": {"training.seed": {"choice": [0, 1]}}}, "search.repeats", "do not also search training.seed"),
     ],
 )
@@ -343,6 +344,32 @@ def test_checkpoint_interval_sets_which_epochs_save_state(ray_session: None, tmp
     assert sorted(p.name for p in trial_dir.glob("checkpoint_*")) == saved
     assert len(pd.read_parquet(outcome.experiment_dir / "epochs.parquet")) == 3
     assert (trial_dir / "resolved_config.yaml").is_file()
+
+
+def test_trial_epoch_budget_counts_each_report_once() -> None:
+    from search.experiment import TrialEpochBudget
+
+    budget = TrialEpochBudget(limit=6)
+    for trial_id, epoch in [("a", 1), ("a", 2), ("a", 2), ("b", 1), ("a", 3), ("a", 2), ("a", 3)]:
+        assert budget(trial_id, {"epoch": epoch}) is False
+        assert not budget.stop_all() or budget.spent >= 6
+    # a's repeated last result (Tune's final copy) did not count; its restart from epoch 1 repeated 2 and 3, which did
+    assert budget.spent == 6 and budget.stop_all()
+    assert not TrialEpochBudget(limit=10, spent=9).stop_all() and TrialEpochBudget(limit=10, spent=10).stop_all()
+
+
+def test_trial_epoch_budget_ends_the_search(ray_session: None, tmp_path: Path) -> None:
+    """One trial at a time, 3 epochs each, a budget of 5 trial-epochs: the second trial stops after 2, no third starts."""
+    from search.experiment import run_search
+
+    grid = {"training.seed": {"choice": [0, 1, 2, 3]}}
+    space = space_of(tiny({"algorithm": "grid", "num_samples": 1, "max_concurrent": 1, "max_trial_epochs": 5, "params": grid}, epochs=3))
+    outcome = run_search(space, results_dir=tmp_path, name="budget", echo=lambda line: None)
+    trials = pd.read_parquet(outcome.experiment_dir / "trials.parquet").sort_values("training.seed")
+    assert trials["training.seed"].tolist() == [0, 1]
+    assert trials.status.tolist() == ["TERMINATED", "STOPPED"]
+    assert trials.epochs_run.tolist() == [3, 2]
+    assert len(pd.read_parquet(outcome.experiment_dir / "epochs.parquet")) == 5
 
 
 def test_benchmark_quick_writes_its_tables(ray_session: None, tmp_path: Path) -> None:
