@@ -197,7 +197,7 @@ def method_spaces(setting: Setting) -> dict[str, Space]:
         "grid": grid,
         "tpe": tpe,
         "tpe+asha": asha,
-        BUDGETED: {**asha, "max_trial_epochs": setting.grid_size * setting.epochs // 3},
+        BUDGETED: {**asha, "max_trial_epochs": max(1, setting.grid_size * setting.epochs // 3)},
         "tpe+asha, fewer trials": {**asha, "num_samples": setting.fewer_samples, "startup_trials": max(1, setting.fewer_samples // 3)},
         "tpe+asha, no actor reuse": {**asha, "reuse_actors": False},
         "pareto": pareto,

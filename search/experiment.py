@@ -515,8 +515,9 @@ def resume_search(
     internal = tuner._local_tuner  # Tuner has no public setter for the restored run config
     assert internal is not None, "resuming through Ray Client is not supported"
     internal.get_run_config().callbacks = tune_callbacks(recorder)
-    if isinstance(internal.get_run_config().stop, TrialEpochBudget):  # the budget counts what the dead driver's trials spent
-        internal.get_run_config().stop.spent = sum(1 for result in read_results(location) if "epoch" in result)
+    budget = internal.get_run_config().stop
+    if isinstance(budget, TrialEpochBudget):  # the budget counts what the dead driver's trials spent
+        budget.spent = sum(1 for result in read_results(location) if "epoch" in result)
     try:
         return finish_search(tuner, recorder, space, experiment_dir=experiment_dir, started=started)
     finally:

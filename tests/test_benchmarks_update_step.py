@@ -11,6 +11,7 @@ import torch
 from benchmarks import bn_update, update_step
 from trainables.config import ModelConfig
 from trainables.models import build_model
+from trainables.neurons import layer_flops
 
 
 @pytest.fixture(scope="module")
@@ -54,6 +55,8 @@ def test_engine_memory_is_never_above_the_masked_path(quick_table: tuple[Path, p
     _, table = quick_table
     engine = table[table.path.str.startswith("engine")]
     assert (engine.memory_vs_masked <= 1.0).all()
+    # the floor lies between the bound and the masked path (a share of the weight-gradient time)
+    assert ((engine.floor_vs_bound >= 1.0) & (engine.floor_vs_bound * engine.vs_masked / engine.vs_bound <= 1.0 + 1e-9)).all()
     su = engine[engine.policy == "su"]
     assert (su.memory_vs_masked < 0.9).all()  # frozen convs keep no activations, no gradients
     selected = su[su.path == "engine-selected"].set_index("scheme").saved_mib
@@ -65,8 +68,11 @@ def test_masks_of_the_policies_fit_the_budgets() -> None:
     inputs, labels = torch.randn(16, 3, 16, 16), torch.randint(0, 10, (16,))
     velocity = update_step.policy_masks("velocity", model, "mbv2-w0.35_scheme_1", inputs, labels, seed=0)
     assert velocity is not None
-    summary = update_step.mask_summary(model, velocity)
+    flops = layer_flops(model, inputs[:1])
+    summary = update_step.mask_summary(model, velocity, flops)
     assert 0 < summary["params_updated"] <= 22_410
+    everything = update_step.mask_summary(model, update_step.all_masks(model, True), flops)
+    assert everything["wgrad_flop_share"] == pytest.approx(1.0) and 0 < summary["wgrad_flop_share"] < 1
     assert update_step.policy_masks("su", build_model(ModelConfig(name="resnet18"), 10), "scheme_1", inputs, labels, seed=0) is None
 
 
