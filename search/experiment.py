@@ -167,6 +167,11 @@ class TrialEpochBudget(Stopper):  # type: ignore[misc]
         return self.spent >= self.limit
 
 
+def reported_epochs(location: str) -> int:
+    """Epoch reports in the trials' ``result.json`` logs under ``location`` (an experiment directory or URI)."""
+    return sum(1 for result in read_results(location) if "epoch" in result)
+
+
 def build_stopper(space: Space) -> TrialEpochBudget | None:
     """The search's trial-epoch budget as a Tune stopper, or None without one."""
     limit = space.search.max_trial_epochs
@@ -517,7 +522,7 @@ def resume_search(
     internal.get_run_config().callbacks = tune_callbacks(recorder)
     budget = internal.get_run_config().stop
     if isinstance(budget, TrialEpochBudget):  # the budget counts what the dead driver's trials spent
-        budget.spent = sum(1 for result in read_results(location) if "epoch" in result)
+        budget.spent = reported_epochs(location)
     try:
         return finish_search(tuner, recorder, space, experiment_dir=experiment_dir, started=started)
     finally:

@@ -3,6 +3,7 @@ actor reuse, and the search-efficiency benchmark (real Ray Tune, Optuna and Parq
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterator
 from pathlib import Path
@@ -356,6 +357,17 @@ def test_trial_epoch_budget_counts_each_report_once() -> None:
     # a's repeated last result (Tune's final copy) did not count; its restart from epoch 1 repeated 2 and 3, which did
     assert budget.spent == 6 and budget.stop_all()
     assert not TrialEpochBudget(limit=10, spent=9).stop_all() and TrialEpochBudget(limit=10, spent=10).stop_all()
+
+
+def test_a_resumed_budget_counts_the_epochs_already_reported(tmp_path: Path) -> None:
+    from search.experiment import reported_epochs
+
+    for trial, epochs in (("trial_a", [1, 2, 3]), ("trial_b", [1, 2, 1, 2])):  # b restarted from scratch once
+        (tmp_path / trial).mkdir()
+        lines = [json.dumps({"trial_id": trial, "epoch": e}) for e in epochs]
+        (tmp_path / trial / "result.json").write_text("\n".join(lines) + "\n")
+    (tmp_path / "trial_c").mkdir()  # started, nothing reported yet
+    assert reported_epochs(str(tmp_path)) == 7
 
 
 def test_trial_epoch_budget_ends_the_search(ray_session: None, tmp_path: Path) -> None:
