@@ -14,6 +14,7 @@ import os
 import socket
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,7 @@ def resolve_trial_config(base: dict[str, Any], sampled: dict[str, Any]) -> Trial
 class CheckpointClock:
     """Decides after which epochs a trial saves its state: once ``interval_s`` passed since the last save (0: always)."""
 
-    def __init__(self, interval_s: float, clock: Any = time.monotonic) -> None:
+    def __init__(self, interval_s: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.interval_s = interval_s
         self.clock = clock
         self.last = clock()
