@@ -384,8 +384,9 @@ def markdown(rows: Sequence[dict[str, Any]], setting: Setting, pareto: Sequence[
         "",
         "Medians over the trials, from Ray's per-trial `result.json`: `start in worker`: the first result's "
         "`time_this_iter_s` minus its epoch (config, model, data loaders, first velocity pass; a new worker's imports "
-        "are not in it); `checkpoint + report per epoch`: the same at later results (the full run state saved with "
-        "`torch.save`, handed to `tune.report`, copied into the trial directory by Tune); `driver per trial`: the "
+        "are not in it); `checkpoint + report per epoch`: the same at later results (the report handed to "
+        "`tune.report`, and at the epochs where `search.checkpoint_interval_s` had passed the full run state saved with "
+        "`torch.save` and copied into the trial directory by Tune); `driver per trial`: the "
         "trial's wall time minus all its `time_this_iter_s` (Tune's scheduling and the result callbacks).",
         "",
         "## Two objectives: best validation top-1 (max) and budget in parameters (min)",
