@@ -29,10 +29,11 @@ to ``docs/benchmarks/search_efficiency.md`` and ``.parquet``, the Pareto set
 to ``search_efficiency.pareto.parquet``.
 
 ``python -m benchmarks.search_efficiency`` runs the default methods (grid,
-tpe+asha, tpe+asha with fewer trials, pareto: about 12 minutes on 2 shared
-CPU cores); ``--method NAME`` (repeatable) picks methods and ``--add`` keeps
-the other rows of an earlier run of the same setting, so ``--add --method
-tpe --method "tpe+asha, no actor reuse"`` completes the table. ``--quick``
+tpe, tpe+asha, tpe+asha with the budget, pareto: about 26 minutes on 2
+quiet CPU cores); ``--method NAME`` (repeatable) picks methods and ``--add``
+keeps the other rows of an earlier run of the same setting, so ``--add
+--method "tpe+asha, fewer trials" --method "tpe+asha, no actor reuse"``
+completes the table. ``--quick``
 runs every method at tiny sizes in about a minute, to check the pipeline
 (into ``results/search_efficiency_quick``, never over the committed tables);
 ``--render`` recomputes the rows from the experiments under ``--results``
