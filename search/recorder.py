@@ -129,7 +129,8 @@ class ResultRecorder(Callback):
         Reads every ``trial_*/result.json`` under ``trials_location`` (the
         Tune experiment directory, a local path or a URI), adds each epoch
         whose row was never written, and remembers each trial's last result
-        so its summary row is complete. Returns the rows added.
+        (from the logs, or from the table where it holds a later epoch) so
+        its summary row is complete. Returns the rows added.
         """
         written = self.epochs.previous_keys()
         added = 0
@@ -147,6 +148,16 @@ class ResultRecorder(Callback):
             if (self.experiment, trial_id, epoch) not in written and trial_id in self._config_columns:
                 self.epochs.add(self._epoch_row(trial_id, result))
                 added += 1
+        # A killed driver may have written an epoch's row before Ray's JSON log reached the disk with
+        # it: the table then knows a later epoch of the trial than the logs do.
+        for row in self.epochs.table().to_pylist():
+            trial_id, epoch = row.get("trial_id"), row.get("epoch")
+            if row.get("experiment") != self.experiment or not isinstance(trial_id, str) or not isinstance(epoch, int):
+                continue
+            self._epoch_times.setdefault(trial_id, {}).setdefault(epoch, float(row.get("epoch_time_s") or 0.0))
+            last = self._last.get(trial_id)
+            if last is None or int(last["epoch"]) < epoch:
+                self._last[trial_id] = row
         return added
 
     # --- helpers -----------------------------------------------------------

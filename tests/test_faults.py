@@ -311,6 +311,28 @@ def test_resume_backfills_the_epochs_a_dead_driver_never_wrote(tmp_path: Path) -
     assert rows.train_loss.tolist() == [1.0, 0.5, 1.0 / 3]
 
 
+def test_resume_takes_a_trials_last_epoch_from_the_table_when_the_log_lost_it(tmp_path: Path) -> None:
+    """A driver killed after writing a trial's last epoch row but before Ray's log reached the disk with it."""
+    from search.recorder import ResultRecorder
+    from search.space import load_space
+
+    base = load_space(None).base
+    experiment = tmp_path / "exp"
+    (experiment / "trial_t1").mkdir(parents=True)
+    log = experiment / "trial_t1" / "result.json"
+    line = {"trial_id": "t1", "config": {"training.lr": 0.02}, "epoch_time_s": 0.5, "best_epoch": 1}
+    log.write_text("".join(json.dumps({**line, "epoch": e, "best_val_top1": 10.0 * e}) + "\n" for e in (1, 2)))
+    first = ResultRecorder(experiment, "exp", base, searched=[], echo=lambda _: None)
+    first.backfill(str(experiment))
+    first.epochs.add(first._epoch_row("t1", {**line, "epoch": 3, "best_val_top1": 30.0, "best_epoch": 3}))
+    first.flush()  # epoch 3 is in the table, never in the log
+    resumed = ResultRecorder(experiment, "exp", base, searched=[], echo=lambda _: None)
+    assert resumed.backfill(str(experiment)) == 0
+    last = resumed._last["t1"]
+    assert (last["epoch"], last["best_val_top1"], last["best_epoch"]) == (3, 30.0, 3)
+    assert resumed._epoch_times["t1"] == {1: 0.5, 2: 0.5, 3: 0.5}
+
+
 def test_storage_root_and_space_file_under_a_uri(tmp_path: Path) -> None:
     from search.experiment import ClusterError, storage_root, write_text
 
