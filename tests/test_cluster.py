@@ -19,7 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -104,6 +104,19 @@ def node_ports() -> list[str]:
     ]
 
 
+def start_node(command: Callable[[int, int, int], list[str]], env: dict[str, str], node_dir: Path, attempts: int = 3) -> list[int]:
+    """``ray start`` with three fresh free ports per attempt; returns the ports of the start that worked."""
+    for attempt in range(1, attempts + 1):
+        ports = free_ports(3)
+        done = subprocess.run(command(*ports), env=env, capture_output=True, text=True, timeout=120)
+        if done.returncode == 0:
+            return ports
+        stop_cluster(str(node_dir), env)
+        if attempt == attempts:
+            pytest.fail(f"ray start failed {attempts} times; last output:\n{done.stdout}\n{done.stderr}")
+    raise AssertionError("unreachable")
+
+
 @pytest.fixture
 def cluster() -> Iterator[tuple[str, dict[str, str], Path]]:
     """A head and one worker node, one CPU each: ``(dashboard URL, env for ray commands, temp dir)``."""
@@ -115,19 +128,20 @@ def cluster() -> Iterator[tuple[str, dict[str, str], Path]]:
         RAY_AUTH_TOKEN=secrets.token_hex(32),
         RAY_USAGE_STATS_ENABLED="0",
     )
-    gcs, dashboard, client = free_ports(3)
     ray = str(VENV_BIN / "ray")
     common = ["--num-cpus=1", f"--node-ip-address={HOST}", "--disable-usage-stats"]
     try:
-        subprocess.run(
-            [ray, "start", "--head", f"--port={gcs}", f"--dashboard-host={HOST}", f"--dashboard-port={dashboard}",
-             f"--ray-client-server-port={client}", f"--temp-dir={temp_dir / 'h'}", "--include-dashboard=true", *common, *node_ports()],
-            env=env, check=True, capture_output=True, text=True, timeout=120,
+        gcs, dashboard, _client = start_node(
+            # ports are probed free, then bound by Ray: another process may take one in between, so a failed start is retried
+            lambda gcs, dashboard, client: [ray, "start", "--head", f"--port={gcs}", f"--dashboard-host={HOST}",
+                                            f"--dashboard-port={dashboard}", f"--ray-client-server-port={client}",
+                                            f"--temp-dir={temp_dir / 'h'}", "--include-dashboard=true", *common, *node_ports()],
+            env, temp_dir / "h",
         )  # fmt: skip
-        subprocess.run(
+        start_node(
             # its own temp dir: two nodes on one host must not share (and clean up) each other's runtime-env files
-            [ray, "start", f"--address={HOST}:{gcs}", f"--temp-dir={temp_dir / 'w'}", *common, *node_ports()],
-            env=env, check=True, capture_output=True, text=True, timeout=120,
+            lambda *_: [ray, "start", f"--address={HOST}:{gcs}", f"--temp-dir={temp_dir / 'w'}", *common, *node_ports()],
+            env, temp_dir / "w",
         )  # fmt: skip
         yield f"http://{HOST}:{dashboard}", env, temp_dir
     finally:
