@@ -75,18 +75,23 @@ class RowPlan:
         frozen: bool tensor shaped to broadcast over the weight, True for frozen rows.
         dense: compute the whole weight gradient and zero the frozen rows
             (many rows selected), instead of the selected rows only.
+        group_inputs: for a grouped conv, the input channels the selected
+            rows read (:func:`_group_input_channels`); None for a dense conv.
     """
 
     selected: torch.Tensor
     frozen: torch.Tensor
     dense: bool
+    group_inputs: torch.Tensor | None = None
 
 
-def row_plan(mask: torch.Tensor, weight: torch.Tensor) -> RowPlan:
+def row_plan(mask: torch.Tensor, weight: torch.Tensor, groups: int = 1) -> RowPlan:
     """The :class:`RowPlan` of a conv whose update mask is ``mask`` (some, not all, rows True)."""
     mask = mask.to(weight.device)
     frozen = (~mask).view(-1, *([1] * (weight.dim() - 1)))
-    return RowPlan(mask.nonzero().flatten(), frozen, int(mask.sum()) >= DENSE_FRACTION * mask.numel())
+    selected = mask.nonzero().flatten()
+    group_inputs = _group_input_channels(selected, weight, groups) if groups > 1 else None
+    return RowPlan(selected, frozen, int(mask.sum()) >= DENSE_FRACTION * mask.numel(), group_inputs)
 
 
 class _RowSparseConv(torch.autograd.Function):
@@ -114,8 +119,8 @@ class _RowSparseConv(torch.autograd.Function):
         ctx.input_shape = inputs.shape
         needs_weight_grad = weight.requires_grad
         kept = inputs
-        if needs_weight_grad and groups > 1 and not plan.dense:
-            kept = inputs.index_select(1, _group_input_channels(plan.selected, weight, groups))
+        if needs_weight_grad and plan.group_inputs is not None and not plan.dense:
+            kept = inputs.index_select(1, plan.group_inputs)
         ctx.save_for_backward(kept if needs_weight_grad else None, weight)
         stride, padding, dilation = conf
         return F.conv2d(inputs, weight, bias, stride, padding, dilation, groups)
@@ -133,13 +138,12 @@ class _RowSparseConv(torch.autograd.Function):
             selected = plan.selected
             grad_rows = grad_out.index_select(1, selected)
             weight_rows = weight.index_select(0, selected)
-            # Each selected neuron of a grouped conv becomes a group of its own
-            # over the inputs of its original group (kept in that order).
             if _is_pointwise(weight, groups, ctx.conf):
                 rows = _pointwise_weight_rows(grad_rows, kept, ctx.conf[0]).view(weight_rows.shape)
+            elif groups > 1:
+                rows = _grouped_weight_rows(grad_rows, kept, weight_rows, ctx.conf)
             else:
-                rows_groups = 1 if groups == 1 else selected.numel()
-                rows = _convolution_backward(grad_rows, kept, weight_rows, ctx.conf, rows_groups, [False, True, False])[1]
+                rows = _convolution_backward(grad_rows, kept, weight_rows, ctx.conf, 1, [False, True, False])[1]
             grad_weight = weight.new_zeros(weight.shape).index_copy_(0, selected, rows)
             if ctx.has_bias and ctx.needs_input_grad[2]:
                 grad_bias = grad_out.new_zeros(weight.shape[0])
@@ -187,6 +191,29 @@ def _pointwise_weight_rows(grad_rows: torch.Tensor, inputs: torch.Tensor, stride
     if tuple(stride) != (1, 1):
         inputs = inputs[:, :, :: stride[0], :: stride[1]]
     return torch.bmm(grad_rows.flatten(2), inputs.flatten(2).transpose(1, 2)).sum(0)
+
+
+def _grouped_weight_rows(grad_rows: torch.Tensor, inputs: torch.Tensor, weight_rows: torch.Tensor, conf: tuple[Any, ...]) -> torch.Tensor:
+    """Weight gradient of a few output channels of a grouped (depthwise) conv.
+
+    Each selected channel reads only its group's inputs (``inputs`` holds
+    them, group after group), so the channels form a grouped conv of their
+    own. Folding the batch into the channels (one group per sample and
+    channel, summed over the batch afterwards) gives oneDNN enough channels
+    to fill its vector lanes: depthwise 3x3, 4 of 32 channels at 64x64, batch
+    32, one thread: 0.23 against 0.83 ms for the same groups unfolded.
+    """
+    batch, rows = grad_rows.shape[:2]
+    folded_weight = weight_rows.new_empty((batch * rows, *weight_rows.shape[1:]))
+    folded = _convolution_backward(
+        grad_rows.reshape(1, batch * rows, *grad_rows.shape[2:]),
+        inputs.reshape(1, -1, *inputs.shape[2:]),
+        folded_weight,
+        conf,
+        batch * rows,
+        [False, True, False],
+    )[1]
+    return folded.view(batch, *weight_rows.shape).sum(0)
 
 
 def _input_gradient(grad_out: torch.Tensor, input_shape: torch.Size, weight: torch.Tensor, conf: tuple[Any, ...], groups: int) -> torch.Tensor:
@@ -286,7 +313,7 @@ class SparseUpdateEngine:
                 for param in conv.parameters():
                     param.requires_grad_(trainable)
                 everything = n_updated == mask.numel()
-                self._selected[name] = None if everything else row_plan(mask, conv.weight) if trainable else False
+                self._selected[name] = None if everything else row_plan(mask, conv.weight, conv.groups) if trainable else False
             for norm in self.norms[name]:
                 for param in norm.parameters():
                     param.requires_grad_(trainable or self.bn_update == "all")
