@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pandas as pd
@@ -55,8 +56,11 @@ def test_engine_memory_is_never_above_the_masked_path(quick_table: tuple[Path, p
     _, table = quick_table
     engine = table[table.path.str.startswith("engine")]
     assert (engine.memory_vs_masked <= 1.0).all()
-    # the floor lies between the bound and the masked path (a share of the weight-gradient time)
-    assert ((engine.floor_vs_bound >= 1.0) & (engine.floor_vs_bound * engine.vs_masked / engine.vs_bound <= 1.0 + 1e-9)).all()
+    # each floor lies between the bound and the masked path (a share of the weight-gradient time)
+    masked_vs_bound = engine.vs_bound / engine.vs_masked
+    for floor in (engine.floor_vs_bound, engine.time_floor_vs_bound):
+        assert floor.between(masked_vs_bound.clip(upper=1.0) - 1e-9, masked_vs_bound.clip(lower=1.0) + 1e-9).all()
+    assert engine.time_floor_vs_bound.notna().all()
     su = engine[engine.policy == "su"]
     assert (su.memory_vs_masked < 0.9).all()  # frozen convs keep no activations, no gradients
     selected = su[su.path == "engine-selected"].set_index("scheme").saved_mib
@@ -69,10 +73,15 @@ def test_masks_of_the_policies_fit_the_budgets() -> None:
     velocity = update_step.policy_masks("velocity", model, "mbv2-w0.35_scheme_1", inputs, labels, seed=0)
     assert velocity is not None
     flops = layer_flops(model, inputs[:1])
-    summary = update_step.mask_summary(model, velocity, flops)
+    seconds = update_step.layer_wgrad_seconds(model, inputs, repeats=1)
+    assert set(seconds) == set(flops) and all(s > 0 for s in seconds.values())
+    summary = update_step.mask_summary(model, velocity, flops, seconds)
     assert 0 < summary["params_updated"] <= 22_410
-    everything = update_step.mask_summary(model, update_step.all_masks(model, True), flops)
-    assert everything["wgrad_flop_share"] == pytest.approx(1.0) and 0 < summary["wgrad_flop_share"] < 1
+    everything = update_step.mask_summary(model, update_step.all_masks(model, True), flops, seconds)
+    nothing = update_step.mask_summary(model, update_step.all_masks(model, False), flops, seconds)
+    for share in ("wgrad_flop_share", "wgrad_time_share"):
+        assert everything[share] == pytest.approx(1.0) and nothing[share] == 0.0 and 0 < summary[share] < 1
+    assert math.isnan(update_step.mask_summary(model, velocity, flops)["wgrad_time_share"])  # no times measured
     assert update_step.policy_masks("su", build_model(ModelConfig(name="resnet18"), 10), "scheme_1", inputs, labels, seed=0) is None
 
 
