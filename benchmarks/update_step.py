@@ -91,7 +91,7 @@ class BenchConfig:
     models: tuple[str, ...] = ("mbv2-w0.35", "mbv2", "resnet18")
     image_size: int = 128
     batch_size: int = 32
-    repeats: int = 7
+    repeats: int = 11
     warmup: int = 2
     threads: int = 2
     seed: int = 0
@@ -521,13 +521,13 @@ def parse_args(argv: Sequence[str] | None) -> BenchConfig:
     parser.add_argument("--models", nargs="+", choices=sorted(SCHEMES), help="models to benchmark (default: all three)")
     parser.add_argument("--image-size", type=int, help="input side in pixels (default 128; quick: 32)")
     parser.add_argument("--batch-size", type=int, help="images per step (default 32; quick: 4)")
-    parser.add_argument("--repeats", type=int, help="timed rounds (default 7; quick: 1)")
+    parser.add_argument("--repeats", type=int, help="timed rounds (default 11; quick: 1)")
     parser.add_argument("--warmup", type=int, help="untimed rounds first (default 2; quick: 1)")
     parser.add_argument("--threads", type=int, help="torch threads (default 2; quick: 1)")
     parser.add_argument("--out", type=Path, default=Path("docs/benchmarks"), help="output folder (default docs/benchmarks)")
     args = parser.parse_args(argv)
     quick = {"image_size": 32, "batch_size": 4, "repeats": 1, "warmup": 1, "threads": 1}
-    default = quick if args.quick else {"image_size": 128, "batch_size": 32, "repeats": 7, "warmup": 2, "threads": 2}
+    default = quick if args.quick else {"image_size": 128, "batch_size": 32, "repeats": 11, "warmup": 2, "threads": 2}
     values = {k: getattr(args, k) if getattr(args, k) is not None else v for k, v in default.items()}
     for key, value in values.items():
         minimum = 0 if key == "warmup" else 1

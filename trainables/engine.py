@@ -137,13 +137,15 @@ class _RowSparseConv(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             selected = plan.selected
             grad_rows = grad_out.index_select(1, selected)
-            weight_rows = weight.index_select(0, selected)
+            rows_shape = (selected.numel(), *weight.shape[1:])
             if _is_pointwise(weight, groups, ctx.conf):
-                rows = _pointwise_weight_rows(grad_rows, kept, ctx.conf[0]).view(weight_rows.shape)
-            elif groups > 1:
-                rows = _grouped_weight_rows(grad_rows, kept, weight_rows, ctx.conf)
-            else:
-                rows = _convolution_backward(grad_rows, kept, weight_rows, ctx.conf, 1, [False, True, False])[1]
+                rows = _pointwise_weight_rows(grad_rows, kept, ctx.conf[0]).view(rows_shape)
+            else:  # the library reads only the shape of the weight it is given for a weight gradient
+                weight_rows = weight.new_empty(rows_shape)
+                if groups > 1:
+                    rows = _grouped_weight_rows(grad_rows, kept, weight_rows, ctx.conf)
+                else:
+                    rows = _convolution_backward(grad_rows, kept, weight_rows, ctx.conf, 1, [False, True, False])[1]
             grad_weight = weight.new_zeros(weight.shape).index_copy_(0, selected, rows)
             if ctx.has_bias and ctx.needs_input_grad[2]:
                 grad_bias = grad_out.new_zeros(weight.shape[0])
