@@ -3,8 +3,9 @@
 For each model the benchmark builds one network per *condition* from the same
 start weights and the same batch, then times single training steps
 (zero_grad, forward, cross-entropy, backward, SGD step with momentum 0.9 and
-weight decay) round-robin over the conditions, so that noise from other
-processes on the machine hits every condition alike. Reported: the median
+weight decay) in rounds over the conditions, each round in a fresh seeded
+random order, so that noise from other processes on the machine and the
+state one step leaves for the next hit every condition alike. Reported: the median
 step time of the timed rounds (warm-up rounds excluded) and its ratios to the
 bound, the mask-after-backward path and the full update.
 
@@ -323,8 +324,10 @@ def benchmark_model(model_name: str, config: BenchConfig, log: Callable[[str], N
     runners = [build_runner(c, start, m, inputs, labels) for c, m in conditions]
     log(f"{model_name}: {len(runners)} conditions, {config.warmup} warm-up + {config.repeats} timed rounds")
     for round_index in range(config.warmup + config.repeats):
-        shift = round_index % len(runners)  # rotate the order so no condition always follows the same one
-        for runner in runners[shift:] + runners[:shift]:
+        # a fresh seeded order every round: no condition always runs after the same one
+        # (the caches and the allocator it leaves behind) or at the same point of the round
+        order = torch.randperm(len(runners), generator=generator).tolist()
+        for runner in (runners[i] for i in order):
             elapsed = runner.timed_step()
             if round_index >= config.warmup:
                 runner.times.append(elapsed)
@@ -458,7 +461,7 @@ def markdown(table: pd.DataFrame, checks: list[dict[str, object]], config: Bench
         f"Command: `{command}`",
         "",
         f"Machine: {machine()}. Input {config.image_size} px, batch {config.batch_size}, "
-        f"{config.warmup} warm-up + {config.repeats} timed rounds, conditions interleaved round-robin; "
+        f"{config.warmup} warm-up + {config.repeats} timed rounds, conditions interleaved, each round in a fresh seeded random order; "
         "`step_s` is the median step time (s), ratios are ratios of medians. "
         "`memory_mib`: saved-for-backward tensors + gradients + optimizer state (MiB). "
         "SU masks do not fit resnet18 (the study's SU indices are for MobileNetV2), so resnet18 has none. "
