@@ -76,7 +76,7 @@ class RowPlan:
         dense: compute the whole weight gradient and zero the frozen rows
             (many rows selected), instead of the selected rows only.
         group_inputs: for a grouped conv, the input channels the selected
-            rows read (:func:`_group_input_channels`); None for a dense conv.
+            rows read (:func:`_group_input_channels`); None for an ungrouped conv.
     """
 
     selected: torch.Tensor
