@@ -30,7 +30,7 @@ from typing import Any
 import pandas as pd
 import torch
 
-from benchmarks.update_step import machine, write_atomically
+from benchmarks.update_step import machine, write_tables
 from trainables.config import TrialConfig
 from trainables.trainer import train
 
@@ -129,9 +129,7 @@ def run(config: BnBenchConfig, command: str, log: Callable[[str], None] = print)
             log(f"bn_update {setting} seed {seed}: test top-1 at best val {rows[-1]['test_top1_at_best_val']:.2f}")
     table = pd.DataFrame(rows)
     summary = table.groupby("bn_update", sort=False)[["best_val_top1", "test_top1_at_best_val", "epoch_time_s"]].mean().reset_index()
-    config.out_dir.mkdir(parents=True, exist_ok=True)
-    write_atomically(config.out_dir / f"{config.name}.parquet", lambda p: table.to_parquet(p, index=False))
-    write_atomically(config.out_dir / f"{config.name}.md", lambda p: p.write_text(markdown(table, summary, config, command)))
+    write_tables(config.out_dir, config.name, table, markdown(table, summary, config, command))
     return table
 
 

@@ -488,6 +488,13 @@ def _cell(value: object) -> str:
     return "-" if math.isnan(float(str(value))) else str(value)
 
 
+def write_tables(out_dir: Path, name: str, table: pd.DataFrame, text: str) -> None:
+    """``<name>.parquet`` (the table) and ``<name>.md`` (``text``) in ``out_dir``, each written atomically."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_atomically(out_dir / f"{name}.parquet", lambda p: table.to_parquet(p, index=False))
+    write_atomically(out_dir / f"{name}.md", lambda p: p.write_text(text))
+
+
 def write_atomically(path: Path, write: Callable[[Path], object]) -> None:
     """Write through a temporary file in the same folder, then rename: never half-written."""
     with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as handle:
@@ -511,9 +518,7 @@ def run(config: BenchConfig, command: str, log: Callable[[str], None] = print) -
     table["batch_size"] = config.batch_size
     table["machine"] = machine()
     checks = target_checks(table)
-    config.out_dir.mkdir(parents=True, exist_ok=True)
-    write_atomically(config.out_dir / f"{config.name}.parquet", lambda p: table.to_parquet(p, index=False))
-    write_atomically(config.out_dir / f"{config.name}.md", lambda p: p.write_text(markdown(table, checks, config, command)))
+    write_tables(config.out_dir, config.name, table, markdown(table, checks, config, command))
     return table
 
 
