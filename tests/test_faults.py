@@ -19,12 +19,9 @@ from typing import Any
 
 import optuna
 import pandas as pd
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
-
-from search.tables import ParquetTable, read_table, write_atomic
 
 ROOT = Path(__file__).resolve().parent.parent
 # Metrics that must not depend on the process, the wall clock or a restart.
@@ -195,88 +192,6 @@ def test_sigkilled_driver_resumes_with_every_trial_epoch_exactly_once(tmp_path: 
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=7))
     expected = [study.ask({"training.lr": optuna.distributions.FloatDistribution(0.01, 0.3, log=True)}).params["training.lr"] for _ in range(4)]
     assert sorted(trials["training.lr"]) == pytest.approx(sorted(expected), rel=1e-12)
-
-
-# --- durable tables -------------------------------------------------------------------------------------------------
-WRITER = """
-import sys
-import pyarrow as pa
-from search.tables import write_atomic
-path, n = sys.argv[1], int(sys.argv[2])
-version = 2
-while True:
-    write_atomic(pa.table({"version": [version] * n, "i": list(range(n))}), path)
-    version += 1
-    print(version, flush=True)
-"""
-
-
-def test_a_writer_killed_mid_write_leaves_a_whole_table(tmp_path: Path) -> None:
-    path = tmp_path / "epochs.parquet"
-    n = 300_000
-    write_atomic(pa.table({"version": [1] * n, "i": list(range(n))}), path)
-    for delay in (0.05, 0.4, 0.9):
-        writer = subprocess.Popen(
-            [sys.executable, "-c", WRITER, str(path), str(n)], cwd=ROOT, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}
-        )
-        time.sleep(delay)
-        writer.send_signal(signal.SIGKILL)
-        writer.wait()
-        table = pq.read_table(path)  # never a partial file
-        assert table.num_rows == n and table.column("i").to_pylist()[-1] == n - 1
-        assert len(set(table.column("version").to_pylist())) == 1
-    assert [p.name for p in tmp_path.iterdir() if not p.name.startswith(".")] == ["epochs.parquet"]
-
-
-def test_a_failed_write_keeps_the_previous_table(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    path = tmp_path / "epochs.parquet"
-    write_atomic(pa.table({"a": [1, 2]}), path)
-    real_write = pq.write_table
-
-    def disk_full(table: pa.Table, where: str, **kwargs: Any) -> None:
-        real_write(table, where, **kwargs)
-        Path(where).write_bytes(Path(where).read_bytes()[:20])  # half a file on disk, then the device is full
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(pq, "write_table", disk_full)
-    with pytest.raises(OSError, match="No space left"):
-        write_atomic(pa.table({"a": [3, 4, 5]}), path)
-    assert pq.read_table(path).column("a").to_pylist() == [1, 2]
-    assert list(tmp_path.iterdir()) == [path]  # the partial temporary file is gone
-
-
-def test_a_later_run_appends_and_a_reported_again_epoch_replaces_its_row(tmp_path: Path) -> None:
-    path = tmp_path / "epochs.parquet"
-    first = ParquetTable(path, key=("experiment", "trial_id", "epoch"))
-    for epoch in (1, 2):
-        first.add({"experiment": "old", "trial_id": "t1", "epoch": epoch, "loss": float(epoch)})
-    first.add({"experiment": "e", "trial_id": "t2", "epoch": 1, "loss": 1.0})
-    first.flush()
-    second = ParquetTable(path, key=("experiment", "trial_id", "epoch"))
-    assert second.previous_keys() == {("old", "t1", 1), ("old", "t1", 2), ("e", "t2", 1)}
-    second.add({"experiment": "e", "trial_id": "t2", "epoch": 1, "loss": 0.5, "extra": "x"})  # a resumed trial reports epoch 1 again
-    second.add({"experiment": "e", "trial_id": "t2", "epoch": 2, "loss": 0.25, "extra": "y"})
-    second.flush()
-    rows = read_table(path)
-    assert rows is not None
-    assert [(r["experiment"], r["trial_id"], r["epoch"], r["loss"], r["extra"]) for r in rows.to_pylist()] == [
-        ("old", "t1", 1, 1.0, None),
-        ("old", "t1", 2, 2.0, None),
-        ("e", "t2", 1, 0.5, "x"),
-        ("e", "t2", 2, 0.25, "y"),
-    ]
-
-
-def test_tables_under_a_uri_are_written_through_pyarrow_filesystems(tmp_path: Path) -> None:
-    uri = f"file://{tmp_path}/bucket/exp/trials.parquet"
-    table = ParquetTable(uri, key=("trial_id",))
-    table.add({"trial_id": "a", "v": 1})
-    table.flush()
-    again = ParquetTable(uri, key=("trial_id",))
-    again.add({"trial_id": "b", "v": 2})
-    again.flush()
-    assert pq.read_table(tmp_path / "bucket" / "exp" / "trials.parquet").to_pylist() == [{"trial_id": "a", "v": 1}, {"trial_id": "b", "v": 2}]
-    assert sorted(p.name for p in (tmp_path / "bucket" / "exp").iterdir()) == ["trials.parquet"]
 
 
 def test_resume_backfills_the_epochs_a_dead_driver_never_wrote(tmp_path: Path) -> None:
