@@ -24,6 +24,7 @@ from pathlib import Path
 MARK = "NEQTUNE_RAY_DIR"
 # SIGTERM first; Ray's agents ignore it (seen here: ray::DashboardAgent and ray::RuntimeEnvAgent ran on), hence SIGKILL.
 GRACE_S = 2.0
+TIMEOUT_S = 20.0
 
 
 def marked_processes(ray_dir: str) -> list[int]:
@@ -52,18 +53,32 @@ def _protected() -> set[int]:
     return pids
 
 
-def end_processes(ray_dir: str, grace_s: float = GRACE_S) -> list[int]:
-    """SIGTERM the marked processes, SIGKILL those still there after ``grace_s``; the pids found."""
-    found = marked_processes(ray_dir)
-    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, grace_s)):
-        for pid in marked_processes(ray_dir):
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-        deadline = time.monotonic() + wait_s
-        while marked_processes(ray_dir) and time.monotonic() < deadline:
-            time.sleep(0.1)
+def end_processes(ray_dir: str, grace_s: float = GRACE_S, timeout_s: float = TIMEOUT_S) -> list[int]:
+    """End the marked processes: SIGTERM, and SIGKILL for those still there after ``grace_s``; the pids found.
+
+    It goes on until no marked process is left (a dying raylet may still
+    start an agent), at most ``timeout_s``.
+    """
+    found: list[int] = []
+    started = time.monotonic()
+    termed: set[int] = set()
+    while time.monotonic() - started < timeout_s:
+        pids = marked_processes(ray_dir)
+        if not pids:
+            time.sleep(0.3)  # quiet for a moment: nothing new was started meanwhile
+            if not marked_processes(ray_dir):
+                break
+            continue
+        found += [pid for pid in pids if pid not in found]
+        late = time.monotonic() - started >= grace_s
+        for pid in pids:
+            if late or pid not in termed:
+                try:
+                    os.kill(pid, signal.SIGKILL if late else signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+                termed.add(pid)
+        time.sleep(0.1)
     return found
 
 

@@ -110,20 +110,18 @@ def restore_state(checkpoint: tune.Checkpoint | None) -> tuple[dict[str, Any] | 
     """
     if checkpoint is None:
         return None, None
-    problems = []
+    problems: list[str] = []
     for candidate in [checkpoint, *older_checkpoints(checkpoint)]:
         name = candidate.path.rstrip("/").rpartition("/")[2]
         try:
             with candidate.as_directory() as directory:
                 state = load_state(Path(directory))
-        except UnreadableCheckpoint as err:
+        except (UnreadableCheckpoint, OSError) as err:
             problems.append(f"{name} unreadable ({err})")
             continue
-        except OSError as err:
-            problems.append(f"{name} unreadable ({err})")
-            continue
-        return state, (f"{'; '.join(problems)}: resumed from {name}" if problems else None)
-    return None, f"{'; '.join(problems)}: restarted from scratch"
+        return state, (f"{problems[0]}: resumed from {name}" if problems else None)
+    older = f"; {len(problems) - 1} older checkpoint(s) unreadable too" if len(problems) > 1 else ""
+    return None, f"{problems[0]}{older}: restarted from scratch"
 
 
 def resolve_trial_config(base: dict[str, Any], sampled: dict[str, Any]) -> TrialConfig:
