@@ -8,21 +8,21 @@ exactly those, never processes of other Ray instances on the machine.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+
+from benchmarks.local_s3 import S3_ENV as S3_ENV  # the tests' S3 server lives with the benchmark that uses it too
+from benchmarks.local_s3 import s3_server as s3_server
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN_MARK = "NEQTUNE_TEST_RUN"
@@ -141,60 +141,3 @@ def plain(value: Any) -> Any:
     """A cell as a plain Python value (list columns come back as NumPy arrays)."""
     return value.tolist() if hasattr(value, "tolist") else value
 
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
-# Credentials of the local S3 server (moto accepts any); no real AWS endpoint is ever contacted.
-S3_ENV = {"AWS_ACCESS_KEY_ID": "neqtune", "AWS_SECRET_ACCESS_KEY": "neqtune-test", "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
-
-
-@contextlib.contextmanager
-def s3_server(bucket: str) -> Iterator[str]:
-    """A local S3-compatible server (moto, on 127.0.0.1) holding ``bucket``; yields its endpoint ``127.0.0.1:PORT``.
-
-    Started and stopped here; the credentials of :data:`S3_ENV` are set in
-    this process while it runs (the tests' runs get them through their env).
-    """
-    import pyarrow.fs as pafs
-
-    log = tempfile.TemporaryFile(mode="w+")  # its request log (a pipe nobody reads would fill and stall the server)
-    for _ in range(3):
-        port = free_port()
-        server = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT, text=True
-        )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and server.poll() is None:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.1)
-        if server.poll() is None:
-            break
-    else:
-        log.seek(0)
-        pytest.fail(f"moto server did not start: {log.read()[-2000:]}")
-    saved = {key: os.environ.get(key) for key in S3_ENV}
-    os.environ.update(S3_ENV)
-    try:
-        endpoint = f"127.0.0.1:{port}"
-        pafs.S3FileSystem(endpoint_override=endpoint, scheme="http", allow_bucket_creation=True).create_dir(bucket)
-        yield endpoint
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        server.terminate()
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
-        log.close()

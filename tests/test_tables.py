@@ -264,3 +264,16 @@ def test_a_full_or_read_only_disk_is_told_apart_from_other_errors() -> None:
     remote = "ray.exceptions.RayTaskError(OSError): ray::train() ...\nOSError: [Errno 28] No space left on device: '/mnt/x'"
     assert storage_fault(remote) == "No space left on device"
     assert str(StorageError("/mnt/results/exp", "No space left on device")) == "/mnt/results/exp: No space left on device"
+
+
+def test_the_flush_benchmark_measures_both_layouts_and_the_dataset_writes_less_per_flush(tmp_path: Path) -> None:
+    from benchmarks.table_flush import TableBenchConfig, run
+
+    config = TableBenchConfig(sizes=(1_500,), storages=("local",), flushes=2, out_dir=tmp_path, name="flush")
+    table = run(config, "python -m benchmarks.table_flush (test)", log=lambda _: None)
+    saved = pd.read_parquet(tmp_path / "flush.parquet")
+    assert saved.layout.tolist() == ["before", "after"] and (saved.rows == 1_500).all()
+    before, after = (saved[saved.layout == layout].iloc[0] for layout in ("before", "after"))
+    assert before.files == 1 and after.files == 6  # 1,516 rows in parts of 256
+    assert after.written_per_flush_kb < before.written_per_flush_kb / 3  # the newest part, not the whole table
+    assert (table.flush_median_s > 0).all() and "| local | 1,500 | after |" in (tmp_path / "flush.md").read_text()
