@@ -136,8 +136,15 @@ def _read_table(path: Path | str, required: Sequence[str], fs: pafs.FileSystem |
     try:
         fs = fs or pafs.LocalFileSystem()
         files = _table_files(fs, str(path))
-        schema = pa.unify_schemas([pq.read_schema(f, filesystem=fs) for f in files], promote_options="permissive") if files else pa.schema([])
-        table = ds.dataset(files, schema=schema, filesystem=fs, format="parquet").to_table()
+        if isinstance(fs, pafs.LocalFileSystem):
+            schema = pa.unify_schemas([pq.read_schema(f, filesystem=fs) for f in files], promote_options="permissive") if files else pa.schema([])
+            table = ds.dataset(files, schema=schema, filesystem=fs, format="parquet").to_table()
+        else:  # object storage: each part in one request (a running search may replace its newest part meanwhile)
+            parts = []
+            for file in files:
+                with fs.open_input_stream(file) as stream:
+                    parts.append(pq.read_table(pa.BufferReader(stream.read())))
+            table = pa.concat_tables(parts, promote_options="permissive") if parts else pa.table({})
     except (OSError, pa.ArrowException) as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise AnalysisInputError(f"{path}: not a readable Parquet table ({first_line})") from error

@@ -44,9 +44,6 @@ os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 # Keeping one checkpoint per trial forces an experiment snapshot per epoch; at
 # our epoch lengths that is cheap, so Ray's warning about it is noise.
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-# Ctrl-C is handled by StopOnInterrupt below (it asks Tune to stop through Tune's SIGUSR1 handler), so that
-# the command line says how to resume with neqtune rather than with Tuner.restore.
-os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
 
 
 # One trial's resident memory, measured here (ru_maxrss of one mbv2-w0.35 digits epoch in a
@@ -80,6 +77,9 @@ class SearchInterrupted(Exception):
         self.forced = forced
 
 
+TUNE_SIGINT = "TUNE_DISABLE_SIGINT_HANDLER"
+
+
 class StopOnInterrupt:
     """Ctrl-C during a search: the first stops it in order, a second forces the stop.
 
@@ -101,15 +101,23 @@ class StopOnInterrupt:
         self.location: str | None = None
         self.in_fit = False
         self._previous: Any = None
+        self._tune_setting: str | None = None
 
     def __enter__(self) -> StopOnInterrupt:
         if threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGINT, self._handle)
+            # Tune would put its own SIGINT handler in place of this one (and point at Tuner.restore).
+            self._tune_setting = os.environ.get(TUNE_SIGINT)
+            os.environ[TUNE_SIGINT] = "1"
         return self
 
     def __exit__(self, *exc: object) -> None:
         if self._previous is not None:
             signal.signal(signal.SIGINT, self._previous)
+            if self._tune_setting is None:
+                os.environ.pop(TUNE_SIGINT, None)
+            else:
+                os.environ[TUNE_SIGINT] = self._tune_setting
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.requested or not self.in_fit:

@@ -215,6 +215,16 @@ def read_table(path: str | Path, columns: Sequence[str] | None = None) -> pa.Tab
     fs, files = table_files(path)
     if not files:
         return None
+    if not isinstance(fs, pafs.LocalFileSystem):
+        # Arrow reads an object in several ranged requests, and a flush may replace the newest part meanwhile:
+        # each part is fetched in one request instead (one version of it, whole).
+        parts = []
+        for file in files:
+            with fs.open_input_stream(file) as stream:
+                parts.append(pq.read_table(pa.BufferReader(stream.read())))
+        schema = pa.unify_schemas([part.schema for part in parts], promote_options="permissive")
+        table = pa.concat_tables([_conform(part, schema) for part in parts])
+        return table if columns is None else table.select([c for c in columns if c in schema.names])
     schema = pa.unify_schemas([pq.read_schema(f, filesystem=fs) for f in files], promote_options="permissive")
     dataset = ds.dataset(files, schema=schema, filesystem=fs, format="parquet")
     wanted = None if columns is None else [c for c in columns if c in schema.names]

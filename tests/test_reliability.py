@@ -23,8 +23,8 @@ from search_procs import end_marked, finish, marked, new_mark, run_search, tiny_
 
 from search.tables import StorageError, read_table
 
-TRIALS = 4
-EPOCHS = 4
+TRIALS = 2
+EPOCHS = 6
 
 
 def rows(table: Path | str) -> int:
@@ -151,7 +151,9 @@ def test_a_disk_that_fills_up_mid_search_stops_it_with_one_line_and_resume_finis
             driver = run_search(["--space", "space.yaml", "--results", str(disk / "results"), "--name", "exp"], cwd=tmp_path, mark=mark)
             wait_until(lambda: rows(table) >= 2, 150, "two epoch rows", driver)
             fill(disk)
+            full = time.monotonic()
             out = finish(driver, 90, mark, expect=1)
+            stop_s = time.monotonic() - full
             errors = [line for line in out.splitlines() if line.startswith("error:")]
             assert len(errors) == 1 and errors[0].startswith(f"error: {experiment}"), out
             assert "No space left on device" in errors[0] and f"--resume {experiment}" in errors[0], out
@@ -164,5 +166,6 @@ def test_a_disk_that_fills_up_mid_search_stops_it_with_one_line_and_resume_finis
             check_complete(experiment)
             trials = pd.read_parquet(experiment / "trials.parquet")
             assert len(trials) == TRIALS and (trials.status == "TERMINATED").all(), out
+            print(f"full disk: the search stopped {stop_s:.1f} s after the disk filled, with {before.num_rows} epoch rows whole")
         finally:
             end_marked(mark)
