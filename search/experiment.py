@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -9,6 +10,7 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -262,7 +264,7 @@ def final_rows(recorder: ResultRecorder, experiment: str, metrics: list[str]) ->
     missing = [m for m in metrics if rows and m not in rows[0]]
     if missing:
         last: dict[str, dict[str, Any]] = {}
-        for row in recorder.epochs.table().to_pylist():
+        for row in recorder.epochs.table(columns=["experiment", "trial_id", "epoch", *missing]).to_pylist():
             if row["experiment"] == experiment and row["epoch"] >= last.get(row["trial_id"], {}).get("epoch", -1):
                 last[row["trial_id"]] = row
         for row in rows:
@@ -583,30 +585,22 @@ def _run_search(
     return finish_search(tuner, recorder, space, experiment_dir=experiment_dir, started=started, stop=stop)
 
 
-class _StorageErrors:
-    """Context manager of :func:`storage_errors`."""
-
-    def __init__(self, location: str) -> None:
-        self.location = location
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, traceback: object) -> None:
-        if error is None or not isinstance(error, Exception) or isinstance(error, (ClusterError, SearchInterrupted)):
-            return
-        if isinstance(error, StorageError):
-            error.location = error.location or self.location
-            return
-        reason = storage_fault(error)
-        if reason is not None:
-            raise StorageError(getattr(error, "filename", None) or self.location, reason, location=self.location) from error
-
-
-def storage_errors(location: str) -> _StorageErrors:
+@contextlib.contextmanager
+def storage_errors(location: str) -> Iterator[None]:
     """Turn any error a full or read-only disk caused (Tune's own writes included) into a :class:`StorageError`
     that knows the experiment's ``location``."""
-    return _StorageErrors(location)
+    try:
+        yield
+    except StorageError as err:
+        err.location = err.location or location
+        raise
+    except (ClusterError, SearchInterrupted):
+        raise
+    except Exception as err:
+        reason = storage_fault(err)
+        if reason is None:
+            raise
+        raise StorageError(getattr(err, "filename", None) or location, reason, location=location) from err
 
 
 def resumable(location: str) -> bool:

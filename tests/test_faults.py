@@ -158,6 +158,7 @@ def test_a_driver_sigkilled_on_s3_storage_leaves_no_process_and_resumes_from_s3_
         assert "resuming experiment exp" in out
         notes = [line for line in out.splitlines() if line.startswith(f"trial {victim}: checkpoint_")]
         assert len(notes) == 1 and "unreadable" in notes[0] and notes[0].endswith(": restarted from scratch"), out
+        print(notes[0])
         epochs = read_table(table).to_pandas()  # type: ignore[union-attr]
         trials = read_table(join_location(location, "trials.parquet")).to_pandas()  # type: ignore[union-attr]
         print(f"driver kill on S3: its Ray processes gone {gone_s:.1f} s after; {len(before_rows)} trial-epoch rows before the resume, {len(epochs)} after")
