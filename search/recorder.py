@@ -35,19 +35,13 @@ from torch.utils.tensorboard import SummaryWriter
 from search.hparams import hparams_summaries
 from search.tables import EPOCHS_TABLE, SCHEMA_VERSION, TRIALS_TABLE, ParquetTable, config_column_types, resolve_location
 from trainables.config import TrialConfig, flatten
+from trainables.metrics import ADAPTER_COLUMNS, metric_names
 from trainables.repeats import SEED_KEYS as REPEAT_SEED_KEYS
 from trainables.repeats import STD_KEYS as REPEAT_STD_KEYS
 from trainables.tune_adapter import resolve_trial_config
 
 # What the trainer and the adapter report, in table order (see README, "Result tables").
-METRIC_COLUMNS = (
-    "epoch", "train_loss", "train_top1", "val_top1", "test_top1", "lr",
-    "best_val_top1", "best_epoch", "test_top1_at_best_val",
-    "budget_params", "total_conv_params", "params_updated", "budget_gap",
-    "neurons_updated", "neurons_total", "frozen_pct", "flops_saved", "flops_saved_pct",
-    "layer_frozen_pct", "layer_flops_saved", "epoch_time_s", "velocity_time_s",
-    "node_id", "hostname", "pid",
-)  # fmt: skip
+METRIC_COLUMNS = (*metric_names(), *ADAPTER_COLUMNS)
 # Per-layer lists become one scalar per conv, grouped under a prefix: (group, value from the list's entry).
 LAYER_SCALARS: dict[str, tuple[str, Callable[[float], float]]] = {
     "layer_frozen_pct": ("updated_pct_by_layer", lambda frozen: 100.0 - frozen),
