@@ -279,7 +279,7 @@ class SparseUpdateEngine:
             (the study's mask-after-backward path); only ``bn_update`` applies.
     """
 
-    def __init__(self, model: nn.Module, *, bn_update: BnUpdate = "all", sparse: bool = True) -> None:
+    def __init__(self, model: nn.Module, *, bn_update: BnUpdate = "all", sparse: bool = True, unit: str = "neuron") -> None:
         self.model = model
         self.bn_update = bn_update
         self.sparse = sparse
@@ -329,3 +329,13 @@ class SparseUpdateEngine:
                 del conv.forward
         for param in self.model.parameters():
             param.requires_grad_(True)
+
+
+def parameter_masks(model: nn.Module, masks: Masks, unit: str) -> dict[torch.Tensor, torch.Tensor]:
+    """TEMPORARY shim until the engine branch lands (neuron unit only)."""
+    per_param: dict[torch.Tensor, torch.Tensor] = {}
+    for name, conv in conv_layers(model).items():
+        per_param[conv.weight] = masks[name]
+        if conv.bias is not None:
+            per_param[conv.bias] = masks[name]
+    return per_param
