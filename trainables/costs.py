@@ -35,6 +35,9 @@ from torch import nn
 from trainables.neurons import Masks, conv_layers
 
 Unit = Literal["neuron", "input_channel"]
+"""What a mask selects: ``"neuron"``, a conv's output channels (weight rows
+``W[o]``, ``out_channels`` long), or ``"input_channel"``, its input channels
+(weight columns ``W[:, c]``, ``in_channels`` long)."""
 UNITS: tuple[Unit, ...] = ("neuron", "input_channel")
 Fill = Literal["prefix", "skip"]
 BudgetKind = Literal["params", "memory"]

@@ -39,21 +39,17 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, get_args
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from trainables.costs import UNITS, Unit
 from trainables.neurons import Masks, conv_layers
 from trainables.optim import AxisMask, UpdateMask
 
 BnUpdate = Literal["all", "selected"]
-Unit = Literal["neuron", "input_channel"]
-"""What a conv's mask selects: ``"neuron"``, its output channels (weight rows
-``W[o]``, ``out_channels`` long), or ``"input_channel"``, its input channels
-(weight columns ``W[:, c]``, ``in_channels`` long)."""
-UNITS: tuple[Unit, ...] = get_args(Unit)
 NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
 
 

@@ -206,7 +206,8 @@ def channel_norms(conv: nn.Conv2d, unit: Unit) -> torch.Tensor:
     """L2 norm of every unit's weight slice: ``W[c]`` per neuron, ``W[:, c]`` per input channel (float64, CPU)."""
     weight = conv.weight.detach().double().cpu()
     if unit == "neuron":
-        return weight.reshape(conv.out_channels, -1).norm(dim=1)
+        norms: torch.Tensor = weight.reshape(conv.out_channels, -1).norm(dim=1)
+        return norms
     per_group = weight.reshape(conv.groups, conv.out_channels // conv.groups, conv.in_channels // conv.groups, -1)
     return per_group.pow(2).sum(dim=(1, 3)).sqrt().reshape(-1)
 
