@@ -63,6 +63,8 @@ BUDGET_AMOUNTS = ("budget_params", "memory_budget")
 # Per-epoch memory metrics a trial reports (absent in older tables); the analysis averages them over the trial's epochs.
 MEMORY_METRICS = ("memory_used", "memory_used_kb", "activation_sparsity_pct")
 BYTES_PER_ELEMENT = "budget.bytes_per_element"
+# The configured memory budget: when set, the trainer's memory budget is this number (elements per image).
+CONFIG_MEMORY = "budget.memory"
 SEED_KEY = "training.seed"
 TRIAL_KEY = ("experiment", "trial_id")
 EPOCH_COLUMNS = (
@@ -305,6 +307,8 @@ def _trial_outcome(experiment: str, trial_id: str, epoch_rows: pd.DataFrame, tri
         for amount in BUDGET_AMOUNTS:
             if amount in epoch_rows.columns:
                 row[amount] = epoch_rows[amount].iloc[-1]
+    elif not _is_set(row["memory_budget"]):  # crashed before an epoch: its config still names a memory budget
+        row["memory_budget"] = _config_value(epoch_rows, trial_row, CONFIG_MEMORY)
     row["memory_budget_kb"] = _memory_budget_kb(row["memory_budget"], _config_value(epoch_rows, trial_row, BYTES_PER_ELEMENT))
     return row
 
@@ -642,7 +646,8 @@ def problems_markdown(problems: pd.DataFrame) -> str:
     """The problem trials as Markdown (or a line saying there are none)."""
     if problems.empty:
         return "No missing or partial data: every trial ended normally with a best epoch."
-    header = ["trial", "status", "policy", "budget (params)", "seed", "in table", "problem"]
+    budget = "budget" if problems["memory_budget"].notna().any() else "budget (params)"
+    header = ["trial", "status", "policy", budget, "seed", "in table", "problem"]
     rows = [
         [
             f"{r['experiment']}/{r['trial_id']}", r["status"], r["budget.policy"],

@@ -77,7 +77,7 @@ class FakeTrial:
 
     def memory_config(self) -> dict[str, object]:
         """The config columns added with memory budgets (none for an older trial)."""
-        if not self.memory:
+        if not self.memory and self.memory_budget is None:
             return {}
         return {"budget.unit": self.unit, "budget.memory": self.memory_budget, "budget.bytes_per_element": self.bytes_per_element}
 
@@ -146,7 +146,7 @@ FULL = [FakeTrial(f"f{s}", "full", 10_000, s, val=[90, 95], test=[91, 96 - s], s
 # Written after memory budgets (4 bytes per element: 256 elements = 1 kB). Means over each trial's epochs, then over seeds:
 # velocity at 1,000 params: best val 80 / 75 at epoch 2; test there 81 / 70; memory 55 / 45 kB; sparsity 45 / 58 %.
 # random on input channels at 5,120 elements (20 kB): best val 55 / 58 / 62 at epochs 2 / 1 / 2, test there 54 / 60 / 58;
-# memory 4,992 / 4,864 / 5,120 elements (19.5 / 19.0 / 20.0 kB); sparsity 81 / 82 / 79 %; rx crashed.
+# memory 4,992 / 4,864 / 5,120 elements (19.5 / 19.0 / 20.0 kB); sparsity 81 / 82 / 79 %; rx and ry crashed.
 MEMORY = [
     FakeTrial("vp0", "velocity", 1000, 0, val=[60, 80], test=[61, 81], memory=[12_800, 15_360], sparsity=[50, 40]),
     FakeTrial("vp1", "velocity", 1000, 1, val=[70, 75], test=[72, 70], memory=[10_240, 12_800], sparsity=[60, 56]),
@@ -161,6 +161,8 @@ MEMORY = [
     ],
     FakeTrial("rx", "random", None, 3, val=[10], test=[10], scheme=None, unit="input_channel", memory_budget=5120, memory=[5000],
               sparsity=[80], status="ERROR", error="RuntimeError: out of memory"),
+    FakeTrial("ry", "random", None, 4, val=[], test=[], scheme=None, unit="input_channel", memory_budget=5120, status="ERROR",
+              error="ValueError: bad mask"),  # crashed before an epoch: its budget only in its config
     FakeTrial("rj0", "random", None, 0, val=[70, 72], test=[71, 74], scheme=None, unit="input_channel", memory_budget=20_480,
               memory=[20_480, 19_968], sparsity=[40, 42]),
     FakeTrial("vm0", "velocity", None, 0, val=[65, 66], test=[63, 59], scheme=None, memory_budget=5120, memory=[4096, 5120],
@@ -396,12 +398,12 @@ def test_memory_budgets_group_their_own_rows_with_exact_means(memory: Path) -> N
         ("random", "input_channel", pd.NA, 20_480),
     ]
     random = memory_row(table, "random", 5120)
-    assert random["n_seeds"] == 3 and random["n_excluded"] == 1 and random["seeds"] == "0, 1, 2" and random["best_epochs"] == "2, 1, 2"
+    assert random["n_seeds"] == 3 and random["n_excluded"] == 2 and random["seeds"] == "0, 1, 2" and random["best_epochs"] == "2, 1, 2"
     assert random["best_val_top1_mean"] == pytest.approx(175 / 3)
     assert random["best_val_top1_std"] == pytest.approx(statistics.stdev([55, 58, 62]))
     assert random["test_top1_mean"] == pytest.approx(172 / 3) and random["test_top1_std"] == pytest.approx(statistics.stdev([54, 60, 58]))
     assert random["memory_budget_kb"] == pytest.approx(20.0)
-    # Mean over each trial's epochs (4,992 / 4,864 / 5,120 elements), then over the seeds; the crashed rx counts in neither.
+    # Mean over each trial's epochs (4,992 / 4,864 / 5,120 elements), then over the seeds; the crashed rx and ry count in neither.
     assert random["memory_used_mean"] == pytest.approx(4992.0) and random["memory_used_kb_mean"] == pytest.approx(19.5)
     assert random["activation_sparsity_pct_mean"] == pytest.approx((81 + 82 + 79) / 3)
     velocity = row(table, "velocity", 1000)  # a parameter budget: today's numbers, and its measured memory
@@ -420,11 +422,11 @@ def test_memory_budgets_group_their_own_rows_with_exact_means(memory: Path) -> N
     )
     assert (
         "| mbv2-w0.35 | - | input_channel | - | 20.0 | random | random | 58.33 ± 3.51 | 2, 1, 2 | 57.33 ± 3.06 | 2.0 ± 0.0 | 19.5 | 80.7 "
-        "| 0, 1, 2 | 3 (+1 excluded) |"
+        "| 0, 1, 2 | 3 (+2 excluded) |"
     ) in text
     problems = analyze(load_experiments([memory])).problems
-    assert problems["trial_id"].tolist() == ["rx"]
-    assert pd.isna(problems["budget_params"].item()) and problems["memory_budget"].item() == 5120
+    assert problems["trial_id"].tolist() == ["rx", "ry"]
+    assert problems["budget_params"].isna().all() and problems["memory_budget"].tolist() == [5120, 5120]
 
 
 # The study's table of grid + full as analyze wrote it before memory budgets existed.
@@ -501,7 +503,8 @@ def test_command_writes_the_memory_front_and_the_memory_plot(memory: Path, tmp_p
     report = (out / "report.md").read_text()
     assert "## Pareto front: test top-1 versus memory used" in report
     assert "| 19.0 | 60.00 | 58.00 | 82.0 | random | random | input_channel | 20.0 kB memory | - | mbv2-w0.35 | 1 | memory/ri1 |" in report
-    assert "| memory/rx | ERROR | random | 5,120 memory elements |" in report
+    assert "| trial | status | policy | budget | seed | in table | problem |" in report
+    assert "| memory/ry | ERROR | random | 5,120 memory elements |" in report
     for table in re.findall(r"(?:^\|.*\|\n)+", report, flags=re.MULTILINE):  # every table: as many cells in each line
         assert len({line.count(" | ") for line in table.splitlines() if not line.startswith("|-")}) == 1, table
         header, rule = table.splitlines()[:2]
