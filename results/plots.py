@@ -51,7 +51,7 @@ Colors = dict[tuple[str, str], Any]  # (policy, initialization) -> a matplotlib 
 KIND_STYLE = {0: ("--", "white", "parameter budgets"), 1: ("-", None, "memory budgets")}
 UNIT_MARKERS = {"neuron": "o", "input_channel": "s"}
 # Where each line writes its points' budgets, in points from the marker, turn by turn, so that nearby lines' labels part.
-LABEL_OFFSETS = (((6, 5), "left"), ((6, -11), "left"), ((-6, 5), "right"), ((-6, -11), "right"))
+LABEL_OFFSETS = (((8, 4), "left"), ((8, -11), "left"), ((-8, 4), "right"), ((-8, -11), "right"))
 
 
 def _label(policy: str, initialization: str, initializations: int) -> str:
@@ -153,10 +153,11 @@ def plot_accuracy_vs_budget(table: pd.DataFrame, path: Path, colors: Colors) -> 
 
 
 def _memory_axis(ax: Axes, kilobytes: Sequence[float]) -> None:
-    """Log-scale memory axis in kB, ticked at 1, 2 and 5 per decade (with thousands separators)."""
+    """Log-scale memory axis in kB, ticked at 1, 2 and 5 per decade, denser when the memories span little more than a decade."""
     ax.set_xscale("log")
     ax.set_xlabel("memory used (kB, log scale)\nupdated weights + kept conv-input activations per image, mean over epochs")
-    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    narrow = bool(kilobytes) and max(kilobytes) / max(min(kilobytes), 1e-9) < 30
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 1.5, 2.0, 3.0, 5.0, 7.0) if narrow else (1.0, 2.0, 5.0)))
     ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:,.0f}" if x >= 1 else f"{x:g}"))
     ax.xaxis.set_minor_locator(NullLocator())
     if kilobytes:
@@ -165,11 +166,12 @@ def _memory_axis(ax: Axes, kilobytes: Sequence[float]) -> None:
 
 
 def _row_budget(row: pd.Series) -> str:
-    """A table row's budget, short: ``1,000 p`` (parameters) or ``20 kB`` (memory budget)."""
+    """A table row's budget, short: ``1,000 params`` or ``19.5 kB`` / ``469 kB`` (a memory budget)."""
     if _is_number(row["budget_params"]):
-        return f"{int(row['budget_params']):,} p"
+        return f"{int(row['budget_params']):,} params"
     if _is_number(row["memory_budget_kb"]):
-        return f"{row['memory_budget_kb']:,.3g} kB"
+        kilobytes = float(row["memory_budget_kb"])
+        return f"{kilobytes:,.0f} kB" if kilobytes >= 100 else f"{kilobytes:,.1f} kB"
     return f"{int(row['memory_budget']):,} el."
 
 
