@@ -99,13 +99,19 @@ class RowPlan:
     group_inputs: torch.Tensor | None = None
 
 
-def row_plan(mask: torch.Tensor, weight: torch.Tensor, groups: int = 1) -> RowPlan:
-    """The :class:`RowPlan` of a conv whose update mask is ``mask`` (some, not all, rows True)."""
+def row_plan(mask: torch.Tensor, weight: torch.Tensor, groups: int = 1, *, keep_selected_inputs: bool = False) -> RowPlan:
+    """The :class:`RowPlan` of a conv whose update mask is ``mask`` (some, not all, rows True).
+
+    ``keep_selected_inputs``: a grouped conv never takes the dense path, which
+    keeps its whole input; it keeps only the input channels its selected rows
+    read, whatever their share (memory budgets price exactly that).
+    """
     mask = mask.to(weight.device)
     frozen = (~mask).view(-1, *([1] * (weight.dim() - 1)))
     selected = mask.nonzero().flatten()
     group_inputs = _group_input_channels(selected, weight, groups) if groups > 1 else None
-    return RowPlan(selected, frozen, int(mask.sum()) >= DENSE_FRACTION * mask.numel(), group_inputs)
+    dense = int(mask.sum()) >= DENSE_FRACTION * mask.numel() and not (keep_selected_inputs and groups > 1)
+    return RowPlan(selected, frozen, dense, group_inputs)
 
 
 class _RowSparseConv(torch.autograd.Function):
@@ -473,15 +479,22 @@ class SparseUpdateEngine:
         unit: what :meth:`set_masks` selects per conv: ``"neuron"`` (output
             channels) or ``"input_channel"`` (input channels; a conv bias then
             trains iff its conv has any selected input channel).
+        keep_selected_inputs: under ``"neuron"``, partly updated grouped
+            (depthwise) convs keep only the inputs of their selected rows even
+            where the whole-input weight gradient would be faster: what a
+            memory budget counts (:mod:`trainables.costs`).
     """
 
-    def __init__(self, model: nn.Module, *, bn_update: BnUpdate = "all", sparse: bool = True, unit: Unit = "neuron") -> None:
+    def __init__(
+        self, model: nn.Module, *, bn_update: BnUpdate = "all", sparse: bool = True, unit: Unit = "neuron", keep_selected_inputs: bool = False
+    ) -> None:
         if unit not in UNITS:
             raise ValueError(f"unknown unit {unit!r}; known: {', '.join(UNITS)}")
         self.model = model
         self.bn_update = bn_update
         self.sparse = sparse
         self.unit = unit
+        self.keep_selected_inputs = keep_selected_inputs
         self.convs = conv_layers(model)
         self.norms = norms_after_convs(model)
         # per conv: None = everything updated (ordinary conv), False = nothing
@@ -534,7 +547,7 @@ class SparseUpdateEngine:
 
     def _plan(self, mask: torch.Tensor, conv: nn.Conv2d) -> RowPlan | ColumnPlan:
         if self.unit == "neuron":
-            return row_plan(mask, conv.weight, conv.groups)
+            return row_plan(mask, conv.weight, conv.groups, keep_selected_inputs=self.keep_selected_inputs)
         return column_plan(mask, conv.weight, conv.groups)
 
     def remove(self) -> None:

@@ -134,7 +134,11 @@ class BudgetedRun:
         example = self.data.train[0][0].unsqueeze(0).to(self.device)
         self.flops = layer_flops(self.model, example)
         self.engine = SparseUpdateEngine(
-            self.model, bn_update=budget.bn_update, sparse=training.update_engine == "sparse", unit=budget.unit
+            self.model,
+            bn_update=budget.bn_update,
+            sparse=training.update_engine == "sparse",
+            unit=budget.unit,
+            keep_selected_inputs=self.budget.kind == "memory",
         )
         self.optimizer = build_optimizer(self.model, training)
         self.shuffle_generator = torch.Generator().manual_seed(training.seed)
