@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 from ray.tune import Callback
 from ray.tune.experiment import Trial
 from torch.utils.tensorboard import SummaryWriter
@@ -35,7 +36,7 @@ from torch.utils.tensorboard import SummaryWriter
 from search.hparams import hparams_summaries
 from search.tables import EPOCHS_TABLE, SCHEMA_VERSION, TRIALS_TABLE, ParquetTable, config_column_types, resolve_location
 from trainables.config import TrialConfig, flatten
-from trainables.metrics import ADAPTER_COLUMNS, metric_names
+from trainables.metrics import ADAPTER_COLUMNS, fixed_dtypes, metric_names
 from trainables.repeats import SEED_KEYS as REPEAT_SEED_KEYS
 from trainables.repeats import STD_KEYS as REPEAT_STD_KEYS
 from trainables.tune_adapter import resolve_trial_config
@@ -102,7 +103,7 @@ class ResultRecorder(Callback):
         self.flush_every_s = flush_every_s
         self.status_every_s = status_every_s
         self.echo = echo
-        types = config_column_types(TrialConfig)
+        types = {**config_column_types(TrialConfig), **{name: pa.type_for_alias(t) for name, t in fixed_dtypes().items()}}
         self.epochs = ParquetTable(f"{self.tables_dir}/{EPOCHS_TABLE}", key=("experiment", "trial_id", "epoch"), types=types)
         self.trials = ParquetTable(f"{self.tables_dir}/{TRIALS_TABLE}", key=("experiment", "trial_id"), types=types)
         self._config_columns: dict[str, dict[str, Any]] = {}

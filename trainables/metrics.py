@@ -26,6 +26,9 @@ class Metric:
         objective: a search or a scheduler may steer by it.
         per_seed: repeated trials also report its per-seed values (``<name>_seeds``).
         std: repeated trials also report its sample std (``<name>_std``).
+        dtype: the table column's Arrow type name where it must be fixed (a
+            column that may hold only nulls in one flush: ``budget_params`` of
+            a memory budget); None lets the values decide.
     """
 
     name: str
@@ -33,10 +36,11 @@ class Metric:
     objective: bool = False
     per_seed: bool = False
     std: bool = False
+    dtype: str | None = None
 
 
-def _accuracy(name: str, **extra: bool) -> Metric:
-    return Metric(name, "mean", objective=True, per_seed=True, std=True, **extra)
+def _accuracy(name: str) -> Metric:
+    return Metric(name, "mean", objective=True, per_seed=True, std=True)
 
 
 METRICS: tuple[Metric, ...] = (
@@ -49,7 +53,7 @@ METRICS: tuple[Metric, ...] = (
     _accuracy("best_val_top1"),
     Metric("best_epoch", per_seed=True),
     _accuracy("test_top1_at_best_val"),
-    Metric("budget_params", objective=True),
+    Metric("budget_params", objective=True, dtype="int64"),  # null under a memory budget
     Metric("total_conv_params"),
     Metric("params_updated", "mean", objective=True),
     Metric("budget_gap", "mean"),
@@ -58,7 +62,7 @@ METRICS: tuple[Metric, ...] = (
     Metric("frozen_pct", "mean", objective=True),
     Metric("flops_saved", "mean", objective=True),
     Metric("flops_saved_pct", "mean", objective=True),
-    Metric("memory_budget", objective=True),
+    Metric("memory_budget", objective=True, dtype="int64"),  # null under a parameter budget
     Metric("memory_used", "mean", objective=True),
     Metric("memory_used_kb", "mean", objective=True),
     Metric("weight_elements_updated", "mean", objective=True),
@@ -90,3 +94,8 @@ def per_seed_names() -> tuple[str, ...]:
 def std_names() -> tuple[str, ...]:
     """Metrics whose sample std a repeated trial reports."""
     return tuple(m.name for m in METRICS if m.std)
+
+
+def fixed_dtypes() -> dict[str, str]:
+    """Metric name -> Arrow type name, for the metrics whose column type is fixed."""
+    return {m.name: m.dtype for m in METRICS if m.dtype is not None}
