@@ -28,6 +28,15 @@ short, run from the random initialisation); ``random`` masks are drawn by the
 policy from a seeded generator; ``su`` masks are the scheme's static mask
 (not for resnet18, whose convs the study's SU indices do not fit).
 
+Memory budgets (``suite`` ``memory``): the MCUNet-zoo models at the memory
+budgets of SU schemes 1, 3 and 5 (TraDy's), with ``su`` and ``random`` masks on
+input channels and ``velocity`` on neurons (filling the memory budget, and
+``velocity-weight`` at the scheme's parameter budget), each on the masked path
+and the engine with ``bn_update`` all and selected. The bytes the convs save
+for backward are compared with the cost model's kept activations x batch x
+4 bytes, and what remains is split (other saved tensors, gradients, optimizer
+state).
+
 Memory (``memory_mib``): what a step holds beyond the weights: the bytes of
 the tensors autograd saves for backward (counted with
 ``torch.autograd.graph.saved_tensors_hooks``, each storage once, parameters
@@ -40,6 +49,7 @@ Usage::
     python -m benchmarks.update_step                  # 128 px, batch 32, three models
     python -m benchmarks.update_step --quick          # tiny sizes, one round
     python -m benchmarks.update_step --models mbv2-w0.35 --repeats 5 --out /tmp/bench
+    python -m benchmarks.update_step --suite memory   # memory budgets only -> update_step_memory.*
 """
 
 from __future__ import annotations
@@ -790,7 +800,12 @@ def parse_args(argv: Sequence[str] | None) -> BenchConfig:
     """Command-line options; argparse exits with code 2 on a bad one."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks.update_step", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes and one timed round (a smoke run)")
-    parser.add_argument("--suite", choices=("all", "params", "memory"), default="all", help="parameter budgets, memory budgets, or both (default)")
+    parser.add_argument(
+        "--suite",
+        choices=("all", "params", "memory"),
+        default="all",
+        help="parameter budgets, memory budgets, or both (default); memory alone writes update_step_memory.*",
+    )
     parser.add_argument("--models", nargs="+", choices=sorted(SCHEMES), help="models at parameter budgets (default: all three)")
     parser.add_argument("--memory-models", nargs="+", choices=sorted(MEMORY_SCHEMES), help="models at memory budgets (default: all three)")
     parser.add_argument("--image-size", type=int, help="input side in pixels (default 128; quick: 32)")
@@ -816,7 +831,7 @@ def parse_args(argv: Sequence[str] | None) -> BenchConfig:
         models=() if args.suite == "memory" else tuple(args.models) if args.models else BenchConfig.models,
         memory_models=() if args.suite == "params" else tuple(args.memory_models) if args.memory_models else BenchConfig.memory_models,
         out_dir=args.out,
-        name="update_step_quick" if args.quick else "update_step",
+        name=("update_step_quick" if args.quick else "update_step") + ("_memory" if args.suite == "memory" else ""),
         **values,
     )
 
