@@ -52,19 +52,13 @@ from search.tables import (
     storage_fault,
 )
 from trainables.config import TrialConfig, flatten
+from trainables.metrics import ADAPTER_COLUMNS, fixed_dtypes, metric_names
 from trainables.repeats import SEED_KEYS as REPEAT_SEED_KEYS
 from trainables.repeats import STD_KEYS as REPEAT_STD_KEYS
 from trainables.tune_adapter import resolve_trial_config
 
 # What the trainer and the adapter report, in table order (see README, "Result tables").
-METRIC_COLUMNS = (
-    "epoch", "train_loss", "train_top1", "val_top1", "test_top1", "lr",
-    "best_val_top1", "best_epoch", "test_top1_at_best_val",
-    "budget_params", "total_conv_params", "params_updated", "budget_gap",
-    "neurons_updated", "neurons_total", "frozen_pct", "flops_saved", "flops_saved_pct",
-    "layer_frozen_pct", "layer_flops_saved", "epoch_time_s", "velocity_time_s",
-    "node_id", "hostname", "pid",
-)  # fmt: skip
+METRIC_COLUMNS = (*metric_names(), *ADAPTER_COLUMNS)
 # Per-layer lists become one scalar per conv, grouped under a prefix: (group, value from the list's entry).
 LAYER_SCALARS: dict[str, tuple[str, Callable[[float], float]]] = {
     "layer_frozen_pct": ("updated_pct_by_layer", lambda frozen: 100.0 - frozen),
@@ -133,7 +127,11 @@ class ResultRecorder(Callback):
         self.flush_every_s = flush_every_s
         self.status_every_s = status_every_s
         self.echo = echo
-        types = {**config_column_types(TrialConfig), **TEXT_COLUMN_TYPES}
+        types = {
+            **config_column_types(TrialConfig),
+            **{name: pa.type_for_alias(t) for name, t in fixed_dtypes().items()},
+            **TEXT_COLUMN_TYPES,
+        }
         self.epochs = ParquetTable(join_location(self.tables_dir, EPOCHS_TABLE), key=("experiment", "trial_id", "epoch"), types=types)
         self.trials = ParquetTable(join_location(self.tables_dir, TRIALS_TABLE), key=("experiment", "trial_id"), types=types)
         self.storage_error: StorageError | None = None

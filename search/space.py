@@ -33,6 +33,7 @@ from typing import Any, Literal
 import yaml
 
 from trainables.config import ConfigError, TrialConfig, from_mapping, iter_leaf_keys, with_overrides
+from trainables.metrics import metric_names
 
 DEFAULT_SPACE = Path(__file__).resolve().parent.parent / "spaces" / "digits.yaml"
 TRIAL_SECTIONS = ("data", "model", "training", "budget")
@@ -86,10 +87,7 @@ class ParamSpec:
 
 
 # Per-epoch metrics a search or a scheduler may steer by (all numeric, reported every epoch).
-OBJECTIVE_METRICS = (
-    "best_val_top1", "val_top1", "train_top1", "train_loss", "test_top1_at_best_val", "test_top1",
-    "budget_params", "params_updated", "frozen_pct", "flops_saved", "flops_saved_pct",
-)  # fmt: skip
+OBJECTIVE_METRICS = metric_names(objective=True)
 Mode = Literal["max", "min"]
 
 
@@ -370,6 +368,7 @@ def check_trial(overrides: Mapping[str, Any], base: Mapping[str, Any]) -> TrialC
             check depends on.
     """
     from datasets import check_dataset
+    from trainables.budgets import check_scheme_fits
     from trainables.schemes import get_scheme
     from trainables.trainer import needs_su_mask
 
@@ -396,9 +395,25 @@ def check_trial(overrides: Mapping[str, Any], base: Mapping[str, Any]) -> TrialC
                 f"policy {budget.policy!r} with initialization {budget.initialization!r} needs a scheme with an SU part, got {budget.scheme!r}",
                 ("budget.policy", "budget.initialization", "budget.scheme"),
             )
-        with _depending_on("budget.policy", "budget.initialization", "budget.scheme", "model.name"):
-            scheme.su.check_fits(_conv_count_model(config.model.name), scheme.name)
+        with _depending_on("budget.policy", "budget.initialization", "budget.scheme", "budget.unit", "model.name"):
+            check_scheme_fits(scheme, _conv_count_model(config.model.name), budget.unit)
+    with _depending_on("budget", "model.name", "data.image_size"):
+        _check_budget(budget, config.model.name, config.data.image_size)
     return config
+
+
+@functools.cache
+def _check_budget_cached(budget_key: str, model_name: str, image_size: int) -> None:
+    from trainables.budgets import build_budget
+    from trainables.config import BudgetConfig
+
+    budget = from_mapping(BudgetConfig, yaml.safe_load(budget_key), "budget")
+    build_budget(budget, _conv_count_model(model_name), model_name=model_name, image_size=image_size)
+
+
+def _check_budget(budget: Any, model_name: str, image_size: int) -> None:
+    """Resolve the budget against the model at the image size (scheme fit, memory bounds), once per distinct combination."""
+    _check_budget_cached(yaml.safe_dump(dataclasses.asdict(budget), sort_keys=True), model_name, image_size)
 
 
 def _check_written_values(base: dict[str, Any]) -> None:
