@@ -3,21 +3,28 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import yaml
-
-from search.space import SpaceError, load_space
-
 if TYPE_CHECKING:
     from search.experiment import SearchOutcome
+
+# Imported by a search; looked up (not imported) before anything runs, so that a Python without them says so in one line.
+DEPENDENCIES = ("yaml", "optuna", "ray", "torch", "torchvision", "pyarrow", "tensorboard")
+
+
+def missing_dependencies() -> list[str]:
+    """The modules of :data:`DEPENDENCIES` this Python cannot import (found without importing them)."""
+    return [name for name in DEPENDENCIES if importlib.util.find_spec(name) is None]
 
 
 def parse_set(text: str) -> tuple[str, Any]:
     """``key=value`` with a YAML value (``training.lr=0.01``, ``budget.scheme=null``)."""
+    import yaml
+
     key, sep, value = text.partition("=")
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
@@ -37,9 +44,10 @@ def parse_concurrency(text: str) -> int | str:
         raise argparse.ArgumentTypeError(f"expected 'auto' or a number of trials, got {text!r}") from None
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "run_search.py") -> argparse.ArgumentParser:
+    """The flags of ``run_search.py`` (``prog``: the command name in usage lines)."""
     parser = argparse.ArgumentParser(
-        prog="run_search.py",
+        prog=prog,
         description="Search how to fine-tune a network under a parameter budget (Ray Tune + Optuna).",
     )
     parser.add_argument("--space", type=Path, default=None, help="search space YAML (default: the embedded digits space, no download)")
@@ -81,9 +89,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the exit code (2 for bad input, before any work starts)."""
-    args = build_parser().parse_args(argv)
+def main(argv: Sequence[str] | None = None, *, prog: str = "run_search.py") -> int:
+    """Entry point; returns the exit code (2 for bad input, before any work starts).
+
+    Help and argument errors answer before torch and Ray are imported.
+    """
+    missing = missing_dependencies()
+    if missing:
+        print(
+            f"error: {sys.executable} cannot import {', '.join(missing)}: run neqtune with the Python of its virtualenv "
+            "(.venv/bin/python); on a Ray cluster, start the head from the activated virtualenv (README, 'Running on a cluster')",
+            file=sys.stderr,
+        )
+        return 2
+    args = build_parser(prog).parse_args(argv)
     if args.resume is not None:
         from search.experiment import ClusterError, resume_search
 
@@ -103,6 +122,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         if value is not None
     }
+    from search.space import SpaceError, load_space
+
     try:
         space = load_space(args.space, overrides=args.overrides, search_overrides=search_overrides)
     except SpaceError as err:
@@ -159,3 +180,7 @@ def print_pareto(front: list[dict[str, Any]], *, searched: list[str], metrics: l
         values = ", ".join(f"{key}={row.get(key)}" for key in searched)
         scores = ", ".join(f"{m}={row.get(m):.6g}" for m in metrics)
         print(f"  {row['trial_id']}: {values}: {scores}, test_top1_at_best_val={row.get('test_top1_at_best_val', float('nan')):.2f}")
+
+
+if __name__ == "__main__":
+    sys.exit(main(prog="python -m search.cli"))
