@@ -217,6 +217,26 @@ def probe_address(address: str, timeout_s: float = PROBE_TIMEOUT_S) -> None:
         raise ClusterError(f"--address {address}: no Ray cluster reachable there ({err.strerror or err})") from None
 
 
+# Ray's logger that announces the token authentication of a new local cluster.
+RAY_TOKEN_SETUP_LOGGER = "ray._private.authentication.authentication_token_setup"
+
+
+class TokenNoticeFilter(logging.Filter):
+    """Drops Ray's notice that it turned token authentication on for a new local cluster.
+
+    When neqtune starts Ray on this machine, Ray enables token authentication
+    by default (the token lives in ``~/.ray/auth_token``) and warns about it on
+    every run. That cluster is neqtune's own, so the notice says nothing the
+    user must act on; every other message of that logger passes, and joining
+    a cluster (``--address``, ``RAY_ADDRESS``) filters nothing.
+    """
+
+    NOTICE = "Token authentication is enabled for this Ray cluster"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.NOTICE)
+
+
 def start_ray(address: str | None) -> None:
     """Join the cluster at ``address`` (or ``RAY_ADDRESS``), else start Ray on this machine.
 
@@ -236,10 +256,16 @@ def start_ray(address: str | None) -> None:
         kwargs["num_cpus"] = os.cpu_count() or 1
     else:
         kwargs.pop("include_dashboard")
+    token_setup = logging.getLogger(RAY_TOKEN_SETUP_LOGGER)
+    notice = TokenNoticeFilter()
+    if _local_ray(address):
+        token_setup.addFilter(notice)
     try:
         ray.init(address=address, **kwargs)
     except ConnectionError as err:
         raise ClusterError(f"--address {address or os.environ.get('RAY_ADDRESS')}: {str(err).strip().splitlines()[0]}") from None
+    finally:
+        token_setup.removeFilter(notice)
 
 
 def check_shared_storage(storage: str, *, node_ips: list[str], driver_ip: str, shared: bool) -> None:
