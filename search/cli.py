@@ -51,8 +51,18 @@ def build_parser(prog: str = "run_search.py") -> argparse.ArgumentParser:
         description="Search how to fine-tune a network under a parameter budget (Ray Tune + Optuna).",
     )
     parser.add_argument("--space", type=Path, default=None, help="search space YAML (default: the embedded digits space, no download)")
+    parser.add_argument(
+        "--variant",
+        default=None,
+        help="a recipe of the space's 'variants' section (the study's spaces: 'paper', the recipe the paper states)",
+    )
     parser.add_argument("--name", default=None, help="experiment directory name (default: the space's experiment name + a timestamp)")
-    parser.add_argument("--results", type=Path, default=Path("results"), help="where experiment directories go (default: ./results)")
+    parser.add_argument(
+        "--results",
+        type=Path,
+        default=None,
+        help="where experiment directories go (default: $NEQ_RESULTS, else ./results; inside a Ray job: ~/neqtune-results)",
+    )
     parser.add_argument("--address", default=None, help="join a running Ray cluster: 'auto' or HOST:PORT (default: start Ray here)")
     parser.add_argument(
         "--storage",
@@ -103,6 +113,18 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "run_search.py") -> i
         )
         return 2
     args = build_parser(prog).parse_args(argv)
+    from search.locations import default_results_dir, outside_ray_package
+
+    explicit = [("--results", args.results), ("--storage", args.storage), ("--resume", args.resume)]
+    for flag, value in explicit:
+        refused = outside_ray_package(flag, value) if value is not None else None
+        if refused:
+            print(f"error: {refused}", file=sys.stderr)
+            return 2
+    if args.results is None:
+        args.results, note = default_results_dir()
+        if note and not args.dry_run:
+            print(note)
     if args.resume is not None:
         from search.experiment import ClusterError, resume_search
 
@@ -111,7 +133,7 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "run_search.py") -> i
         except ClusterError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
-        return report_outcome(outcome, args.results, searched=list(outcome.searched))
+        return report_outcome(outcome, searched=list(outcome.searched))
     search_overrides = {
         key: value
         for key, value in (
@@ -123,22 +145,31 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "run_search.py") -> i
         if value is not None
     }
     from search.space import SpaceError, load_space
+    from trainables.config import ConfigError
 
-    try:
-        space = load_space(args.space, overrides=args.overrides, search_overrides=search_overrides)
-    except SpaceError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
     if args.dry_run:
-        from search.dry_run import describe_space
+        from search.dry_run import dry_run
 
         try:
-            report = describe_space(space)
+            report, problems = dry_run(args.space, overrides=args.overrides, search_overrides=search_overrides, variant=args.variant)
         except SpaceError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
         print("\n".join(report))
-        return 0
+        for problem in problems:
+            print(f"error: {problem}", file=sys.stderr)
+        return 2 if problems else 0
+    try:
+        space = load_space(args.space, overrides=args.overrides, search_overrides=search_overrides, variant=args.variant)
+        from search.weights import fetch_space_weights
+
+        fetch_space_weights(space)  # before Ray starts: a run that cannot get its weights is refused here
+    except SpaceError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except ConfigError as err:
+        print(f"error: {space.source}: {err}", file=sys.stderr)
+        return 2
 
     from search.experiment import ClusterError, run_search
 
@@ -149,17 +180,23 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "run_search.py") -> i
     except ClusterError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    return report_outcome(outcome, args.results, searched=list(space.search.params))
+    return report_outcome(outcome, searched=list(space.search.params))
 
 
-def report_outcome(outcome: SearchOutcome, results: Path, *, searched: list[str]) -> int:
-    """Print where the results are and the best trial; the exit code (1 if a trial failed or none finished)."""
+def report_outcome(outcome: SearchOutcome, *, searched: list[str]) -> int:
+    """Print where the results are and the best trial; the exit code (1 if a trial failed or none finished).
+
+    The closing line names the TensorBoard directory as an absolute path
+    (the parent of the experiment directory, which holds its event files).
+    """
     print(f"\nneqtune: {outcome.num_trials} trials ({outcome.errors} failed) in {outcome.wall_time_s:.0f} s")
     print(f"results: {outcome.location or outcome.experiment_dir}  (epochs.parquet, trials.parquet, tensorboard/)")
     if outcome.location and outcome.location != str(outcome.experiment_dir):
         print(f"tensorboard files: {outcome.experiment_dir}")
+    view = f"view the curves: tensorboard --logdir {outcome.experiment_dir.absolute().parent}"
     if outcome.best is None:
         print("no trial finished")
+        print(view)
         return 1
     best = outcome.best
     values = ", ".join(f"{key}={best.get(key)}" for key in searched)
@@ -169,7 +206,7 @@ def report_outcome(outcome: SearchOutcome, results: Path, *, searched: list[str]
     )
     if outcome.pareto is not None:
         print_pareto(outcome.pareto, searched=searched, metrics=list(outcome.objectives))
-    print(f"view the curves: tensorboard --logdir {results}")
+    print(view)
     return 0 if outcome.errors == 0 else 1
 
 

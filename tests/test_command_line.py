@@ -81,3 +81,46 @@ def test_a_python_without_the_dependencies_is_named_in_one_line(tmp_path: Path) 
     assert len(lines) == 1, done.stderr
     assert lines[0].startswith(f"error: {python} cannot import yaml, optuna, ray, torch")
     assert "virtualenv" in lines[0] and "Traceback" not in done.stderr
+
+
+# --- where results go inside a Ray job ---------------------------------------------------------------------------------
+def ray_job_dir(tmp_path: Path) -> Path:
+    """A directory laid out like Ray's copy of a job's --working-dir."""
+    package = tmp_path / "session_x" / "runtime_resources" / "working_dir_files" / "_ray_pkg_0123abcd"
+    package.mkdir(parents=True)
+    return package
+
+
+def test_results_inside_a_ray_jobs_package_go_to_a_durable_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from search.locations import default_results_dir, ray_package_dir
+
+    package = ray_job_dir(tmp_path)
+    assert ray_package_dir(package / "results" / "exp") == package and ray_package_dir(tmp_path / "results") is None
+    monkeypatch.delenv("NEQ_RESULTS", raising=False)
+    assert default_results_dir() == (Path("results"), None)  # outside a job: ./results, as always
+    monkeypatch.chdir(package)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    results, note = default_results_dir()
+    assert results == tmp_path / "home" / "neqtune-results"
+    assert note is not None and str(package) in note and f"results go to {results}" in note and "\n" not in note
+    monkeypatch.setenv("NEQ_RESULTS", str(tmp_path / "shared"))
+    assert default_results_dir() == (tmp_path / "shared", None)
+
+
+@pytest.mark.parametrize("flag", ["--results", "--storage", "--resume"])
+def test_a_path_inside_a_ray_jobs_package_is_refused(flag: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    package = ray_job_dir(tmp_path)
+    monkeypatch.chdir(package)
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "run_search.py"), flag, "results/exp" if flag == "--resume" else "results"],
+        capture_output=True, text=True, cwd=package, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {flag} results")
+    assert f"lies inside the Ray job's working directory {package}, Ray's package cache" in lines[0]
+    assert not (package / "results").exists()
+    absolute = subprocess.run(
+        [sys.executable, str(ROOT / "run_search.py"), "--storage", "s3://bucket/x", "--help"], capture_output=True, text=True, cwd=package
+    )
+    assert absolute.returncode == 0  # a URI is never refused
