@@ -18,6 +18,7 @@ from ray.tune.stopper import Stopper
 from search.pareto import PARETO_TABLE, pareto_front
 from search.recorder import ResultRecorder, read_results
 from search.space import ParamSpec, SearchConfig, Space, build_space
+from search.study import StudyRecorder
 from search.tables import config_column_types, is_uri, resolve_location, rows_to_table, write_atomic
 from trainables.config import TrialConfig
 from trainables.tune_adapter import budgeted_trainable
@@ -477,7 +478,7 @@ def run_search(
         run_config=tune.RunConfig(
             name=experiment,
             storage_path=root,
-            callbacks=tune_callbacks(recorder),
+            callbacks=tune_callbacks(recorder, study_recorder(space, experiment_dir, experiment)),
             stop=build_stopper(space),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             failure_config=tune.FailureConfig(max_failures=search.max_failures),
@@ -487,11 +488,17 @@ def run_search(
     return finish_search(tuner, recorder, space, experiment_dir=experiment_dir, started=started)
 
 
-def tune_callbacks(recorder: ResultRecorder) -> list[Any]:
-    """The driver's Tune callbacks: our recorder, and Ray's per-trial ``result.json`` log (which a resume backfills from)."""
+def study_recorder(space: Space, experiment_dir: Path, experiment: str) -> StudyRecorder:
+    """The callback that keeps the experiment's trials in ``optuna.db`` (see :mod:`search.study`)."""
+    search = space.search
+    return StudyRecorder(experiment_dir, experiment, params=search.params, metrics=search.metrics, modes=search.modes, base=space.base)
+
+
+def tune_callbacks(recorder: ResultRecorder, study: StudyRecorder) -> list[Any]:
+    """The driver's Tune callbacks: our recorder, the study in ``optuna.db``, Ray's ``result.json`` log (a resume backfills from it)."""
     from ray.tune.logger import JsonLoggerCallback
 
-    return [recorder, JsonLoggerCallback()]
+    return [recorder, study, JsonLoggerCallback()]
 
 
 def resume_search(
@@ -545,7 +552,7 @@ def resume_search(
     # The recorder saved with the experiment belongs to the dead driver; supply the callbacks again.
     internal = tuner._local_tuner  # Tuner has no public setter for the restored run config
     assert internal is not None, "resuming through Ray Client is not supported"
-    internal.get_run_config().callbacks = tune_callbacks(recorder)
+    internal.get_run_config().callbacks = tune_callbacks(recorder, study_recorder(space, experiment_dir, experiment))
     budget = internal.get_run_config().stop
     if isinstance(budget, TrialEpochBudget):  # the budget counts what the dead driver's trials spent
         budget.spent = reported_epochs(location)
