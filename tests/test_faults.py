@@ -195,6 +195,16 @@ def test_sigkilled_driver_resumes_with_every_trial_epoch_exactly_once(tmp_path: 
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=7))
     expected = [study.ask({"training.lr": optuna.distributions.FloatDistribution(0.01, 0.3, log=True)}).params["training.lr"] for _ in range(4)]
     assert sorted(trials["training.lr"]) == pytest.approx(sorted(expected), rel=1e-12)
+    # optuna.db was reopened by the resumed driver and is current: each trial once, complete, with every epoch.
+    stored = optuna.load_study(study_name="exp", storage=f"sqlite:///{experiment / 'optuna.db'}").get_trials()
+    assert sorted(t.user_attrs["tune_trial_id"] for t in stored) == sorted(trials.trial_id)
+    assert {t.state for t in stored} == {optuna.trial.TrialState.COMPLETE}
+    by_id = trials.set_index("trial_id")
+    for frozen in stored:
+        curve = after[after.trial_id == frozen.user_attrs["tune_trial_id"]].sort_values("epoch")
+        assert frozen.intermediate_values == pytest.approx(dict(zip(curve.epoch, curve.best_val_top1, strict=True)))
+        assert frozen.value == pytest.approx(by_id.loc[frozen.user_attrs["tune_trial_id"], "best_val_top1"])
+        assert frozen.params["training.lr"] == pytest.approx(by_id.loc[frozen.user_attrs["tune_trial_id"], "training.lr"])
 
 
 # --- durable tables -------------------------------------------------------------------------------------------------
