@@ -11,7 +11,9 @@ committed at once, so the file is current while the search runs. On
 ``--resume`` the same file is opened again: trials are found by their Tune
 trial id (user attribute ``tune_trial_id``), epochs that resumed trials
 report again overwrite their values, and trials the dead driver never saw
-end are completed from Tune's restored state.
+end are completed from Tune's restored state; a trial the dead driver had
+just started but Tune's saved state never recorded ends ``FAIL`` (the
+resumed search runs another in its place).
 
 Optuna's tools then work on the file::
 
@@ -214,5 +216,23 @@ class StudyRecorder(Callback):  # type: ignore[misc]
                 self._finish(trial, self._ended_state(trial))
             elif trial.status == Trial.ERROR:
                 self._finish(trial, TrialState.FAIL)
+        self._fail_unknown(trials)
         if self._storage is not None:
             self._storage.remove_session()
+
+    def _fail_unknown(self, trials: list[Trial]) -> None:
+        """Mark ``FAIL`` the running trials of the study that Tune does not know.
+
+        A driver killed right after a trial started leaves it ``RUNNING`` here
+        while the experiment state Tune saved before never heard of it; the
+        resumed search runs a new trial instead, and the old one would stay
+        ``RUNNING`` for ever.
+        """
+        storage = self._open()
+        known = {trial.trial_id for trial in trials}
+        for tune_id, trial_id in self._trial_ids.items():
+            if tune_id not in known and not self._is_finished(trial_id):
+                storage.set_trial_user_attr(
+                    trial_id, "fail_reason", "its driver died before Tune's experiment state recorded it; the resumed search ran another"
+                )
+                storage.set_trial_state_values(trial_id, state=TrialState.FAIL)

@@ -197,10 +197,12 @@ def test_sigkilled_driver_resumes_with_every_trial_epoch_exactly_once(tmp_path: 
     assert sorted(trials["training.lr"]) == pytest.approx(sorted(expected), rel=1e-12)
     # optuna.db was reopened by the resumed driver and is current: each trial once, complete, with every epoch.
     stored = optuna.load_study(study_name="exp", storage=f"sqlite:///{experiment / 'optuna.db'}").get_trials()
-    assert sorted(t.user_attrs["tune_trial_id"] for t in stored) == sorted(trials.trial_id)
-    assert {t.state for t in stored} == {optuna.trial.TrialState.COMPLETE}
+    complete = [t for t in stored if t.state == optuna.trial.TrialState.COMPLETE]
+    assert sorted(t.user_attrs["tune_trial_id"] for t in complete) == sorted(trials.trial_id)
+    # A trial the killed driver had just started, unknown to Tune's saved state, is not left RUNNING.
+    assert all(t.state == optuna.trial.TrialState.FAIL and "driver died" in t.user_attrs["fail_reason"] for t in stored if t not in complete)
     by_id = trials.set_index("trial_id")
-    for frozen in stored:
+    for frozen in complete:
         curve = after[after.trial_id == frozen.user_attrs["tune_trial_id"]].sort_values("epoch")
         assert frozen.intermediate_values == pytest.approx(dict(zip(curve.epoch, curve.best_val_top1, strict=True)))
         assert frozen.value == pytest.approx(by_id.loc[frozen.user_attrs["tune_trial_id"], "best_val_top1"])

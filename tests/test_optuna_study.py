@@ -163,3 +163,39 @@ def test_distributions_follow_the_space() -> None:
     assert distributions["training.momentum"] == FloatDistribution(0.0, 0.9)
     assert distributions["training.epochs"] == IntDistribution(2, 5)  # Tune's randint leaves the upper bound out
     assert distributions["training.no_wd_keys"] == CategoricalDistribution(["['norm']", "['norm', 'bias']"])
+
+
+def test_a_resumed_recorder_reopens_the_study_and_fails_the_trials_tune_forgot(tmp_path: Path) -> None:
+    import pickle
+
+    from ray.train._internal.storage import StorageContext
+    from ray.tune.experiment import Trial
+
+    from search.study import StudyRecorder
+
+    def stub(trial_id: str, lr: float) -> Trial:
+        storage = StorageContext(storage_path=str(tmp_path / "ray"), experiment_dir_name="exp", trial_dir_name=f"trial_{trial_id}")
+        return Trial("neqtune", config={"training.lr": lr}, trial_id=trial_id, stub=True, storage=storage)
+
+    def recorder() -> StudyRecorder:
+        return StudyRecorder(
+            tmp_path, "exp", params={"training.lr": ParamSpec(loguniform=[0.01, 0.3])}, metrics=["best_val_top1"], modes=["max"],
+            base={"training": {"epochs": 2}},
+        )  # fmt: skip
+
+    first = recorder()
+    a, b = stub("a", 0.05), stub("b", 0.1)
+    first.on_trial_start(0, [a], a)
+    first.on_trial_result(0, [a], a, {"epoch": 1, "best_val_top1": 40.0})
+    first.on_trial_start(0, [a, b], b)  # the driver dies here; Tune's saved state knows only a
+    resumed = pickle.loads(pickle.dumps(recorder()))  # Tune pickles its callbacks with the experiment
+    resumed.on_trial_result(0, [a], a, {"epoch": 1, "best_val_top1": 41.0})  # a resumed trial reports epoch 1 again
+    resumed.on_trial_result(0, [a], a, {"epoch": 2, "best_val_top1": 45.0})
+    a.status = Trial.TERMINATED
+    resumed.on_trial_complete(0, [a], a)
+    resumed.on_experiment_end([a])
+    trials = {t.user_attrs["tune_trial_id"]: t for t in load(tmp_path / OPTUNA_DB).get_trials()}
+    assert set(trials) == {"a", "b"}
+    assert trials["a"].state == TrialState.COMPLETE and trials["a"].value == 45.0
+    assert trials["a"].intermediate_values == {1: 41.0, 2: 45.0} and trials["a"].params == {"training.lr": 0.05}
+    assert trials["b"].state == TrialState.FAIL and "driver died" in trials["b"].user_attrs["fail_reason"]
