@@ -28,6 +28,15 @@ short, run from the random initialisation); ``random`` masks are drawn by the
 policy from a seeded generator; ``su`` masks are the scheme's static mask
 (not for resnet18, whose convs the study's SU indices do not fit).
 
+Memory budgets (``suite`` ``memory``): the MCUNet-zoo models at the memory
+budgets of SU schemes 1, 3 and 5 (TraDy's), with ``su`` and ``random`` masks on
+input channels and ``velocity`` on neurons (filling the memory budget, and
+``velocity-weight`` at the scheme's parameter budget), each on the masked path
+and the engine with ``bn_update`` all and selected. The bytes the convs save
+for backward are compared with the cost model's kept activations x batch x
+4 bytes, and what remains is split (other saved tensors, gradients, optimizer
+state).
+
 Memory (``memory_mib``): what a step holds beyond the weights: the bytes of
 the tensors autograd saves for backward (counted with
 ``torch.autograd.graph.saved_tensors_hooks``, each storage once, parameters
@@ -40,6 +49,7 @@ Usage::
     python -m benchmarks.update_step                  # 128 px, batch 32, three models
     python -m benchmarks.update_step --quick          # tiny sizes, one round
     python -m benchmarks.update_step --models mbv2-w0.35 --repeats 5 --out /tmp/bench
+    python -m benchmarks.update_step --suite memory   # memory budgets only -> update_step_memory.*
 """
 
 from __future__ import annotations
@@ -62,13 +72,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainables.config import ModelConfig, TrainingConfig
+from trainables.budgets import ResolvedBudget, build_budget, scheme_su_mask
+from trainables.config import BudgetConfig, ModelConfig, TrainingConfig, from_mapping
+from trainables.costs import Pricing, Unit, mask_memory, network_memory
 from trainables.cpu import prepare_cpu
-from trainables.engine import SparseUpdateEngine
+from trainables.engine import SparseUpdateEngine, parameter_masks
 from trainables.models import build_model, model_names
 from trainables.neurons import Masks, conv_layers, conv_neuron_params, layer_flops, total_params
 from trainables.optim import MaskedAdam, MaskedSGD
-from trainables.policies import select_neurons, su_update_mask
+from trainables.policies import select_neurons, select_units, su_update_mask
 from trainables.schemes import get_scheme
 from trainables.trainer import build_optimizer
 from trainables.velocity import VelocityTracker
@@ -84,12 +96,25 @@ POLICIES = ("velocity", "random", "su")
 NUM_CLASSES = 10
 MIB = 2**20
 
+MEMORY_SCHEMES: dict[str, str] = {"mbv2-w0.35-zoo": "mbv2-w0.35", "mcunet-in1": "mcunet-in1", "proxyless-w0.3": "proxyless-w0.3"}
+"""Models of the memory-budget conditions, with the prefix of their SU schemes (budgets of schemes 1, 3 and 5)."""
+MEMORY_POLICIES: dict[str, tuple[str, Unit]] = {
+    "su": ("su", "input_channel"),
+    "random": ("random", "input_channel"),
+    "velocity": ("velocity", "neuron"),
+    "velocity-weight": ("velocity", "neuron"),
+}
+"""Masks of the memory conditions: policy and unit. ``velocity`` fills the memory budget (neurons pay their group's
+input once); ``velocity-weight`` is TraDy's comparison: the study's parameter budget equal to the weight part of the
+SU scheme, whatever memory its neurons' inputs take."""
+
 
 @dataclass(frozen=True)
 class BenchConfig:
     """What to measure and where to write it."""
 
     models: tuple[str, ...] = ("mbv2-w0.35", "mbv2", "resnet18")
+    memory_models: tuple[str, ...] = tuple(MEMORY_SCHEMES)
     image_size: int = 128
     batch_size: int = 32
     repeats: int = 11
@@ -109,6 +134,8 @@ class Condition:
     policy: str = "-"
     scheme: str = "-"
     bn_update: str = "all"
+    unit: Unit = "neuron"
+    memory_budget: bool = False  # the memory-budget suite: grouped convs keep only their selected inputs
 
     @property
     def label(self) -> str:
@@ -150,11 +177,12 @@ def all_masks(model: nn.Module, value: bool) -> Masks:
     return {name: torch.full((conv.out_channels,), value, dtype=torch.bool) for name, conv in conv_layers(model).items()}
 
 
-def velocity_masks(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, budget: int) -> Masks:
+def velocity_masks(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, budget: int, pricing: Pricing | None = None) -> Masks:
     """Velocity masks from a short real run: two full SGD steps from ``model``'s weights.
 
     The tracker observes 16 fixed images before and after each step; the
-    velocities after the second step rank the neurons. ``model`` is not changed.
+    velocities after the second step rank the neurons (priced by ``pricing``,
+    the study's parameter counts if None). ``model`` is not changed.
     """
     twin = copy.deepcopy(model)
     velocity_images = inputs[:16]
@@ -169,7 +197,8 @@ def velocity_masks(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor,
             optimizer.step()
             velocities = tracker.observe([velocity_images])
     assert velocities is not None
-    return select_neurons("velocity", scores=velocities, neuron_params=conv_neuron_params(model), budget=budget)
+    pricing = pricing or Pricing.of(conv_neuron_params(model))
+    return select_units("velocity", scores=velocities, pricing=pricing, budget=budget)
 
 
 def policy_masks(policy: str, model: nn.Module, scheme_name: str, inputs: torch.Tensor, labels: torch.Tensor, seed: int) -> Masks | None:
@@ -213,41 +242,83 @@ def build_runner(condition: Condition, start: nn.Module, masks: Masks, inputs: t
     """A copy of ``start`` with the condition's engine, masks and a masked SGD."""
     model = copy.deepcopy(start)
     model.train()
-    engine = SparseUpdateEngine(model, bn_update=condition.bn_update, sparse=condition.path != "masked")  # type: ignore[arg-type]
+    engine = SparseUpdateEngine(
+        model,
+        bn_update=condition.bn_update,  # type: ignore[arg-type]
+        sparse=condition.path != "masked",
+        unit=condition.unit,
+        keep_selected_inputs=condition.memory_budget,
+    )
     # the study's path keeps whole-tensor optimizer steps; the engine's optimizer steps updated rows only
     training = TrainingConfig(
         optimizer="sgd", lr=0.01, momentum=0.9, weight_decay=4e-5, update_engine="masked" if condition.path == "masked" else "sparse"
     )
     optimizer = build_optimizer(model, training)
     engine.set_masks(masks)
-    per_param: dict[torch.Tensor, torch.Tensor] = {}
-    for name, conv in conv_layers(model).items():
-        per_param[conv.weight] = masks[name]
-        if conv.bias is not None:
-            per_param[conv.bias] = masks[name]
-    optimizer.set_update_masks(per_param)
+    optimizer.set_update_masks(parameter_masks(model, masks, condition.unit))
     return Runner(condition, model, engine, optimizer, masks, inputs, labels)
 
 
-def step_memory(runner: Runner) -> tuple[int, int, int]:
-    """Bytes saved for backward, of parameter gradients, and of optimizer state, in one step."""
+@dataclass(frozen=True)
+class StepMemory:
+    """Bytes one training step holds beyond the weights.
+
+    Attributes:
+        conv_inputs: tensors the convs save for backward (their inputs, or the selected channels of them).
+        other_saved: every other saved tensor (normalisation, activation functions, pooling, the classifier).
+        grads: parameter gradients.
+        optimizer: optimizer state after the step.
+    """
+
+    conv_inputs: int
+    other_saved: int
+    grads: int
+    optimizer: int
+
+    @property
+    def saved(self) -> int:
+        return self.conv_inputs + self.other_saved
+
+    @property
+    def total(self) -> int:
+        return self.saved + self.grads + self.optimizer
+
+
+def step_memory(runner: Runner) -> StepMemory:
+    """Measure one step: saved-for-backward bytes (each storage once, parameters excluded) split by who saved them."""
     parameter_storages = {p.untyped_storage().data_ptr() for p in runner.model.parameters()}
-    saved: dict[int, int] = {}
+    saved: dict[int, tuple[int, bool]] = {}  # storage -> (bytes, saved by a conv)
+    inside_conv: list[str] = []
 
     def pack(tensor: torch.Tensor) -> torch.Tensor:
         storage = tensor.untyped_storage()
-        if storage.data_ptr() not in parameter_storages:
-            saved[storage.data_ptr()] = storage.nbytes()
+        pointer = storage.data_ptr()
+        if pointer not in parameter_storages:
+            by_conv = bool(inside_conv) or saved.get(pointer, (0, False))[1]
+            saved[pointer] = (storage.nbytes(), by_conv)
         return tensor
 
+    def enter(module: nn.Module, args: object) -> None:
+        inside_conv.append(type(module).__name__)
+
+    def leave(module: nn.Module, args: object, output: object) -> None:
+        inside_conv.pop()
+
+    convs = conv_layers(runner.model).values()
+    handles = [h for conv in convs for h in (conv.register_forward_pre_hook(enter), conv.register_forward_hook(leave))]
     runner.optimizer.zero_grad(set_to_none=True)
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        loss = F.cross_entropy(runner.model(runner.inputs), runner.labels)
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            loss = F.cross_entropy(runner.model(runner.inputs), runner.labels)
+    finally:
+        for handle in handles:
+            handle.remove()
     loss.backward()
     grads = sum(p.grad.nbytes for p in runner.model.parameters() if p.grad is not None)
     runner.optimizer.step()
     state = sum(v.nbytes for s in runner.optimizer.state.values() for v in s.values() if isinstance(v, torch.Tensor))
-    return sum(saved.values()), grads, state
+    conv_inputs = sum(size for size, by_conv in saved.values() if by_conv)
+    return StepMemory(conv_inputs, sum(size for size, by_conv in saved.values() if not by_conv), grads, state)
 
 
 def layer_wgrad_seconds(model: nn.Module, inputs: torch.Tensor, repeats: int = 5) -> dict[str, float]:
@@ -302,15 +373,35 @@ def mask_summary(model: nn.Module, masks: Masks, flops: dict[str, int], wgrad_se
     far more memory than its FLOPs suggest.
     """
     params = conv_neuron_params(model)
-    counts = [int(m.sum()) for m in masks.values()]
     return {
         "wgrad_flop_share": _updated_share(masks, {n: float(f) for n, f in flops.items()}),
         "wgrad_time_share": _updated_share(masks, wgrad_seconds) if wgrad_seconds else math.nan,
         "params_updated": int(sum(int(params[n][m].sum()) for n, m in masks.items())),
+        **conv_counts(masks),
+    }
+
+
+def conv_counts(masks: Masks) -> dict[str, int]:
+    """How many convs the masks update fully, partly, or not at all (any unit)."""
+    counts = [int(m.sum()) for m in masks.values()]
+    return {
         "convs_full": sum(c == m.numel() for c, m in zip(counts, masks.values(), strict=True)),
         "convs_partial": sum(0 < c < m.numel() for c, m in zip(counts, masks.values(), strict=True)),
         "convs_frozen": sum(c == 0 for c in counts),
     }
+
+
+def time_rounds(runners: Sequence[Runner], config: BenchConfig, generator: torch.Generator, log: Callable[[str], None]) -> None:
+    """Warm-up then timed rounds of one step per runner; each runner's times gather in ``runner.times``."""
+    for round_index in range(config.warmup + config.repeats):
+        # a fresh seeded order every round: no condition always runs after the same one
+        # (the caches and the allocator it leaves behind) or at the same point of the round
+        order = torch.randperm(len(runners), generator=generator).tolist()
+        for runner in (runners[i] for i in order):
+            elapsed = runner.timed_step()
+            if round_index >= config.warmup:
+                runner.times.append(elapsed)
+        log(f"  round {round_index + 1}/{config.warmup + config.repeats} done")
 
 
 def benchmark_model(model_name: str, config: BenchConfig, log: Callable[[str], None]) -> list[dict[str, object]]:
@@ -323,22 +414,14 @@ def benchmark_model(model_name: str, config: BenchConfig, log: Callable[[str], N
     conditions = model_conditions(model_name, start, inputs, labels, config.seed)
     runners = [build_runner(c, start, m, inputs, labels) for c, m in conditions]
     log(f"{model_name}: {len(runners)} conditions, {config.warmup} warm-up + {config.repeats} timed rounds")
-    for round_index in range(config.warmup + config.repeats):
-        # a fresh seeded order every round: no condition always runs after the same one
-        # (the caches and the allocator it leaves behind) or at the same point of the round
-        order = torch.randperm(len(runners), generator=generator).tolist()
-        for runner in (runners[i] for i in order):
-            elapsed = runner.timed_step()
-            if round_index >= config.warmup:
-                runner.times.append(elapsed)
-        log(f"  round {round_index + 1}/{config.warmup + config.repeats} done")
+    time_rounds(runners, config, generator, log)
     total = total_params(conv_neuron_params(start))
     flops = layer_flops(start, inputs[:1])
     wgrad_seconds = layer_wgrad_seconds(copy.deepcopy(start), inputs)
     rows: list[dict[str, object]] = []
     for runner in runners:
         c = runner.condition
-        saved, grads, state = step_memory(runner)
+        memory = step_memory(runner)
         budget = get_scheme(SCHEMES[model_name][c.scheme]).budget_params(total) if c.scheme != "-" else total if c.path == "full" else 0
         rows.append(
             {
@@ -353,13 +436,182 @@ def benchmark_model(model_name: str, config: BenchConfig, log: Callable[[str], N
                 "step_s": statistics.median(runner.times),
                 "step_min_s": min(runner.times),
                 "rounds": len(runner.times),
-                "saved_mib": saved / MIB,
-                "grads_mib": grads / MIB,
-                "optimizer_mib": state / MIB,
-                "memory_mib": (saved + grads + state) / MIB,
+                "unit": c.unit,
+                "saved_mib": memory.saved / MIB,
+                "grads_mib": memory.grads / MIB,
+                "optimizer_mib": memory.optimizer / MIB,
+                "memory_mib": memory.total / MIB,
             }
         )
     return rows
+
+
+# --- memory budgets -----------------------------------------------------------
+
+
+def memory_conditions(
+    model_name: str, model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, seed: int, image_size: int
+) -> list[tuple[Condition, Masks, ResolvedBudget]]:
+    """The memory-budget conditions of one model: masks of every policy at the budgets of schemes 1, 3 and 5."""
+    conditions: list[tuple[Condition, Masks, ResolvedBudget]] = []
+    for number in ("1", "3", "5"):
+        scheme_name = f"{MEMORY_SCHEMES[model_name]}_scheme_{number}"
+        on_channels = build_budget(
+            from_mapping(BudgetConfig, {"policy": "su", "unit": "input_channel", "scheme": scheme_name}), model, model_name=model_name, image_size=image_size
+        )
+        for label, (policy, unit) in MEMORY_POLICIES.items():
+            # the scheme sets a memory budget on input channels, a parameter budget on neurons (velocity-weight);
+            # velocity fills the input channels' memory budget with neurons
+            values: dict[str, object] = {"policy": policy, "unit": unit, "scheme": scheme_name}
+            if label == "velocity":
+                values["memory"] = on_channels.amount
+            budget = from_mapping(BudgetConfig, values, "budget")
+            resolved = build_budget(budget, model, model_name=model_name, image_size=image_size)
+            if policy == "su":
+                masks = scheme_su_mask(model, budget, resolved)
+            elif policy == "velocity":
+                masks = velocity_masks(model, inputs, labels, resolved.amount, resolved.pricing)
+            else:
+                generator = torch.Generator().manual_seed(seed)
+                masks = select_units("random", scores=None, pricing=resolved.pricing, budget=resolved.amount, generator=generator)
+            for path, bn_update in (("masked", "all"), ("engine", "all"), ("engine-selected", "selected")):
+                condition = Condition(model_name, path, label, number, bn_update, unit, memory_budget=resolved.kind == "memory")
+                conditions.append((condition, masks, resolved))
+    return conditions
+
+
+def benchmark_memory_model(model_name: str, config: BenchConfig, log: Callable[[str], None]) -> list[dict[str, object]]:
+    """Time and measure the memory conditions of one model; one row per condition."""
+    torch.manual_seed(config.seed)
+    start = build_model(ModelConfig(name=model_name), NUM_CLASSES)
+    generator = torch.Generator().manual_seed(config.seed)
+    inputs = torch.randn(config.batch_size, 3, config.image_size, config.image_size, generator=generator)
+    labels = torch.randint(0, NUM_CLASSES, (config.batch_size,), generator=generator)
+    plain = build_budget(from_mapping(BudgetConfig, {"policy": "full"}, "budget"), start, model_name=model_name, image_size=config.image_size)
+    everything = (Condition(model_name, "full"), all_masks(start, True), plain)
+    nothing = (Condition(model_name, "bound"), all_masks(start, False), plain)
+    conditions = [everything, nothing, *memory_conditions(model_name, start, inputs, labels, config.seed, config.image_size)]
+    runners = [(build_runner(c, start, m, inputs, labels), r) for c, m, r in conditions]
+    log(f"{model_name} (memory budgets): {len(runners)} conditions, {config.warmup} warm-up + {config.repeats} timed rounds")
+    time_rounds([runner for runner, _ in runners], config, generator, log)
+    rows: list[dict[str, object]] = []
+    for runner, resolved in runners:
+        c = runner.condition
+        use = mask_memory(runner.masks, resolved.costs, c.unit)
+        memory = step_memory(runner)
+        predicted = use.activation_elements * config.batch_size * inputs.element_size()
+        rows.append(
+            {
+                "model": c.model,
+                "path": c.path,
+                "policy": c.policy,
+                "scheme": c.scheme,
+                "bn_update": c.bn_update,
+                "unit": c.unit,
+                "budget_kind": resolved.kind if c.scheme != "-" else "-",
+                "budget": resolved.amount if c.scheme != "-" else network_memory(resolved.costs),
+                "memory_used": use.elements,
+                "weight_elements": use.weight_elements,
+                "activation_elements": use.activation_elements,
+                "activation_sparsity_pct": use.activation_sparsity_pct,
+                "wgrad_flops_saved_pct": use.wgrad_flops_saved_pct,
+                **conv_counts(runner.masks),
+                "step_s": statistics.median(runner.times),
+                "step_min_s": min(runner.times),
+                "rounds": len(runner.times),
+                "conv_inputs_mib": memory.conv_inputs / MIB,
+                "predicted_conv_inputs_mib": predicted / MIB,
+                "other_saved_mib": memory.other_saved / MIB,
+                "saved_mib": memory.saved / MIB,
+                "grads_mib": memory.grads / MIB,
+                "optimizer_mib": memory.optimizer / MIB,
+                "memory_mib": memory.total / MIB,
+            }
+        )
+    return rows
+
+
+def add_memory_ratios(table: pd.DataFrame) -> pd.DataFrame:
+    """Step time and memory against the full update and the bound; the prediction error of the kept conv inputs."""
+    table = table.copy()
+    per_model = table.set_index("model")
+    for path, suffix in (("full", "full"), ("bound", "bound")):
+        reference = per_model[per_model.path == path]
+        table[f"vs_{suffix}"] = table.step_s.to_numpy() / reference.step_s.reindex(table.model).to_numpy()
+        table[f"memory_vs_{suffix}"] = table.memory_mib.to_numpy() / reference.memory_mib.reindex(table.model).to_numpy()
+    full_saved = per_model[per_model.path == "full"].saved_mib.reindex(table.model).to_numpy()
+    table["saved_vs_full"] = table.saved_mib.to_numpy() / full_saved
+    engine = table.path.str.startswith("engine") | table.path.isin(["full", "bound"])
+    error = (table.conv_inputs_mib - table.predicted_conv_inputs_mib) / table.predicted_conv_inputs_mib.where(table.predicted_conv_inputs_mib > 0)
+    table["prediction_error_pct"] = (100 * error).where(engine)
+    # what the rules leave when the conv inputs are exactly the cost model's: norm/activation tensors, gradients, state
+    table["floor_vs_full"] = (table.memory_mib - table.conv_inputs_mib + table.predicted_conv_inputs_mib).to_numpy() / (
+        per_model[per_model.path == "full"].memory_mib.reindex(table.model).to_numpy()
+    )
+    return table
+
+
+def memory_checks(table: pd.DataFrame) -> list[dict[str, object]]:
+    """The memory-budget targets, each with the measured value and whether it holds."""
+    checks: list[dict[str, object]] = []
+
+    def check(target: str, value: float, limit: float, floor: float = math.nan) -> None:
+        checks.append({"target": target, "measured": round(float(value), 3), "limit": limit, "holds": bool(value <= limit), "floor": round(float(floor), 3), "time_floor": math.nan})
+
+    engine = table[table.path.str.startswith("engine") & (table.scheme != "-")]
+    # velocity-weight has a parameter budget: the engine then keeps a depthwise conv's whole input where most of its
+    # channels train (the faster weight gradient), more than the cost model counts, so it is left out of this check
+    bounded = engine[engine.budget_kind == "memory"]
+    if len(bounded):
+        worst = bounded.loc[bounded.prediction_error_pct.abs().idxmax()]
+        check(
+            f"conv inputs saved vs predicted, worst of {len(bounded)} memory-budget engine conditions "
+            f"({worst.model} {worst.policy} scheme {worst.scheme} {worst.path}), |error| %",
+            abs(worst.prediction_error_pct),
+            2.0,
+        )
+    for row in engine[(engine.policy == "su") & (engine.scheme == "1") & (engine.path == "engine-selected")].itertuples():
+        check(f"{row.model} su (input channels) scheme 1, bn_update selected: memory / full", row.memory_vs_full, 0.10, row.floor_vs_full)
+    for row in engine[engine.path == "engine"].itertuples():
+        check(f"{row.model} {row.policy} ({row.unit}) scheme {row.scheme}: step / full", row.vs_full, 0.85)
+    return checks
+
+
+def memory_markdown(table: pd.DataFrame, checks: list[dict[str, object]]) -> list[str]:
+    """The memory-budget section of the report."""
+    columns = [
+        "model", "path", "policy", "unit", "scheme", "budget", "memory_used", "activation_sparsity_pct", "convs_partial",
+        "step_s", "vs_full", "vs_bound", "conv_inputs_mib", "predicted_conv_inputs_mib", "prediction_error_pct",
+        "other_saved_mib", "grads_mib", "optimizer_mib", "memory_mib", "memory_vs_full", "floor_vs_full",
+    ]  # fmt: skip
+    shown = table[columns].copy()
+    for column in ("step_s",):
+        shown[column] = shown[column].map(lambda v: f"{v:.3f}")
+    for column in ("vs_full", "vs_bound", "memory_vs_full", "floor_vs_full"):
+        shown[column] = shown[column].map(lambda v: "-" if pd.isna(v) else f"{v:.3f}")
+    for column in ("conv_inputs_mib", "predicted_conv_inputs_mib", "other_saved_mib", "grads_mib", "optimizer_mib", "memory_mib"):
+        shown[column] = shown[column].map(lambda v: f"{v:.2f}")
+    for column in ("activation_sparsity_pct", "prediction_error_pct"):
+        shown[column] = shown[column].map(lambda v: "-" if pd.isna(v) else f"{v:.2f}")
+    lines = [
+        "",
+        "## Memory budgets",
+        "",
+        "Models of the MCUNet zoo at the memory budgets of SU schemes 1, 3 and 5 (TraDy's budgets: weight + conv-input "
+        "activation elements per image, `budget`). Masks: `su` and `random` on input channels; `velocity` on neurons "
+        "filling the same memory budget (a neuron pays its group's input once); `velocity-weight` on neurons at the scheme's "
+        "parameter budget (TraDy's comparison; its memory is not bounded). `conv_inputs_mib`: bytes the convs saved for backward, "
+        "measured; `predicted_conv_inputs_mib`: the cost model's kept activations x batch x 4 bytes. What remains: "
+        "`other_saved_mib` (normalisation, activation functions, pooling, classifier), `grads_mib`, `optimizer_mib` (SGD momentum). "
+        "`floor_vs_full`: the memory, over the full update's, with the conv inputs exactly as predicted (what the rules leave).",
+        "",
+        "| " + " | ".join(columns) + " |",
+        "|" + "---|" * len(columns),
+    ]
+    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in shown.itertuples(index=False)]
+    lines += ["", "### Memory targets", "", "| target | measured | limit | holds | floor |", "|---|---|---|---|---|"]
+    lines += [f"| {c['target']} | {c['measured']} | {c['limit']} | {'yes' if c['holds'] else 'NO'} | {_cell(c['floor'])} |" for c in checks]
+    return lines
 
 
 # --- table ------------------------------------------------------------------
@@ -430,8 +682,22 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} with {torch.get_num_threads()} threads"
 
 
-def markdown(table: pd.DataFrame, checks: list[dict[str, object]], config: BenchConfig, command: str) -> str:
-    """The results as Markdown: how they were produced, the table, the targets."""
+def markdown_header(config: BenchConfig, command: str) -> list[str]:
+    """How the results were produced."""
+    return [
+        f"# Update-step benchmark ({config.name})",
+        "",
+        f"Command: `{command}`",
+        "",
+        f"Machine: {machine()}. Input {config.image_size} px, batch {config.batch_size}, "
+        f"{config.warmup} warm-up + {config.repeats} timed rounds, conditions interleaved, each round in a fresh seeded random order; "
+        "`step_s` is the median step time (s), ratios are ratios of medians. "
+        "`memory_mib`: saved-for-backward tensors + gradients + optimizer state (MiB).",
+    ]
+
+
+def markdown(table: pd.DataFrame, checks: list[dict[str, object]]) -> str:
+    """The parameter-budget results as Markdown: the table, the targets."""
     columns = [
         "model",
         "path",
@@ -456,14 +722,10 @@ def markdown(table: pd.DataFrame, checks: list[dict[str, object]], config: Bench
         shown[column] = shown[column].map(lambda v: "-" if pd.isna(v) else f"{v:.2f}")
     shown["memory_mib"] = shown["memory_mib"].map(lambda v: f"{v:.1f}")
     lines = [
-        f"# Update-step benchmark ({config.name})",
         "",
-        f"Command: `{command}`",
+        "## Parameter budgets",
         "",
-        f"Machine: {machine()}. Input {config.image_size} px, batch {config.batch_size}, "
-        f"{config.warmup} warm-up + {config.repeats} timed rounds, conditions interleaved, each round in a fresh seeded random order; "
-        "`step_s` is the median step time (s), ratios are ratios of medians. "
-        "`memory_mib`: saved-for-backward tensors + gradients + optimizer state (MiB). "
+        "Models at the parameter budgets of schemes 1 and 3 (the study's). "
         "SU masks do not fit resnet18 (the study's SU indices are for MobileNetV2), so resnet18 has none. "
         "`floor_vs_bound`: the step time, over the bound's, if the updated rows' weight gradients cost exactly "
         "their share of the weight-gradient FLOPs times what all weight gradients cost (masked - bound); "
@@ -510,15 +772,27 @@ def run(config: BenchConfig, command: str, log: Callable[[str], None] = print) -
     """Run the benchmark, write ``<name>.parquet`` and ``<name>.md`` into ``config.out_dir``."""
     torch.set_num_threads(config.threads)
     prepare_cpu()  # as the trainer does: denormals flushed, freed memory kept for reuse
-    rows: list[dict[str, object]] = []
-    for model_name in config.models:
-        rows += benchmark_model(model_name, config, log)
-    table = add_ratios(pd.DataFrame(rows))
+    tables: list[pd.DataFrame] = []
+    text = ["\n".join(markdown_header(config, command)) + "\n"]
+    if config.models:
+        rows: list[dict[str, object]] = []
+        for model_name in config.models:
+            rows += benchmark_model(model_name, config, log)
+        params_table = add_ratios(pd.DataFrame(rows)).assign(suite="params")
+        tables.append(params_table)
+        text.append(markdown(params_table, target_checks(params_table)))
+    if config.memory_models:
+        memory_rows: list[dict[str, object]] = []
+        for model_name in config.memory_models:
+            memory_rows += benchmark_memory_model(model_name, config, log)
+        memory_table = add_memory_ratios(pd.DataFrame(memory_rows)).assign(suite="memory")
+        tables.append(memory_table)
+        text.append("\n".join(memory_markdown(memory_table, memory_checks(memory_table))) + "\n")
+    table = pd.concat(tables, ignore_index=True)
     table["image_size"] = config.image_size
     table["batch_size"] = config.batch_size
     table["machine"] = machine()
-    checks = target_checks(table)
-    write_tables(config.out_dir, config.name, table, markdown(table, checks, config, command))
+    write_tables(config.out_dir, config.name, table, "".join(text))
     return table
 
 
@@ -526,7 +800,14 @@ def parse_args(argv: Sequence[str] | None) -> BenchConfig:
     """Command-line options; argparse exits with code 2 on a bad one."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks.update_step", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes and one timed round (a smoke run)")
-    parser.add_argument("--models", nargs="+", choices=sorted(SCHEMES), help="models to benchmark (default: all three)")
+    parser.add_argument(
+        "--suite",
+        choices=("all", "params", "memory"),
+        default="all",
+        help="parameter budgets, memory budgets, or both (default); memory alone writes update_step_memory.*",
+    )
+    parser.add_argument("--models", nargs="+", choices=sorted(SCHEMES), help="models at parameter budgets (default: all three)")
+    parser.add_argument("--memory-models", nargs="+", choices=sorted(MEMORY_SCHEMES), help="models at memory budgets (default: all three)")
     parser.add_argument("--image-size", type=int, help="input side in pixels (default 128; quick: 32)")
     parser.add_argument("--batch-size", type=int, help="images per step (default 32; quick: 4)")
     parser.add_argument("--repeats", type=int, help="timed rounds (default 11; quick: 1)")
@@ -547,9 +828,10 @@ def parse_args(argv: Sequence[str] | None) -> BenchConfig:
     if unknown:
         parser.error(f"--models: unknown models {unknown}")
     return BenchConfig(
-        models=tuple(args.models) if args.models else BenchConfig.models,
+        models=() if args.suite == "memory" else tuple(args.models) if args.models else BenchConfig.models,
+        memory_models=() if args.suite == "params" else tuple(args.memory_models) if args.memory_models else BenchConfig.memory_models,
         out_dir=args.out,
-        name="update_step_quick" if args.quick else "update_step",
+        name=("update_step_quick" if args.quick else "update_step") + ("_memory" if args.suite == "memory" else ""),
         **values,
     )
 

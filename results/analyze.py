@@ -7,12 +7,15 @@ given (several are merged, as the study merged several sweep files) and
 writes into the output directory:
 
 - ``table.md``, ``table.csv``, ``table.xlsx``: the study's table, one row
-  per (model, scheme, budget in parameters, initialization, policy),
-  aggregated over seeds (mean and sample standard deviation, n - 1);
-  the XLSX also holds the Pareto front, the per-trial outcomes and the
-  problems, one sheet each;
+  per (model, scheme, budget unit, budget in parameters or in memory,
+  initialization, policy), aggregated over seeds (mean and sample standard
+  deviation, n - 1); the XLSX also holds the Pareto front(s), the
+  per-trial outcomes and the problems, one sheet each;
 - ``pareto.csv``: the trials that no other trial beats on both test top-1
-  (higher) and budget (lower);
+  (higher) and budget in parameters (lower);
+- ``pareto_memory.csv``, when some trial has a memory budget: the same
+  front over the measured memory (``memory_used``) of every trial that
+  reports it, whatever its budget;
 - ``trials.csv``: one row per trial, best epoch chosen by validation;
 - ``problems.csv``: every trial left out of the table, and why;
 - ``report.md``: all tables, as printed;
@@ -24,6 +27,11 @@ that epoch is the headline number. A crashed trial, a trial without an
 evaluated epoch, or one with epoch rows but no summary row (still running,
 or its driver stopped) is kept out of the aggregates and listed under
 problems, never dropped silently.
+
+Experiments written before memory budgets existed have no ``budget.unit``
+or memory columns: those read as not set, and such experiments are
+analysed exactly as before (the Markdown table shows memory columns only
+when some trial reports memory).
 """
 
 from __future__ import annotations
@@ -48,8 +56,15 @@ import pyarrow.parquet as pq
 # The tables search.tables writes (importing the search package would pull in Ray and torch: seconds per command).
 EPOCHS_TABLE = "epochs.parquet"
 TRIALS_TABLE = "trials.parquet"
-# The study's table rows: model, scheme, budget in parameters, initialization, policy.
-GROUP_KEYS = ("model.name", "budget.scheme", "budget_params", "budget.initialization", "budget.policy")
+# The study's table rows: model, scheme, budget unit, budget (in parameters, or in memory elements per image),
+# initialization, policy. A trial has one of the two budgets; the other is null (both are columns of its epoch rows).
+GROUP_KEYS = ("model.name", "budget.scheme", "budget.unit", "budget_params", "memory_budget", "budget.initialization", "budget.policy")
+BUDGET_AMOUNTS = ("budget_params", "memory_budget")
+# Per-epoch memory metrics a trial reports (absent in older tables); the analysis averages them over the trial's epochs.
+MEMORY_METRICS = ("memory_used", "memory_used_kb", "activation_sparsity_pct")
+BYTES_PER_ELEMENT = "budget.bytes_per_element"
+# The configured memory budget: when set, the trainer's memory budget is this number (elements per image).
+CONFIG_MEMORY = "budget.memory"
 SEED_KEY = "training.seed"
 TRIAL_KEY = ("experiment", "trial_id")
 EPOCH_COLUMNS = (
@@ -94,12 +109,15 @@ class Analysis:
         table: the study's table (see :func:`study_table`).
         pareto: the non-dominated trials (see :func:`pareto_front`).
         problems: the trials kept out of the table, with the reason.
+        pareto_memory: the non-dominated trials by measured memory (see
+            :func:`pareto_memory_front`); None when no trial has a memory budget.
     """
 
     outcomes: pd.DataFrame
     table: pd.DataFrame
     pareto: pd.DataFrame
     problems: pd.DataFrame
+    pareto_memory: pd.DataFrame | None = None
 
 
 # --- reading -----------------------------------------------------------------
@@ -234,6 +252,21 @@ def best_epoch(epoch_rows: pd.DataFrame) -> pd.Series | None:
     return evaluated.loc[evaluated["val_top1"].idxmax()]
 
 
+def _epoch_mean(epoch_rows: pd.DataFrame, column: str) -> float:
+    """Mean of a per-epoch metric over the trial's epoch rows that hold it; NaN if none does (or the column is absent)."""
+    if column not in epoch_rows.columns:
+        return math.nan
+    values = pd.to_numeric(epoch_rows[column]).dropna()
+    return float(values.mean()) if len(values) else math.nan
+
+
+def _memory_budget_kb(memory_budget: Any, bytes_per_element: Any) -> float:
+    """A memory budget (elements per image) in kB at the trial's bytes per element; NaN without a memory budget."""
+    if not _is_set(memory_budget) or not _is_set(bytes_per_element):
+        return math.nan
+    return float(memory_budget) * float(bytes_per_element) / 1024
+
+
 def _trial_outcome(experiment: str, trial_id: str, epoch_rows: pd.DataFrame, trial_row: pd.Series | None) -> dict[str, Any]:
     best = best_epoch(epoch_rows)
     epochs_seen = sorted(int(e) for e in epoch_rows["epoch"]) if not epoch_rows.empty else []
@@ -266,11 +299,17 @@ def _trial_outcome(experiment: str, trial_id: str, epoch_rows: pd.DataFrame, tri
         "best_val_top1": float(best["val_top1"]) if best is not None else math.nan,
         "best_epoch": int(best["epoch"]) if best is not None else None,
         "test_top1_at_best_val": float(best["test_top1"]) if best is not None else math.nan,
+        **{column: _epoch_mean(epoch_rows, column) for column in MEMORY_METRICS},
         "usable": usable,
         "problem": "; ".join(problems) if problems else None,
     }
     if not epoch_rows.empty:
-        row["budget_params"] = epoch_rows["budget_params"].iloc[-1]
+        for amount in BUDGET_AMOUNTS:
+            if amount in epoch_rows.columns:
+                row[amount] = epoch_rows[amount].iloc[-1]
+    elif not _is_set(row["memory_budget"]):  # crashed before an epoch: its config still names a memory budget
+        row["memory_budget"] = _config_value(epoch_rows, trial_row, CONFIG_MEMORY)
+    row["memory_budget_kb"] = _memory_budget_kb(row["memory_budget"], _config_value(epoch_rows, trial_row, BYTES_PER_ELEMENT))
     return row
 
 
@@ -282,8 +321,12 @@ def trial_outcomes(experiments: Experiments) -> pd.DataFrame:
     only epoch rows exist), the
     :data:`GROUP_KEYS` and the seed, ``epochs_run`` (the last epoch
     row: the stopping epoch), ``best_val_top1``, ``best_epoch``,
-    ``test_top1_at_best_val``, ``usable`` (ended normally with a best
-    epoch) and ``problem`` (why not, or a warning; None if all is well).
+    ``test_top1_at_best_val``, ``memory_budget_kb`` (the memory budget in
+    kB), the means over the trial's epochs of :data:`MEMORY_METRICS`
+    (``memory_used`` in elements per image, ``memory_used_kb``,
+    ``activation_sparsity_pct``; NaN when its table has none), ``usable``
+    (ended normally with a best epoch) and ``problem`` (why not, or a
+    warning; None if all is well).
     """
     epochs, trials = experiments.epochs, experiments.trials
     by_trial = {key: rows for key, rows in epochs.groupby(list(TRIAL_KEY), sort=False)} if not epochs.empty else {}
@@ -300,14 +343,19 @@ def trial_outcomes(experiments: Experiments) -> pd.DataFrame:
         "best_val_top1",
         "best_epoch",
         "test_top1_at_best_val",
+        "memory_budget_kb",
+        *MEMORY_METRICS,
         "usable",
         "problem",
     ]
     outcomes = pd.DataFrame(rows, columns=columns)
     for key in GROUP_KEYS:
-        if key != "budget_params":
+        if key not in BUDGET_AMOUNTS:
             outcomes[key] = outcomes[key].map(lambda v: str(v) if _is_set(v) else MISSING)
-    outcomes["budget_params"] = pd.array([int(v) if _is_set(v) else None for v in outcomes["budget_params"]], dtype="Int64")
+    for amount in BUDGET_AMOUNTS:
+        outcomes[amount] = pd.array([int(v) if _is_set(v) else None for v in outcomes[amount]], dtype="Int64")
+    for column in ("memory_budget_kb", *MEMORY_METRICS):
+        outcomes[column] = outcomes[column].astype(float)
     outcomes["best_epoch"] = pd.array(outcomes["best_epoch"].tolist(), dtype="Int64")
     outcomes["usable"] = outcomes["usable"].astype(bool)
     return outcomes
@@ -346,15 +394,45 @@ def _mixed_settings(trials: pd.DataFrame, configs: pd.DataFrame) -> str:
     return ", ".join(varied)
 
 
-def study_table(outcomes: pd.DataFrame, configs: pd.DataFrame | None = None) -> pd.DataFrame:
-    """The study's table: one row per (model, scheme, budget, initialization, policy).
+def _mean(values: pd.Series) -> float:
+    """Mean of the values that are set; NaN if none is."""
+    values = values.dropna()
+    return float(values.mean()) if len(values) else math.nan
 
-    Usable trials are aggregated over seeds: best validation top-1, test
-    top-1 at the best validation epoch and the stopping epoch (epochs run)
-    as mean and sample standard deviation (NaN for one seed), the best
-    epochs and seeds listed in seed order, ``n_seeds`` usable trials and
-    ``n_excluded`` trials of the row left out (see problems). A row whose
-    trials were all excluded stays in the table with ``n_seeds`` 0.
+
+def _table_order(table: pd.DataFrame) -> pd.DataFrame:
+    """Rows by model, then parameter budgets before memory budgets, by amount, then scheme, unit, initialization, policy."""
+    is_memory = table["budget_params"].isna() & table["memory_budget"].notna()
+    order = pd.DataFrame(
+        {
+            "model": table["model.name"],
+            "kind": is_memory.astype(int),
+            "amount": table["budget_params"].where(~is_memory, table["memory_budget"]),
+            **{key: table[key] for key in ("budget.scheme", "budget.unit", "budget.initialization", "budget.policy")},
+        }
+    )
+    return table.loc[order.sort_values(list(order.columns), kind="stable").index].reset_index(drop=True)
+
+
+def study_table(outcomes: pd.DataFrame, configs: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The study's table: one row per (model, scheme, unit, budget, initialization, policy).
+
+    The budget is ``budget_params`` for a parameter budget or
+    ``memory_budget`` (elements per image) for a memory budget; the other
+    is null, and so is ``budget.unit`` (``-``) in tables older than memory
+    budgets. Rows run by model, then parameter budgets before memory
+    budgets, each by amount. Usable trials are aggregated over seeds: best
+    validation top-1, test top-1 at the best validation epoch and the
+    stopping epoch (epochs run) as mean and sample standard deviation (NaN
+    for one seed), the best epochs and seeds listed in seed order,
+    ``n_seeds`` usable trials and ``n_excluded`` trials of the row left out
+    (see problems). A row whose trials were all excluded stays in the table
+    with ``n_seeds`` 0. ``memory_budget_kb`` is the memory budget in kB.
+    ``memory_used_mean`` (elements per image), ``memory_used_kb_mean`` and
+    ``activation_sparsity_pct_mean`` are the mean over seeds of each
+    trial's mean over its epochs, so a dynamic policy's memory counts every
+    epoch it trained; they are measured for parameter budgets too, and NaN
+    where the tables hold no memory metrics.
     Given the trials' ``configs`` (:func:`trial_configs`), ``mixed_settings``
     names the other config keys on which a row's trials differ (an Optuna
     search's learning rates, say), so that such rows are not mistaken for
@@ -362,9 +440,10 @@ def study_table(outcomes: pd.DataFrame, configs: pd.DataFrame | None = None) -> 
     """
     columns = [
         *GROUP_KEYS, "n_seeds", "seeds", "best_val_top1_mean", "best_val_top1_std", "best_epochs",
-        "test_top1_mean", "test_top1_std", "stop_epoch_mean", "stop_epoch_std", "n_excluded", "mixed_settings",
+        "test_top1_mean", "test_top1_std", "stop_epoch_mean", "stop_epoch_std", "memory_budget_kb",
+        *(f"{metric}_mean" for metric in MEMORY_METRICS), "n_excluded", "mixed_settings",
     ]  # fmt: skip
-    known = outcomes[outcomes["budget_params"].notna() | outcomes["usable"]]
+    known = outcomes[outcomes["budget_params"].notna() | outcomes["memory_budget"].notna() | outcomes["usable"]]
     rows = []
     for key, group in known.groupby(list(GROUP_KEYS), sort=False, dropna=False):
         used = group[group["usable"]].sort_values([SEED_KEY, "experiment", "trial_id"], kind="stable")
@@ -380,6 +459,8 @@ def study_table(outcomes: pd.DataFrame, configs: pd.DataFrame | None = None) -> 
                 "test_top1_std": _std(used["test_top1_at_best_val"]),
                 "stop_epoch_mean": float(used["epochs_run"].mean()) if len(used) else math.nan,
                 "stop_epoch_std": _std(used["epochs_run"].astype(float)),
+                "memory_budget_kb": _mean(group["memory_budget_kb"]),
+                **{f"{metric}_mean": _mean(used[metric]) for metric in MEMORY_METRICS},
                 "n_excluded": int((~group["usable"]).sum()),
                 "mixed_settings": _mixed_settings(used, configs) if configs is not None else "",
             }
@@ -387,10 +468,9 @@ def study_table(outcomes: pd.DataFrame, configs: pd.DataFrame | None = None) -> 
     table = pd.DataFrame(rows, columns=columns)
     if table.empty:
         return table
-    table["budget_params"] = table["budget_params"].astype("Int64")
-    return table.sort_values(
-        ["model.name", "budget_params", "budget.scheme", "budget.initialization", "budget.policy"], kind="stable"
-    ).reset_index(drop=True)
+    for amount in BUDGET_AMOUNTS:
+        table[amount] = table[amount].astype("Int64")
+    return _table_order(table)
 
 
 # --- Pareto front ---------------------------------------------------------------
@@ -422,8 +502,33 @@ def pareto_front(outcomes: pd.DataFrame) -> pd.DataFrame:
     return front.sort_values(["budget_params", "test_top1_at_best_val"], kind="stable")[columns].reset_index(drop=True)
 
 
+def pareto_memory_front(outcomes: pd.DataFrame) -> pd.DataFrame:
+    """The usable trials on the Pareto front of test top-1 (max) versus measured memory (min), by memory.
+
+    The memory of a trial is its ``memory_used``, the mean over its epochs
+    (elements per image), so trials of parameter and of memory budgets
+    compete on one front; trials that report no memory are left out.
+    """
+    used = outcomes[outcomes["usable"] & outcomes["memory_used"].notna()]
+    front = used[pareto_mask(used["memory_used"].tolist(), used["test_top1_at_best_val"].tolist())]
+    columns = [
+        *TRIAL_KEY,
+        *GROUP_KEYS,
+        "memory_budget_kb",
+        SEED_KEY,
+        "best_epoch",
+        "best_val_top1",
+        "test_top1_at_best_val",
+        *MEMORY_METRICS,
+    ]
+    return front.sort_values(["memory_used", "test_top1_at_best_val"], kind="stable")[columns].reset_index(drop=True)
+
+
 def analyze(experiments: Experiments) -> Analysis:
-    """The per-trial outcomes, the study's table, the Pareto front and the problems."""
+    """The per-trial outcomes, the study's table, the Pareto front(s) and the problems.
+
+    The front by measured memory is computed when some trial has a memory budget.
+    """
     outcomes = trial_outcomes(experiments)
     problems = outcomes[outcomes["problem"].notna()][[*TRIAL_KEY, "status", *GROUP_KEYS, SEED_KEY, "usable", "problem"]]
     return Analysis(
@@ -431,6 +536,7 @@ def analyze(experiments: Experiments) -> Analysis:
         table=study_table(outcomes, trial_configs(experiments)),
         pareto=pareto_front(outcomes),
         problems=problems.rename(columns={"usable": "in_table"}).reset_index(drop=True),
+        pareto_memory=pareto_memory_front(outcomes) if outcomes["memory_budget"].notna().any() else None,
     )
 
 
@@ -451,24 +557,53 @@ def _markdown(header: Sequence[str], rows: Sequence[Sequence[Any]], align: str) 
     return "\n".join(lines)
 
 
+def _number(value: Any, spec: str = ",") -> str:
+    """A number in the given format; ``-`` when it is not set (null or NaN)."""
+    return format(value, spec) if _is_set(value) and value is not pd.NA else MISSING
+
+
+def _budget_text(r: pd.Series) -> str:
+    """A row's budget in words: ``1,000 params``, ``20.0 kB memory`` or (without bytes per element) ``5,120 memory elements``."""
+    if _number(r["budget_params"]) != MISSING:
+        return f"{r['budget_params']:,} params"
+    if _number(r.get("memory_budget_kb")) != MISSING:
+        return f"{r['memory_budget_kb']:,.1f} kB memory"
+    memory = r.get("memory_budget")
+    return f"{memory:,} memory elements" if _number(memory) != MISSING else "no budget"
+
+
+def _reports_memory(table: pd.DataFrame) -> bool:
+    """Whether some row has a memory budget or measured memory (tables older than memory budgets have neither)."""
+    return bool(table["memory_budget"].notna().any() or table["memory_used_kb_mean"].notna().any())
+
+
 def table_markdown(table: pd.DataFrame) -> str:
-    """The study's table as Markdown (accuracies in %, mean ± sample std over seeds)."""
+    """The study's table as Markdown (accuracies in %, mean ± sample std over seeds).
+
+    When some row reports memory, it also shows the unit, the memory budget
+    and the mean memory used in kB, and the mean activation sparsity (%);
+    otherwise it is the table of the study, as before memory budgets.
+    """
+    memory = _reports_memory(table)
     header = [
-        "model", "scheme", "budget (params)", "init", "policy", "best val top-1 (%)", "best at epoch",
-        "test top-1 at best val (%)", "stopping epoch", "seeds", "n",
+        "model", "scheme", *(["unit"] if memory else []), "budget (params)", *(["memory budget (kB)"] if memory else []),
+        "init", "policy", "best val top-1 (%)", "best at epoch", "test top-1 at best val (%)", "stopping epoch",
+        *(["memory used (kB)", "activation sparsity (%)"] if memory else []), "seeds", "n",
     ]  # fmt: skip
     rows = [
         [
-            r["model.name"], r["budget.scheme"], f"{r['budget_params']:,}", r["budget.initialization"], r["budget.policy"],
+            r["model.name"], r["budget.scheme"], *([r["budget.unit"]] if memory else []), _number(r["budget_params"]),
+            *([_number(r["memory_budget_kb"], ",.1f")] if memory else []), r["budget.initialization"], r["budget.policy"],
             mean_std(r["best_val_top1_mean"], r["best_val_top1_std"]), r["best_epochs"] or MISSING,
             mean_std(r["test_top1_mean"], r["test_top1_std"]), mean_std(r["stop_epoch_mean"], r["stop_epoch_std"], 1),
+            *([_number(r["memory_used_kb_mean"], ",.1f"), _number(r["activation_sparsity_pct_mean"], ".1f")] if memory else []),
             r["seeds"] or MISSING, f"{r['n_seeds']}" + (f" (+{r['n_excluded']} excluded)" if r["n_excluded"] else ""),
         ]
         for _, r in table.iterrows()
     ]  # fmt: skip
-    text = _markdown(header, rows, "llrllrlrrlr")
+    text = _markdown(header, rows, "lllrrllrlrrrrlr" if memory else "llrllrlrrlr")
     mixed = [
-        f"- row {i + 1} ({r['budget.policy']}, {r['budget_params']:,} params): {r['mixed_settings']}"
+        f"- row {i + 1} ({r['budget.policy']}, {_budget_text(r)}): {r['mixed_settings']}"
         for i, r in table.iterrows()
         if r["mixed_settings"]
     ]
@@ -490,15 +625,33 @@ def pareto_markdown(pareto: pd.DataFrame) -> str:
     return _markdown(header, rows, "rrrllllrl")
 
 
+def pareto_memory_markdown(pareto: pd.DataFrame) -> str:
+    """The Pareto front by measured memory as Markdown, by increasing memory (kB, mean over each trial's epochs)."""
+    header = [
+        "memory used (kB)", "test top-1 (%)", "best val top-1 (%)", "activation sparsity (%)", "policy", "init", "unit",
+        "budget", "scheme", "model", "seed", "trial",
+    ]  # fmt: skip
+    rows = [
+        [
+            _number(r["memory_used_kb"], ",.1f"), f"{r['test_top1_at_best_val']:.2f}", f"{r['best_val_top1']:.2f}",
+            _number(r["activation_sparsity_pct"], ".1f"), r["budget.policy"], r["budget.initialization"], r["budget.unit"],
+            _budget_text(r), r["budget.scheme"], r["model.name"], r[SEED_KEY], f"{r['experiment']}/{r['trial_id']}",
+        ]
+        for _, r in pareto.iterrows()
+    ]  # fmt: skip
+    return _markdown(header, rows, "rrrrllllllrl")
+
+
 def problems_markdown(problems: pd.DataFrame) -> str:
     """The problem trials as Markdown (or a line saying there are none)."""
     if problems.empty:
         return "No missing or partial data: every trial ended normally with a best epoch."
-    header = ["trial", "status", "policy", "budget (params)", "seed", "in table", "problem"]
+    budget = "budget" if problems["memory_budget"].notna().any() else "budget (params)"
+    header = ["trial", "status", "policy", budget, "seed", "in table", "problem"]
     rows = [
         [
             f"{r['experiment']}/{r['trial_id']}", r["status"], r["budget.policy"],
-            f"{r['budget_params']:,}" if _is_set(r["budget_params"]) and r["budget_params"] is not pd.NA else MISSING,
+            _number(r["budget_params"]) if _number(r["memory_budget"]) == MISSING else f"{r['memory_budget']:,} memory elements",
             r[SEED_KEY] if _is_set(r[SEED_KEY]) else MISSING, "yes" if r["in_table"] else "no", r["problem"],
         ]
         for _, r in problems.iterrows()
@@ -507,9 +660,18 @@ def problems_markdown(problems: pd.DataFrame) -> str:
 
 
 def report_markdown(analysis: Analysis, experiments: Experiments, plots: Sequence[str]) -> str:
-    """The whole report: sources, the study's table, the Pareto front, problems, plot files."""
+    """The whole report: sources, the study's table, the Pareto front(s), problems, plot files."""
     outcomes = analysis.outcomes
     sources = ", ".join(str(s) for s in experiments.sources)
+    memory_front = (
+        []
+        if analysis.pareto_memory is None
+        else [
+            "## Pareto front: test top-1 versus memory used\n\nTrials that no other trial beats on both (higher test top-1, "
+            "less memory used: weight + activation elements per image, mean over the trial's epochs), whatever their budget.\n\n"
+            + pareto_memory_markdown(analysis.pareto_memory)
+        ]
+    )
     parts = [
         f"# Analysis of {sources}",
         f"{len(outcomes)} trials: {int(outcomes['usable'].sum())} in the table, {int((~outcomes['usable']).sum())} excluded.",
@@ -517,6 +679,7 @@ def report_markdown(analysis: Analysis, experiments: Experiments, plots: Sequenc
         "Best epoch chosen by validation top-1; stopping epoch: epochs run.\n\n" + table_markdown(analysis.table),
         "## Pareto front: test top-1 versus budget\n\nTrials that no other trial beats on both (higher test top-1, smaller budget).\n\n"
         + pareto_markdown(analysis.pareto),
+        *memory_front,
         "## Missing or partial data\n\n" + problems_markdown(analysis.problems),
         "## Plots\n\n" + ("\n".join(f"- `{name}`" for name in plots) if plots else "None (no trial in the table)."),
     ]
@@ -550,12 +713,15 @@ def write_outputs(analysis: Analysis, experiments: Experiments, out_dir: Path) -
         (staging / "table.md").write_text(table_markdown(analysis.table) + "\n")
         analysis.table.to_csv(staging / "table.csv", index=False)
         analysis.pareto.to_csv(staging / "pareto.csv", index=False)
+        if analysis.pareto_memory is not None:
+            analysis.pareto_memory.to_csv(staging / "pareto_memory.csv", index=False)
         analysis.outcomes.to_csv(staging / "trials.csv", index=False)
         analysis.problems.to_csv(staging / "problems.csv", index=False)
         with pd.ExcelWriter(staging / "table.xlsx", engine="openpyxl") as excel:
             for sheet, frame in (
                 ("table", analysis.table),
                 ("pareto", analysis.pareto),
+                *([("pareto_memory", analysis.pareto_memory)] if analysis.pareto_memory is not None else []),
                 ("trials", analysis.outcomes),
                 ("problems", analysis.problems),
             ):

@@ -95,8 +95,8 @@ def describe_data(space: Space, problems: Problems) -> Iterator[str]:
 
 def budget_lines(space: Space, model: Any, total: int) -> list[BudgetLine]:
     """Every budget the space reaches for ``model`` (``total`` conv parameters)."""
+    from trainables.budgets import resolve_budget
     from trainables.schemes import get_scheme
-    from trainables.trainer import resolve_budget
 
     lines = []
     combos = itertools.product(choices(space, "budget.scheme"), choices(space, "budget.ratio"), choices(space, "budget.params"))

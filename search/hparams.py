@@ -61,7 +61,8 @@ def _short(value: Any) -> str:
 def run_name(trial_id: str, config: Mapping[str, Any], searched: Sequence[str] = ()) -> str:
     """The TensorBoard run directory name of a trial, readable in a legend.
 
-    Policy, budget (the scheme, else ``params=B`` or ``ratio=r``, else
+    Policy, the unit when it is not neurons (``unit=input_channel``),
+    budget (the scheme, else ``params=B``, ``memory=M`` or ``ratio=r``, else
     ``all``), first mask, seed, then the other searched keys as
     ``key=value`` (the leaf of the dotted key; ``data`` / ``model`` for
     their ``name``), then the trial id, which keeps names unique. Example:
@@ -72,12 +73,17 @@ def run_name(trial_id: str, config: Mapping[str, Any], searched: Sequence[str] =
         budget = str(config["budget.scheme"])
     elif config.get("budget.params") is not None:
         budget = f"params={config['budget.params']}"
+    elif config.get("budget.memory") is not None:
+        budget = f"memory={config['budget.memory']}"
     elif config.get("budget.ratio") is not None:
         budget = f"ratio={_short(config['budget.ratio'])}"
     else:
         budget = "all"
     parts = [str(config.get("budget.policy")), budget, f"init={config.get('budget.initialization')}", f"seed={config.get('training.seed')}"]
-    shown = {"budget.policy", "budget.scheme", "budget.params", "budget.ratio", "budget.initialization", "training.seed"}
+    if config.get("budget.unit") not in (None, "neuron"):
+        parts.insert(1, f"unit={config['budget.unit']}")  # input channels rather than the study's neurons
+    shown = {"budget.policy", "budget.scheme", "budget.params", "budget.memory", "budget.ratio", "budget.initialization", "budget.unit",
+             "training.seed"}  # fmt: skip
     for key in searched:
         if key not in shown:
             section, _, leaf = key.rpartition(".")

@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 from ray.tune import Callback
 from ray.tune.experiment import Trial
 from torch.utils.tensorboard import SummaryWriter
@@ -35,19 +36,13 @@ from torch.utils.tensorboard import SummaryWriter
 from search.hparams import hparams_summaries, run_name
 from search.tables import EPOCHS_TABLE, SCHEMA_VERSION, TRIALS_TABLE, ParquetTable, config_column_types, resolve_location
 from trainables.config import TrialConfig, flatten
+from trainables.metrics import ADAPTER_COLUMNS, fixed_dtypes, metric_names
 from trainables.repeats import SEED_KEYS as REPEAT_SEED_KEYS
 from trainables.repeats import STD_KEYS as REPEAT_STD_KEYS
 from trainables.tune_adapter import resolve_trial_config
 
 # What the trainer and the adapter report, in table order (see README, "Result tables").
-METRIC_COLUMNS = (
-    "epoch", "train_loss", "train_top1", "val_top1", "test_top1", "lr",
-    "best_val_top1", "best_epoch", "test_top1_at_best_val",
-    "budget_params", "total_conv_params", "params_updated", "budget_gap",
-    "neurons_updated", "neurons_total", "frozen_pct", "flops_saved", "flops_saved_pct",
-    "layer_frozen_pct", "layer_flops_saved", "epoch_time_s", "velocity_time_s",
-    "node_id", "hostname", "pid",
-)  # fmt: skip
+METRIC_COLUMNS = (*metric_names(), *ADAPTER_COLUMNS)
 # Per-layer lists become one scalar per conv, grouped under a prefix: (group, value from the list's entry).
 LAYER_SCALARS: dict[str, tuple[str, Callable[[float], float]]] = {
     "layer_frozen_pct": ("updated_pct_by_layer", lambda frozen: 100.0 - frozen),
@@ -108,7 +103,7 @@ class ResultRecorder(Callback):
         self.flush_every_s = flush_every_s
         self.status_every_s = status_every_s
         self.echo = echo
-        types = config_column_types(TrialConfig)
+        types = {**config_column_types(TrialConfig), **{name: pa.type_for_alias(t) for name, t in fixed_dtypes().items()}}
         self.epochs = ParquetTable(f"{self.tables_dir}/{EPOCHS_TABLE}", key=("experiment", "trial_id", "epoch"), types=types)
         self.trials = ParquetTable(f"{self.tables_dir}/{TRIALS_TABLE}", key=("experiment", "trial_id"), types=types)
         self._config_columns: dict[str, dict[str, Any]] = {}

@@ -40,6 +40,7 @@ from typing import Any, Literal
 import yaml
 
 from trainables.config import ConfigError, TrialConfig, from_mapping, iter_leaf_keys, with_overrides
+from trainables.metrics import metric_names
 
 DEFAULT_SPACE = Path(__file__).resolve().parent.parent / "spaces" / "digits.yaml"
 TRIAL_SECTIONS = ("data", "model", "training", "budget")
@@ -93,10 +94,7 @@ class ParamSpec:
 
 
 # Per-epoch metrics a search or a scheduler may steer by (all numeric, reported every epoch).
-OBJECTIVE_METRICS = (
-    "best_val_top1", "val_top1", "train_top1", "train_loss", "test_top1_at_best_val", "test_top1",
-    "budget_params", "params_updated", "frozen_pct", "flops_saved", "flops_saved_pct",
-)  # fmt: skip
+OBJECTIVE_METRICS = metric_names(objective=True)
 Mode = Literal["max", "min"]
 
 
@@ -386,6 +384,7 @@ def trial_problems(overrides: Mapping[str, Any], base: Mapping[str, Any]) -> tup
     the cross-section checks, as a :class:`CombinationError` naming the keys it depends on (data on disk, the
     model head's class count, the SU mask of the scheme)."""
     from datasets import check_dataset
+    from trainables.budgets import check_scheme_fits
     from trainables.schemes import get_scheme
     from trainables.trainer import needs_su_mask
 
@@ -425,11 +424,30 @@ def trial_problems(overrides: Mapping[str, Any], base: Mapping[str, Any]) -> tup
                     f"policy {budget.policy!r} with initialization {budget.initialization!r} needs a scheme with an SU part, got {budget.scheme!r}",
                     ("budget.policy", "budget.initialization", "budget.scheme"),
                 )
-            with _depending_on("budget.policy", "budget.initialization", "budget.scheme", "model.name"):
-                scheme.su.check_fits(_conv_count_model(config.model.name), scheme.name)
+            with _depending_on("budget.policy", "budget.initialization", "budget.scheme", "budget.unit", "model.name"):
+                check_scheme_fits(scheme, _conv_count_model(config.model.name), budget.unit)
         except ConfigError as err:
             problems.append(err)
+    try:
+        with _depending_on("budget", "model.name", "data.image_size"):
+            _check_budget(budget, config.model.name, config.data.image_size)
+    except ConfigError as err:
+        problems.append(err)
     return config, problems
+
+
+@functools.cache
+def _check_budget_cached(budget_key: str, model_name: str, image_size: int) -> None:
+    from trainables.budgets import build_budget
+    from trainables.config import BudgetConfig
+
+    budget = from_mapping(BudgetConfig, yaml.safe_load(budget_key), "budget")
+    build_budget(budget, _conv_count_model(model_name), model_name=model_name, image_size=image_size)
+
+
+def _check_budget(budget: Any, model_name: str, image_size: int) -> None:
+    """Resolve the budget against the model at the image size (scheme fit, memory bounds), once per distinct combination."""
+    _check_budget_cached(yaml.safe_dump(dataclasses.asdict(budget), sort_keys=True), model_name, image_size)
 
 
 def _written_value_errors(base: dict[str, Any]) -> list[ConfigError]:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import math
+import re
 import statistics
 import subprocess
 import sys
@@ -24,6 +26,7 @@ from results.analyze import (
     main,
     mean_std,
     pareto_mask,
+    pareto_memory_front,
     table_markdown,
 )
 from search.tables import EPOCHS_TABLE, SCHEMA_VERSION, TRIALS_TABLE, rows_to_table, write_atomic
@@ -35,16 +38,28 @@ TYPES = {
     "layer_names": pa.list_(pa.string()),
     "budget.scheme": pa.string(),
     "error": pa.string(),
+    "budget.unit": pa.string(),
+    "budget.memory": pa.int64(),
+    "budget_params": pa.int64(),
+    "memory_budget": pa.int64(),
 }
 
 
 @dataclass
 class FakeTrial:
-    """One synthetic trial: its key config values and per-epoch validation / test top-1."""
+    """One synthetic trial: its key config values and per-epoch validation / test top-1.
+
+    With ``memory`` (elements per image, per epoch) the trial is written as
+    after memory budgets: ``budget.unit``, ``budget.memory`` and
+    ``budget.bytes_per_element`` config columns and the memory metric
+    columns; with ``memory_budget`` too, its budget is that memory and
+    ``budget_params`` is null. Without, it has none of these columns (an
+    older experiment).
+    """
 
     trial_id: str
     policy: str
-    budget: int
+    budget: int | None
     seed: int
     val: list[float]
     test: list[float]
@@ -54,6 +69,28 @@ class FakeTrial:
     status: str | None = "TERMINATED"  # None: no trials.parquet row (still running)
     error: str | None = None
     frozen: list[list[float]] = field(default_factory=list)  # per epoch, per layer (default: static)
+    unit: str = "neuron"
+    memory_budget: int | None = None
+    memory: list[float] = field(default_factory=list)  # memory_used per epoch (elements per image); empty: an older table
+    sparsity: list[float] = field(default_factory=list)  # activation_sparsity_pct per epoch
+    bytes_per_element: float = 4.0
+
+    def memory_config(self) -> dict[str, object]:
+        """The config columns added with memory budgets (none for an older trial)."""
+        if not self.memory and self.memory_budget is None:
+            return {}
+        return {"budget.unit": self.unit, "budget.memory": self.memory_budget, "budget.bytes_per_element": self.bytes_per_element}
+
+    def memory_metrics(self, epoch: int) -> dict[str, object]:
+        """The memory metric columns of one epoch row (index ``epoch``; none for an older trial)."""
+        if not self.memory:
+            return {}
+        used = self.memory[epoch]
+        return {
+            "memory_budget": self.memory_budget, "memory_used": int(used), "memory_used_kb": used * self.bytes_per_element / 1024,
+            "weight_elements_updated": int(used) // 4, "activation_elements_kept": int(used) - int(used) // 4,
+            "activation_sparsity_pct": self.sparsity[epoch], "wgrad_flops_saved_pct": self.sparsity[epoch],
+        }  # fmt: skip
 
 
 def write_experiment(directory: Path, name: str, trials: list[FakeTrial]) -> Path:
@@ -62,7 +99,7 @@ def write_experiment(directory: Path, name: str, trials: list[FakeTrial]) -> Pat
     for t in trials:
         config = {
             "model.name": "mbv2-w0.35", "training.lr": t.lr, "training.seed": t.seed, "training.no_wd_keys": ["norm", "bias"],
-            "budget.policy": t.policy, "budget.initialization": t.init, "budget.scheme": t.scheme,
+            "budget.policy": t.policy, "budget.initialization": t.init, "budget.scheme": t.scheme, **t.memory_config(),
         }  # fmt: skip
         for i, (val, test) in enumerate(zip(t.val, t.test, strict=True)):
             frozen = t.frozen[i] if t.frozen else [50.0, 50.0, 0.0]
@@ -70,7 +107,7 @@ def write_experiment(directory: Path, name: str, trials: list[FakeTrial]) -> Pat
                 {
                     "schema_version": SCHEMA_VERSION, "experiment": name, "trial_id": t.trial_id, **config,
                     "epoch": i + 1, "train_loss": 2.0 / (i + 1), "val_top1": val, "test_top1": test,
-                    "budget_params": t.budget, "total_conv_params": 10_000, "layer_frozen_pct": frozen,
+                    "budget_params": t.budget, "total_conv_params": 10_000, "layer_frozen_pct": frozen, **t.memory_metrics(i),
                 }
             )  # fmt: skip
         if t.status is not None:
@@ -106,6 +143,32 @@ PROBLEMS = [
     FakeTrial("p2", "su", 2000, 0, val=[], test=[], status="ERROR", error="OSError: no data"),  # crashed before an epoch
 ]
 FULL = [FakeTrial(f"f{s}", "full", 10_000, s, val=[90, 95], test=[91, 96 - s], scheme=None) for s in (0, 1)]
+# Written after memory budgets (4 bytes per element: 256 elements = 1 kB). Means over each trial's epochs, then over seeds:
+# velocity at 1,000 params: best val 80 / 75 at epoch 2; test there 81 / 70; memory 55 / 45 kB; sparsity 45 / 58 %.
+# random on input channels at 5,120 elements (20 kB): best val 55 / 58 / 62 at epochs 2 / 1 / 2, test there 54 / 60 / 58;
+# memory 4,992 / 4,864 / 5,120 elements (19.5 / 19.0 / 20.0 kB); sparsity 81 / 82 / 79 %; rx and ry crashed.
+MEMORY = [
+    FakeTrial("vp0", "velocity", 1000, 0, val=[60, 80], test=[61, 81], memory=[12_800, 15_360], sparsity=[50, 40]),
+    FakeTrial("vp1", "velocity", 1000, 1, val=[70, 75], test=[72, 70], memory=[10_240, 12_800], sparsity=[60, 56]),
+    *[
+        FakeTrial(f"ri{s}", "random", None, s, val=val, test=test, scheme=None, unit="input_channel", memory_budget=5120,
+                  memory=memory, sparsity=sparsity)
+        for s, val, test, memory, sparsity in (
+            (0, [50, 55], [52, 54], [5120, 4864], [80, 82]),
+            (1, [58, 57], [60, 66], [4608, 5120], [84, 80]),
+            (2, [40, 62], [45, 58], [5120, 5120], [79, 79]),
+        )
+    ],
+    FakeTrial("rx", "random", None, 3, val=[10], test=[10], scheme=None, unit="input_channel", memory_budget=5120, memory=[5000],
+              sparsity=[80], status="ERROR", error="RuntimeError: out of memory"),
+    FakeTrial("ry", "random", None, 4, val=[], test=[], scheme=None, unit="input_channel", memory_budget=5120, status="ERROR",
+              error="ValueError: bad mask"),  # crashed before an epoch: its budget only in its config
+    FakeTrial("rj0", "random", None, 0, val=[70, 72], test=[71, 74], scheme=None, unit="input_channel", memory_budget=20_480,
+              memory=[20_480, 19_968], sparsity=[40, 42]),
+    FakeTrial("vm0", "velocity", None, 0, val=[65, 66], test=[63, 59], scheme=None, memory_budget=5120, memory=[4096, 5120],
+              sparsity=[85, 81]),
+    FakeTrial("fm0", "full", 10_000, 0, val=[90, 92], test=[91, 93], scheme=None, memory=[51_200, 51_200], sparsity=[0, 0]),
+]  # fmt: skip
 
 
 @pytest.fixture
@@ -116,6 +179,11 @@ def grid(tmp_path: Path) -> Path:
 @pytest.fixture
 def full(tmp_path: Path) -> Path:
     return write_experiment(tmp_path, "full", FULL)
+
+
+@pytest.fixture
+def memory(tmp_path: Path) -> Path:
+    return write_experiment(tmp_path, "memory", MEMORY)
 
 
 def row(table: pd.DataFrame, policy: str, budget: int) -> pd.Series:
@@ -309,3 +377,148 @@ def test_output_path_that_is_a_file_is_refused(grid: Path, tmp_path: Path, capsy
     assert main([str(grid), "-o", str(taken)]) == 2
     assert "taken: exists and is not a directory" in capsys.readouterr().err
     assert taken.read_text() == "keep me\n"
+
+
+# --- memory budgets -------------------------------------------------------------
+def memory_row(table: pd.DataFrame, policy: str, memory_budget: int) -> pd.Series:
+    rows = table[(table["budget.policy"] == policy) & (table["memory_budget"] == memory_budget)]
+    assert len(rows) == 1
+    return rows.iloc[0]
+
+
+def test_memory_budgets_group_their_own_rows_with_exact_means(memory: Path) -> None:
+    table = analyze(load_experiments([memory])).table
+    keys = list(zip(table["budget.policy"], table["budget.unit"], table["budget_params"], table["memory_budget"], strict=True))
+    # By model, then parameter budgets before memory budgets, each by amount; at one amount, by scheme, then unit.
+    assert keys == [
+        ("velocity", "neuron", 1000, pd.NA),
+        ("full", "neuron", 10_000, pd.NA),
+        ("random", "input_channel", pd.NA, 5120),
+        ("velocity", "neuron", pd.NA, 5120),
+        ("random", "input_channel", pd.NA, 20_480),
+    ]
+    random = memory_row(table, "random", 5120)
+    assert random["n_seeds"] == 3 and random["n_excluded"] == 2 and random["seeds"] == "0, 1, 2" and random["best_epochs"] == "2, 1, 2"
+    assert random["best_val_top1_mean"] == pytest.approx(175 / 3)
+    assert random["best_val_top1_std"] == pytest.approx(statistics.stdev([55, 58, 62]))
+    assert random["test_top1_mean"] == pytest.approx(172 / 3) and random["test_top1_std"] == pytest.approx(statistics.stdev([54, 60, 58]))
+    assert random["memory_budget_kb"] == pytest.approx(20.0)
+    # Mean over each trial's epochs (4,992 / 4,864 / 5,120 elements), then over the seeds; the crashed rx and ry count in neither.
+    assert random["memory_used_mean"] == pytest.approx(4992.0) and random["memory_used_kb_mean"] == pytest.approx(19.5)
+    assert random["activation_sparsity_pct_mean"] == pytest.approx((81 + 82 + 79) / 3)
+    velocity = row(table, "velocity", 1000)  # a parameter budget: today's numbers, and its measured memory
+    assert pd.isna(velocity["memory_budget"]) and math.isnan(velocity["memory_budget_kb"])
+    assert velocity["test_top1_mean"] == pytest.approx(75.5) and velocity["test_top1_std"] == pytest.approx(math.sqrt(60.5))
+    assert velocity["memory_used_mean"] == pytest.approx(12_800.0) and velocity["memory_used_kb_mean"] == pytest.approx(50.0)
+    assert velocity["activation_sparsity_pct_mean"] == pytest.approx(51.5)
+    text = table_markdown(table)
+    assert text.splitlines()[0] == (
+        "| model | scheme | unit | budget (params) | memory budget (kB) | init | policy | best val top-1 (%) | best at epoch "
+        "| test top-1 at best val (%) | stopping epoch | memory used (kB) | activation sparsity (%) | seeds | n |"
+    )
+    assert (
+        "| mbv2-w0.35 | s1 | neuron | 1,000 | - | random | velocity | 77.50 ± 3.54 | 2, 2 | 75.50 ± 7.78 | 2.0 ± 0.0 | 50.0 | 51.5 | 0, 1 | 2 |"
+        in text
+    )
+    assert (
+        "| mbv2-w0.35 | - | input_channel | - | 20.0 | random | random | 58.33 ± 3.51 | 2, 1, 2 | 57.33 ± 3.06 | 2.0 ± 0.0 | 19.5 | 80.7 "
+        "| 0, 1, 2 | 3 (+2 excluded) |"
+    ) in text
+    problems = analyze(load_experiments([memory])).problems
+    assert problems["trial_id"].tolist() == ["rx", "ry"]
+    assert problems["budget_params"].isna().all() and problems["memory_budget"].tolist() == [5120, 5120]
+
+
+# The study's table of grid + full as analyze wrote it before memory budgets existed.
+OLD_TABLE_MD = """\
+| model | scheme | budget (params) | init | policy | best val top-1 (%) | best at epoch | test top-1 at best val (%) | stopping epoch | seeds | n |
+|---|---|---:|---|---|---:|---|---:|---:|---|---:|
+| mbv2-w0.35 | s1 | 1,000 | random | random | 60.00 ± - | 2 | 61.00 ± - | 2.0 ± - | 0 | 1 |
+| mbv2-w0.35 | s1 | 1,000 | random | su | - | - | - | - | - | 0 (+2 excluded) |
+| mbv2-w0.35 | s1 | 1,000 | random | velocity | 84.00 ± 4.00 | 2, 3, 1 | 74.00 ± 3.61 | 3.3 ± 0.6 | 0, 1, 2 | 3 |
+| mbv2-w0.35 | s1 | 4,000 | random | random | 72.00 ± - | 2 | 73.00 ± - | 2.0 ± - | 0 | 1 (+1 excluded) |
+| mbv2-w0.35 | - | 10,000 | random | full | 95.00 ± 0.00 | 2, 2 | 95.50 ± 0.71 | 2.0 ± 0.0 | 0, 1 | 2 |"""
+OLD_TABLE_CSV = """\
+model.name,budget.scheme,budget_params,budget.initialization,budget.policy,n_seeds,seeds,best_val_top1_mean,best_val_top1_std,best_epochs,test_top1_mean,test_top1_std,stop_epoch_mean,stop_epoch_std,n_excluded,mixed_settings
+mbv2-w0.35,s1,1000,random,random,1,0,60.0,,2,61.0,,2.0,,0,
+mbv2-w0.35,s1,1000,random,su,0,,,,,,,,,2,
+mbv2-w0.35,s1,1000,random,velocity,3,"0, 1, 2",84.0,4.0,"2, 3, 1",74.0,3.605551275463989,3.3333333333333335,0.5773502691896258,0,
+mbv2-w0.35,s1,4000,random,random,1,0,72.0,,2,73.0,,2.0,,1,
+mbv2-w0.35,-,10000,random,full,2,"0, 1",95.0,0.0,"2, 2",95.5,0.7071067811865476,2.0,0.0,0,
+"""
+
+
+def test_experiments_older_than_memory_budgets_give_the_same_table(grid: Path, full: Path) -> None:
+    analysis = analyze(load_experiments([grid, full]))
+    table = analysis.table
+    assert table_markdown(table) == OLD_TABLE_MD
+    old = pd.read_csv(io.StringIO(OLD_TABLE_CSV))
+    pd.testing.assert_frame_equal(pd.read_csv(io.StringIO(table[list(old.columns)].to_csv(index=False))), old)
+    assert (table["budget.unit"] == "-").all() and table["memory_budget"].isna().all()  # missing columns read as not set
+    assert table[["memory_budget_kb", "memory_used_mean", "memory_used_kb_mean", "activation_sparsity_pct_mean"]].isna().all().all()
+    assert analysis.pareto_memory is None and "memory" not in analysis.outcomes["problem"].dropna().str.cat()
+
+
+def test_memory_pareto_front_over_measured_memory(grid: Path, memory: Path) -> None:
+    # usable, mean memory (elements) and test top-1: vm0 4,608 59; ri1 4,864 60; ri0 4,992 54; ri2 5,120 58;
+    # vp1 11,520 70; vp0 14,080 81; rj0 20,224 74; fm0 51,200 93. The grid's trials report no memory: not on it.
+    analysis = analyze(load_experiments([grid, memory]))
+    front = analysis.pareto_memory
+    assert front is not None
+    assert front["trial_id"].tolist() == ["vm0", "ri1", "vp1", "vp0", "fm0"]
+    assert front["memory_used"].tolist() == [4608.0, 4864.0, 11_520.0, 14_080.0, 51_200.0]
+    assert front["memory_used_kb"].tolist() == [18.0, 19.0, 45.0, 55.0, 200.0]
+    assert front["test_top1_at_best_val"].tolist() == [59.0, 60.0, 70.0, 81.0, 93.0]
+    # The front by parameters keeps the parameter budgets only (vp0's 81 beats the grid's v2, 77, at 1,000).
+    assert analysis.pareto["trial_id"].tolist() == ["vp0", "fm0"]
+    # Old and new experiments merged: an old trial's unit is not set, so it keeps its own row, numbers, and no memory.
+    velocity = analysis.table[(analysis.table["budget.policy"] == "velocity") & (analysis.table["budget_params"] == 1000)]
+    assert velocity["budget.unit"].tolist() == ["-", "neuron"] and velocity["n_seeds"].tolist() == [3, 2]
+    assert velocity["test_top1_mean"].tolist() == pytest.approx([74.0, 75.5])
+    assert velocity["memory_used_kb_mean"].isna().tolist() == [True, False]
+    # Hand cases: a trial without memory is left out; equal points both stay; an equal memory with less accuracy loses.
+    outcomes = pd.DataFrame(
+        {
+            "experiment": "e", "trial_id": ["a", "b", "c", "d", "e"], "usable": [True, True, True, False, True],
+            "memory_used": [100.0, 100.0, 50.0, 10.0, NAN], "test_top1_at_best_val": [80.0, 80.0, 70.0, 99.0, 99.0],
+            **{key: analyze_module.MISSING for key in ("model.name", "budget.scheme", "budget.unit", "budget.initialization", "budget.policy")},
+            "budget_params": pd.array([None] * 5, dtype="Int64"), "memory_budget": pd.array([100] * 5, dtype="Int64"),
+            "training.seed": 0, "best_epoch": 1, "best_val_top1": 1.0, "memory_used_kb": 1.0, "activation_sparsity_pct": 1.0,
+            "memory_budget_kb": 0.4,
+        }
+    )  # fmt: skip
+    assert pareto_memory_front(outcomes)["trial_id"].tolist() == ["c", "a", "b"]
+    assert pareto_memory_front(outcomes.assign(test_top1_at_best_val=[80.0, 79.0, 70.0, 99.0, 99.0]))["trial_id"].tolist() == ["c", "a"]
+
+
+def test_command_writes_the_memory_front_and_the_memory_plot(memory: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert main([str(memory), "-o", str(out)]) == 0
+    names = {p.name for p in out.iterdir()}
+    assert {"accuracy_vs_memory.png", "accuracy_vs_budget.png", "pareto.png", "pareto_memory.csv", "learning_curves.png"} <= names
+    data = (out / "accuracy_vs_memory.png").read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+    assert pd.read_csv(out / "pareto_memory.csv")["trial_id"].tolist() == ["vm0", "ri1", "vp1", "vp0", "fm0"]
+    assert "pareto_memory" in pd.read_excel(out / "table.xlsx", sheet_name=None, engine="openpyxl")
+    report = (out / "report.md").read_text()
+    assert "## Pareto front: test top-1 versus memory used" in report
+    assert "| 19.0 | 60.00 | 58.00 | 82.0 | random | random | input_channel | 20.0 kB memory | - | mbv2-w0.35 | 1 | memory/ri1 |" in report
+    assert "| trial | status | policy | budget | seed | in table | problem |" in report
+    assert "| memory/ry | ERROR | random | 5,120 memory elements |" in report
+    for table in re.findall(r"(?:^\|.*\|\n)+", report, flags=re.MULTILINE):  # every table: as many cells in each line
+        assert len({line.count(" | ") for line in table.splitlines() if not line.startswith("|-")}) == 1, table
+        header, rule = table.splitlines()[:2]
+        assert rule.count("|") == header.count("|"), table
+
+
+def test_memory_plot_only_when_some_trial_reports_memory(grid: Path, tmp_path: Path) -> None:
+    only_memory = write_experiment(tmp_path, "only", [t for t in MEMORY if t.memory_budget is not None])
+    assert main([str(only_memory), "-o", str(tmp_path / "a")]) == 0
+    names = {p.name for p in (tmp_path / "a").iterdir()}
+    # No trial with a parameter budget: no plot against parameters; the learning curves have memory-budget panels.
+    assert {"accuracy_vs_memory.png", "learning_curves.png", "pareto_memory.csv"} <= names
+    assert not {"accuracy_vs_budget.png", "pareto.png"} & names
+    assert main([str(grid), "-o", str(tmp_path / "b")]) == 0
+    names = {p.name for p in (tmp_path / "b").iterdir()}
+    assert "accuracy_vs_budget.png" in names and not {"accuracy_vs_memory.png", "pareto_memory.csv"} & names
+    assert "memory used" not in (tmp_path / "b" / "report.md").read_text()  # (the directory names hold "memory")

@@ -20,7 +20,8 @@ def quick_table(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, pd.Data
     out = tmp_path_factory.mktemp("bench")
     threads = torch.get_num_threads()
     try:
-        assert update_step.main(["--quick", "--models", "mbv2-w0.35", "resnet18", "--image-size", "16", "--batch-size", "2", "--threads", "1", "--out", str(out)]) == 0
+        argv = ["--quick", "--models", "mbv2-w0.35", "resnet18", "--memory-models", "mbv2-w0.35-zoo", "--image-size", "16", "--batch-size", "2"]
+        assert update_step.main([*argv, "--threads", "1", "--out", str(out)]) == 0
     finally:
         torch.set_num_threads(threads)
     return out, pd.read_parquet(out / "update_step_quick.parquet")
@@ -28,6 +29,7 @@ def quick_table(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, pd.Data
 
 def test_quick_run_writes_every_condition(quick_table: tuple[Path, pd.DataFrame]) -> None:
     out, table = quick_table
+    table = table[table.suite == "params"]
     expected = {
         "model", "path", "policy", "scheme", "bn_update", "budget_params", "params_updated", "convs_partial", "convs_frozen",
         "step_s", "rounds", "saved_mib", "grads_mib", "optimizer_mib", "memory_mib", "vs_bound", "vs_masked", "vs_full", "memory_vs_masked",
@@ -54,6 +56,7 @@ def test_quick_run_writes_every_condition(quick_table: tuple[Path, pd.DataFrame]
 
 def test_engine_memory_is_never_above_the_masked_path(quick_table: tuple[Path, pd.DataFrame]) -> None:
     _, table = quick_table
+    table = table[table.suite == "params"]
     engine = table[table.path.str.startswith("engine")]
     assert (engine.memory_vs_masked <= 1.0).all()
     # each floor lies between the bound and the masked path (a share of the weight-gradient time)
@@ -116,3 +119,22 @@ def test_bn_update_comparison_runs_and_writes_both_settings(tmp_path: Path) -> N
     assert (table.epochs == 1).all() and table.test_top1_at_best_val.between(0, 100).all()
     assert set(pd.read_parquet(tmp_path / "bn_update.parquet").columns) >= {"bn_update", "seed", "best_val_top1", "test_top1_at_best_val"}
     assert "## Mean over seeds" in (tmp_path / "bn_update.md").read_text()
+
+
+def test_memory_conditions_measure_what_the_cost_model_predicts(quick_table: tuple[Path, pd.DataFrame]) -> None:
+    out, table = quick_table
+    memory = table[table.suite == "memory"]
+    expected = {(p, policy, scheme) for p in ("masked", "engine", "engine-selected") for policy in update_step.MEMORY_POLICIES for scheme in "135"}
+    assert set(memory[memory.scheme != "-"][["path", "policy", "scheme"]].itertuples(index=False, name=None)) == expected
+    assert set(memory.unit) == {"neuron", "input_channel"}
+    bounded = memory[memory.budget_kind == "memory"]
+    assert (bounded.memory_used <= bounded.budget).all() and (bounded.memory_used > 0).all()
+    engine = bounded[bounded.path.str.startswith("engine")]
+    # the conv inputs the engine keeps are exactly the cost model's activations x batch x 4 bytes
+    assert engine.prediction_error_pct.abs().max() < 1e-9
+    masked = bounded[bounded.path == "masked"]
+    assert (masked.conv_inputs_mib == memory[memory.path == "full"].conv_inputs_mib.iloc[0]).all()  # the study's path keeps every input
+    parts = memory.conv_inputs_mib + memory.other_saved_mib + memory.grads_mib + memory.optimizer_mib
+    assert (parts - memory.memory_mib).abs().max() < 1e-9
+    text = (out / "update_step_quick.md").read_text()
+    assert "## Memory budgets" in text and "### Memory targets" in text

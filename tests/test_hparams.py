@@ -144,6 +144,8 @@ def test_run_names_say_policy_budget_first_mask_seed_and_searched_values() -> No
     assert run_name("t", {**config, "budget.params": 22_410}, ["data.root"]) == "random,params=22410,init=su,seed=42,root=_data_my_sets,trial=t"
     full = {**config, "budget.policy": "full", "budget.ratio": None, "budget.initialization": "full"}
     assert run_name("t", full) == "full,all,init=full,seed=42,trial=t"
+    channels = {**config, "budget.unit": "input_channel", "budget.ratio": None, "budget.memory": 15_936}
+    assert run_name("t", channels) == "random,unit=input_channel,memory=15936,init=su,seed=42,trial=t"
 
 
 def test_hparam_values_keep_scalars_and_drop_nulls() -> None:

@@ -1,4 +1,4 @@
-"""Masked optimizers: frozen rows stay bit-identical; with no mask they match torch's."""
+"""Masked optimizers: frozen rows (and columns) stay bit-identical; with no mask they match torch's."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from trainables.optim import MaskedAdam, MaskedSGD, cosine_lr
+from trainables.optim import AxisMask, MaskedAdam, MaskedSGD, cosine_lr
 
 OptimizerFactory = Callable[[list[nn.Parameter]], torch.optim.Optimizer]
 
@@ -102,6 +102,7 @@ ROW_SPARSE: dict[str, Callable[[list[nn.Parameter], bool], MaskedSGD | MaskedAda
     "sgd": lambda p, rows: MaskedSGD(p, lr=0.1, momentum=0.9, weight_decay=0.01, row_sparse=rows),
     "sgd-nesterov": lambda p, rows: MaskedSGD(p, lr=0.1, momentum=0.9, weight_decay=0.01, nesterov=True, row_sparse=rows),
     "sgd-no-momentum": lambda p, rows: MaskedSGD(p, lr=0.1, weight_decay=0.01, row_sparse=rows),
+    "sgd-dampening": lambda p, rows: MaskedSGD(p, lr=0.1, momentum=0.9, dampening=0.3, weight_decay=0.01, row_sparse=rows),
     "adam": lambda p, rows: MaskedAdam(p, lr=0.01, weight_decay=0.01, row_sparse=rows),
 }
 
@@ -155,3 +156,99 @@ def test_row_sparse_sgd_steps_gather_only_the_updated_rows() -> None:
     optimizer.step()
     assert torch.equal(conv.weight[~mask], weight[~mask])
     assert bool(torch.isfinite(conv.weight).all()) and bool(torch.isfinite(optimizer.state[conv.weight]["momentum_buffer"]).all())
+
+AXIS_SCHEDULE: list[list[int] | None] = [
+    [0, 1],  # partial, first step: state created
+    [0, 1],
+    [2, 3, 4],  # slices 0 and 1 stop, 2..4 start after two zero-gradient steps
+    None,  # the whole conv frozen: no gradient at all on the row-sparse side
+    [0, 4],
+    [0, 1, 2, 3, 4],  # every slice: whole-tensor step
+    [1],
+]
+
+
+@pytest.mark.parametrize("axis", [0, 1], ids=["rows", "columns"])
+@pytest.mark.parametrize("name", list(ROW_SPARSE))
+def test_axis_mask_steps_are_bit_identical_to_the_masked_steps(name: str, axis: int) -> None:
+    # Columns (axis 1) are the input channels of a conv weight; the bias then trains iff any column does.
+    runs = []
+    for row_sparse in (True, False):
+        torch.manual_seed(0)
+        conv, inputs = nn.Conv2d(5, 5, 3).double(), torch.randn(4, 5, 6, 6, dtype=torch.float64)
+        optimizer = ROW_SPARSE[name]([conv.weight, conv.bias], row_sparse)
+        for slices in AXIS_SCHEDULE:
+            mask = torch.zeros(5, dtype=torch.bool)
+            mask[slices or []] = True
+            bias_mask = mask if axis == 0 else torch.full((5,), bool(mask.any()))
+            before = conv.weight.detach().clone(), conv.bias.detach().clone()
+            optimizer.set_update_masks({conv.weight: AxisMask(mask, axis), conv.bias: bias_mask})
+            optimizer.zero_grad(set_to_none=True)
+            conv(inputs).square().mean().backward()
+            if slices is None and row_sparse:
+                conv.weight.grad = conv.bias.grad = None  # the engine switches a frozen conv off
+            optimizer.step()
+            frozen, updated = (~mask).nonzero().flatten(), mask.nonzero().flatten()
+            assert torch.equal(conv.weight.index_select(axis, frozen), before[0].index_select(axis, frozen))
+            assert torch.equal(conv.bias[~bias_mask], before[1][~bias_mask])
+            if slices:
+                assert not torch.equal(conv.weight.index_select(axis, updated), before[0].index_select(axis, updated))
+        runs.append((conv, optimizer))
+    (ours, mine), (theirs, reference) = runs
+    assert torch.equal(ours.weight, theirs.weight) and torch.equal(ours.bias, theirs.bias)
+    for param, other in ((ours.weight, theirs.weight), (ours.bias, theirs.bias)):
+        assert mine.state[param].keys() == reference.state[other].keys()
+        for key, value in reference.state[other].items():
+            assert torch.equal(mine.state[param][key], value) if isinstance(value, torch.Tensor) else mine.state[param][key] == value, key
+
+
+def test_row_sparse_column_steps_read_only_the_updated_columns() -> None:
+    torch.manual_seed(0)
+    conv, inputs = nn.Conv2d(4, 6, 3), torch.randn(2, 4, 6, 6)
+    optimizer = MaskedAdam([conv.weight], lr=0.01, weight_decay=0.1, row_sparse=True)
+    mask = torch.tensor([False, True, False, True])
+    optimizer.set_update_masks({conv.weight: AxisMask(mask, 1)})
+    step(conv, optimizer, inputs)
+    assert optimizer._row_axis(conv.weight) == 1 and optimizer._rows_step(conv.weight).tolist() == [1, 3]  # type: ignore[union-attr]
+    conv.weight.grad[:, ~mask] = float("nan")  # type: ignore[index]  # columns it must never read
+    weight = conv.weight.detach().clone()
+    optimizer.step()
+    assert torch.equal(conv.weight[:, ~mask], weight[:, ~mask])
+    assert not torch.equal(conv.weight[:, mask], weight[:, mask])
+    state = optimizer.state[conv.weight]
+    assert all(bool(torch.isfinite(t).all()) for t in (conv.weight, state["exp_avg"], state["exp_avg_sq"]))
+
+
+@pytest.mark.parametrize("name", list(ROW_SPARSE))
+def test_element_masks_freeze_blocks_and_take_the_masked_step(name: str) -> None:
+    # e.g. the input channels of a grouped conv: blocks W[group rows, column] of the weight
+    runs = []
+    for row_sparse in (True, False):
+        torch.manual_seed(0)
+        conv, inputs = nn.Conv2d(4, 6, 3, groups=2).double(), torch.randn(2, 4, 6, 6, dtype=torch.float64)
+        optimizer = ROW_SPARSE[name]([conv.weight], row_sparse)
+        for updated in ([[0, 1], [1, 0]], [[0, 0], [1, 1]], [[1, 0], [0, 0]]):  # per group, per column of the group
+            mask = torch.tensor(updated, dtype=torch.bool).repeat_interleave(3, dim=0).view(6, 2, 1, 1)
+            frozen = ~mask.expand_as(conv.weight)
+            before = conv.weight.detach().clone()
+            optimizer.set_update_masks({conv.weight: mask})
+            assert optimizer._rows_step(conv.weight) is None  # type: ignore[attr-defined]
+            step(conv, optimizer, inputs.double())
+            assert torch.equal(conv.weight[frozen], before[frozen]) and not torch.equal(conv.weight[~frozen], before[~frozen])
+        runs.append(conv.weight.detach().clone())
+    assert torch.equal(runs[0], runs[1])
+
+
+def test_axis_and_element_masks_that_do_not_fit_are_refused() -> None:
+    conv, _ = conv_and_data()  # weight 6 x 3 x 3 x 3
+    optimizer = MaskedSGD([conv.weight], lr=0.1)
+    for mask in (
+        AxisMask(torch.ones(6, dtype=torch.bool), 1),
+        AxisMask(torch.ones(3, dtype=torch.bool), 4),
+        torch.ones(6, 2, 1, 1, dtype=torch.bool),
+        torch.ones(6, 3, dtype=torch.bool),
+    ):
+        with pytest.raises(ValueError, match="does not fit"):
+            optimizer.set_update_masks({conv.weight: mask})
+    with pytest.raises(ValueError, match="bool"):
+        optimizer.set_update_masks({conv.weight: AxisMask(torch.ones(3), 1)})

@@ -271,21 +271,34 @@ class TrainingConfig:
 
 @dataclass
 class BudgetConfig:
-    """Which neurons are updated, how many, and from what first mask.
+    """Which channels are updated, how many, and from what first mask.
 
-    The budget in parameters is ``params`` if given, else ``int(P * ratio)``
-    if ``ratio`` is given (``P``: total conv parameters of the model), else
-    the budget of ``scheme``. ``scheme`` also provides the static SU mask,
-    which the ``su`` policy and the ``su`` initialization need.
-    ``bn_update``: ``all`` normalisation layers train (the study), or only
-    those after convs that hold updated neurons (``selected``).
+    ``unit``: ``neuron`` (output channels, the study) or ``input_channel``
+    (the slices ``W[:, c]``, TraDy and MeDyate). The budget is ``memory``
+    (weight + conv-input activation elements per image) if given, else
+    ``params`` (parameters of neurons, or weight elements of input
+    channels), else ``int(P * ratio)`` of all of them, else the budget of
+    ``scheme``: its parameters under ``unit: neuron``, its memory cost on
+    input channels under ``unit: input_channel``. ``scheme`` also provides
+    the static SU mask, which the ``su`` policy and the ``su``
+    initialization need. ``fill``: how an ordered list of channels fills the
+    budget; ``auto`` is the study's ``prefix`` for parameter budgets over
+    neurons and ``skip`` otherwise (see :mod:`trainables.policies`).
+    ``bytes_per_element`` converts elements to bytes for reporting (4:
+    float32; 1: tiny-training's int8). ``bn_update``: ``all`` normalisation
+    layers train (the study), or only those after convs that hold updated
+    channels (``selected``).
     """
 
     policy: str = "velocity"
     initialization: Literal["su", "random", "full"] = "random"
+    unit: Literal["neuron", "input_channel"] = "neuron"
     scheme: str | None = None
     ratio: float | None = None
     params: int | None = None
+    memory: int | None = None
+    bytes_per_element: float = 4.0
+    fill: Literal["auto", "prefix", "skip"] = "auto"
     velocity_mu: float = 0.5
     bn_update: Literal["all", "selected"] = "all"
 
@@ -299,6 +312,9 @@ class BudgetConfig:
             _require(0 < self.ratio <= 1, _join(path, "ratio"), f"must lie in (0, 1], got {self.ratio}")
         if self.params is not None:
             _require(self.params >= 1, _join(path, "params"), f"must be >= 1 parameter, got {self.params}")
+        if self.memory is not None:
+            _require(self.memory >= 1, _join(path, "memory"), f"must be >= 1 element, got {self.memory}")
+        _require(self.bytes_per_element > 0, _join(path, "bytes_per_element"), f"must be > 0, got {self.bytes_per_element}")
         if self.scheme is not None:
             _require(
                 self.scheme in scheme_names(),
@@ -307,9 +323,19 @@ class BudgetConfig:
             )
         needs_budget = self.policy != "full"
         _require(
-            not needs_budget or any(v is not None for v in (self.scheme, self.ratio, self.params)),
+            not needs_budget or any(v is not None for v in (self.scheme, self.ratio, self.params, self.memory)),
             path or "budget",
-            "give a scheme, a ratio or params (the budget)",
+            "give a scheme, a ratio, params or memory (the budget)",
+        )
+        _require(
+            self.memory is None or (self.params is None and self.ratio is None),
+            _join(path, "memory"),
+            "is a budget of its own: give memory, or params / ratio, not both",
+        )
+        _require(
+            not (self.policy == "velocity" and self.unit == "input_channel"),
+            _join(path, "unit"),
+            "policy 'velocity' measures output neurons; it needs unit neuron (give it a memory budget to bound its memory)",
         )
         _require(0 <= self.velocity_mu <= 1, _join(path, "velocity_mu"), f"must lie in [0, 1], got {self.velocity_mu}")
 

@@ -15,17 +15,29 @@ makes the budget real, conv by conv, from the current masks:
   gradient and the frozen rows are zeroed, which measured faster;
 - every neuron updated: the ordinary conv.
 
+A second unit of selection (``unit="input_channel"``, TraDy / MeDyate) picks
+input channels c of a conv, the weight columns ``W[:, c]``. The weight
+gradient of column c needs only channel c of the conv's input, so a partly
+updated conv keeps only its selected input channels for backward (a copy;
+the full input can be freed unless something else holds it) and computes
+the weight gradient of those columns only; its input gradient is the usual
+one. A depthwise conv's input channel c is its filter ``W[c]``, so it takes
+the row-wise path for those channels. Grouped convs with several input
+channels per group (none in the shipped models) fall back to the whole
+weight gradient with the unselected columns zeroed, and keep their whole input.
+
 With ``bn_update="selected"`` the normalisation layers after a conv train
-only when that conv holds updated neurons, so backward stops below the
-lowest such layer. Masks change by flipping flags and index tensors; the
-model and the optimizer state are never rebuilt. The optimizer pairs with the
-engine through ``row_sparse=True`` (:mod:`trainables.optim`): it steps only
-the updated rows of a partly updated conv.
+only when that conv holds updated neurons (input channels), so backward
+stops below the lowest such layer. Masks change by flipping flags and index
+tensors; the model and the optimizer state are never rebuilt. The optimizer
+pairs with the engine through ``row_sparse=True`` (:mod:`trainables.optim`):
+it steps only the updated rows (columns) of a partly updated conv, with the
+per-parameter masks of :func:`parameter_masks`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -33,7 +45,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from trainables.costs import UNITS, Unit
 from trainables.neurons import Masks, conv_layers
+from trainables.optim import AxisMask, UpdateMask
 
 BnUpdate = Literal["all", "selected"]
 NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
@@ -85,13 +99,19 @@ class RowPlan:
     group_inputs: torch.Tensor | None = None
 
 
-def row_plan(mask: torch.Tensor, weight: torch.Tensor, groups: int = 1) -> RowPlan:
-    """The :class:`RowPlan` of a conv whose update mask is ``mask`` (some, not all, rows True)."""
+def row_plan(mask: torch.Tensor, weight: torch.Tensor, groups: int = 1, *, keep_selected_inputs: bool = False) -> RowPlan:
+    """The :class:`RowPlan` of a conv whose update mask is ``mask`` (some, not all, rows True).
+
+    ``keep_selected_inputs``: a grouped conv never takes the dense path, which
+    keeps its whole input; it keeps only the input channels its selected rows
+    read, whatever their share (memory budgets price exactly that).
+    """
     mask = mask.to(weight.device)
     frozen = (~mask).view(-1, *([1] * (weight.dim() - 1)))
     selected = mask.nonzero().flatten()
     group_inputs = _group_input_channels(selected, weight, groups) if groups > 1 else None
-    return RowPlan(selected, frozen, int(mask.sum()) >= DENSE_FRACTION * mask.numel(), group_inputs)
+    dense = int(mask.sum()) >= DENSE_FRACTION * mask.numel() and not (keep_selected_inputs and groups > 1)
+    return RowPlan(selected, frozen, dense, group_inputs)
 
 
 class _RowSparseConv(torch.autograd.Function):
@@ -130,7 +150,7 @@ class _RowSparseConv(torch.autograd.Function):
         kept, weight = ctx.saved_tensors
         groups, plan = ctx.groups, ctx.plan
         if ctx.needs_input_grad[1] and plan.dense:
-            return _dense_rows_backward(ctx, grad_out, kept, weight)
+            return _dense_backward(ctx, grad_out, kept, weight, plan.frozen, plan.frozen.view(-1))
         grad_in = grad_weight = grad_bias = None
         if ctx.needs_input_grad[0]:
             grad_in = _input_gradient(grad_out, ctx.input_shape, weight, ctx.conf, groups)
@@ -153,8 +173,19 @@ class _RowSparseConv(torch.autograd.Function):
         return grad_in, grad_weight, grad_bias, None, None, None
 
 
-def _dense_rows_backward(ctx: Any, grad_out: torch.Tensor, inputs: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-    """Input and whole weight (and bias) gradients in one library call, frozen rows zeroed."""
+def _dense_backward(
+    ctx: Any,
+    grad_out: torch.Tensor,
+    inputs: torch.Tensor,
+    weight: torch.Tensor,
+    frozen_weight: torch.Tensor,
+    frozen_bias: torch.Tensor | None,
+) -> tuple[torch.Tensor | None, ...]:
+    """Input and whole weight (and bias) gradients in one library call, frozen entries zeroed.
+
+    ``frozen_weight`` broadcasts over the weight (rows, or blocks of a
+    grouped conv's columns); ``frozen_bias`` is None where the whole bias trains.
+    """
     stride, padding, dilation = ctx.conf
     wants_bias = ctx.has_bias and ctx.needs_input_grad[2]
     grad_in, grad_weight, grad_bias = torch.ops.aten.convolution_backward(
@@ -170,10 +201,9 @@ def _dense_rows_backward(ctx: Any, grad_out: torch.Tensor, inputs: torch.Tensor,
         ctx.groups,
         [ctx.needs_input_grad[0], True, wants_bias],
     )
-    frozen = ctx.plan.frozen
-    grad_weight.masked_fill_(frozen, 0.0)
-    if wants_bias:
-        grad_bias.masked_fill_(frozen.view(-1), 0.0)
+    grad_weight.masked_fill_(frozen_weight, 0.0)
+    if wants_bias and frozen_bias is not None:
+        grad_bias.masked_fill_(frozen_bias, 0.0)
     return grad_in, grad_weight, grad_bias, None, None, None
 
 
@@ -199,8 +229,9 @@ def _grouped_weight_rows(grad_rows: torch.Tensor, inputs: torch.Tensor, weight_r
     """Weight gradient of a few output channels of a grouped (depthwise) conv.
 
     Each selected channel reads only its group's inputs (``inputs`` holds
-    them, group after group), so the channels form a grouped conv of their
-    own. Folding the batch into the channels (one group per sample and
+    them, group after group; under the input-channel unit, the selected
+    input channels of a depthwise conv, each feeding its rows), so the
+    channels form a grouped conv of their own. Folding the batch into the channels (one group per sample and
     channel, summed over the batch afterwards) gives oneDNN enough channels
     to fill its vector lanes: depthwise 3x3, 4 of 32 channels at 64x64, batch
     32, one thread: 0.23 against 0.83 ms for the same groups unfolded. (For
@@ -208,13 +239,14 @@ def _grouped_weight_rows(grad_rows: torch.Tensor, inputs: torch.Tensor, weight_r
     where the library's one call for input and weight gradient was as fast.)
     """
     batch, rows = grad_rows.shape[:2]
+    groups = inputs.shape[1] // weight_rows.shape[1]  # per sample: one per row, or per input channel (depth multiplier)
     folded_weight = weight_rows.new_empty((batch * rows, *weight_rows.shape[1:]))
     folded: torch.Tensor = _convolution_backward(
         grad_rows.reshape(1, batch * rows, *grad_rows.shape[2:]),
         inputs.reshape(1, -1, *inputs.shape[2:]),
         folded_weight,
         conf,
-        batch * rows,
+        batch * groups,
         [False, True, False],
     )[1]
     return folded.view(batch, *weight_rows.shape).sum(0)
@@ -230,6 +262,119 @@ def _input_gradient(grad_out: torch.Tensor, input_shape: torch.Size, weight: tor
     shape_only = grad_out.new_empty(input_shape)
     grad_in: torch.Tensor = _convolution_backward(grad_out, shape_only, weight, conf, groups, [True, False, False])[0]
     return grad_in
+
+
+def input_channel_index(weight: torch.Tensor, groups: int) -> torch.Tensor:
+    """For every ``(o, j)`` of a conv weight ``W[C_out, C_in/groups, kh, kw]``, the input channel it reads.
+
+    Returns:
+        A ``torch.long`` tensor of shape ``(C_out, C_in/groups)``: ``j`` for an
+        ungrouped conv, ``(o // (C_out/groups)) * (C_in/groups) + j`` in general.
+    """
+    out_channels, in_per_group = weight.shape[:2]
+    group = torch.arange(out_channels, device=weight.device) // (out_channels // groups)
+    return group.unsqueeze(1) * in_per_group + torch.arange(in_per_group, device=weight.device)
+
+
+@dataclass(frozen=True)
+class ColumnPlan:
+    """How a partly updated conv computes its weight gradient under the input-channel unit.
+
+    Attributes:
+        selected: indices of the selected input channels (sorted); backward
+            keeps only these channels of the input, except for ``frozen``.
+        rows: for a conv with one input channel per group (depthwise), the
+            weight rows those channels feed (their filters); None otherwise.
+        frozen: for a grouped conv with several input channels per group,
+            True for the frozen entries of the weight, shaped
+            ``(C_out, C_in/groups, 1, 1)``: it keeps its whole input and
+            computes the whole weight gradient, then zeroes those (a fallback
+            for convs the shipped models do not have); None otherwise.
+    """
+
+    selected: torch.Tensor
+    rows: torch.Tensor | None = None
+    frozen: torch.Tensor | None = None
+
+
+def column_plan(mask: torch.Tensor, weight: torch.Tensor, groups: int = 1) -> ColumnPlan:
+    """The :class:`ColumnPlan` of a conv whose input-channel mask is ``mask`` (some, not all, True)."""
+    mask = mask.to(weight.device)
+    selected = mask.nonzero().flatten()
+    if groups == 1:
+        return ColumnPlan(selected)
+    if weight.shape[1] == 1:
+        return ColumnPlan(selected, rows=_depthwise_rows(mask, weight).nonzero().flatten())
+    return ColumnPlan(selected, frozen=~mask[input_channel_index(weight, groups)].view(*weight.shape[:2], 1, 1))
+
+
+def _depthwise_rows(mask: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """The weight-row mask of a depthwise conv's input-channel ``mask`` (each input channel feeds C_out/C_in rows)."""
+    return mask.repeat_interleave(weight.shape[0] // mask.numel())
+
+
+class _ColumnSparseConv(torch.autograd.Function):
+    """conv2d whose weight gradient is computed for the selected input channels (columns) only.
+
+    Forward saves only the selected channels of the input (a copy) and the
+    weight; backward computes the input gradient as usual and the weight
+    gradient of the selected columns, scattered into zeros. A depthwise conv
+    computes it for the filters of the selected channels (row-wise, batch
+    folded into the groups). A conv bias trains whenever its conv has a
+    selected input channel: its gradient is the whole ``grad_out.sum((0, 2, 3))``.
+    Grouped convs with several input channels per group take the fallback
+    of :class:`ColumnPlan` (whole input kept).
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        inputs: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        plan: ColumnPlan,
+        conf: tuple[Any, ...],
+        groups: int,
+    ) -> torch.Tensor:
+        ctx.plan, ctx.conf, ctx.groups, ctx.has_bias = plan, conf, groups, bias is not None
+        ctx.input_shape = inputs.shape
+        kept = None
+        if weight.requires_grad:
+            kept = inputs if plan.frozen is not None else inputs.index_select(1, plan.selected)
+        ctx.save_for_backward(kept, weight)
+        stride, padding, dilation = conf
+        return F.conv2d(inputs, weight, bias, stride, padding, dilation, groups)
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        kept, weight = ctx.saved_tensors
+        plan: ColumnPlan = ctx.plan
+        if ctx.needs_input_grad[1] and plan.frozen is not None:
+            return _dense_backward(ctx, grad_out, kept, weight, plan.frozen, None)
+        grad_in = grad_weight = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            grad_in = _input_gradient(grad_out, ctx.input_shape, weight, ctx.conf, ctx.groups)
+        if ctx.needs_input_grad[1]:
+            grad_weight = weight.new_zeros(weight.shape)
+            if plan.rows is not None:
+                grad_rows = grad_out.index_select(1, plan.rows)
+                rows = _grouped_weight_rows(grad_rows, kept, weight.new_empty((plan.rows.numel(), *weight.shape[1:])), ctx.conf)
+                grad_weight.index_copy_(0, plan.rows, rows)
+            else:
+                grad_weight.index_copy_(1, plan.selected, _weight_columns(grad_out, kept, weight, ctx.conf))
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_bias = grad_out.sum(dim=(0, 2, 3))
+        return grad_in, grad_weight, grad_bias, None, None, None
+
+
+def _weight_columns(grad_out: torch.Tensor, kept: torch.Tensor, weight: torch.Tensor, conf: tuple[Any, ...]) -> torch.Tensor:
+    """Weight gradient ``(C_out, k, kh, kw)`` of an ungrouped conv's columns, from the ``k`` kept input channels."""
+    columns_shape = (weight.shape[0], kept.shape[1], *weight.shape[2:])
+    if _is_pointwise(weight, 1, conf):
+        return _pointwise_weight_rows(grad_out, kept, conf[0]).view(columns_shape)
+    # the library reads only the shape of the weight it is given for a weight gradient
+    columns: torch.Tensor = _convolution_backward(grad_out, kept, weight.new_empty(columns_shape), conf, 1, [False, True, False])[1]
+    return columns
 
 
 class _FrozenConv(torch.autograd.Function):
@@ -268,26 +413,93 @@ def norms_after_convs(model: nn.Module) -> dict[str, list[nn.Module]]:
     return after
 
 
+def unit_length(conv: nn.Conv2d, unit: Unit) -> int:
+    """Length of ``conv``'s mask in ``unit``: ``out_channels`` (neurons) or ``in_channels`` (input channels)."""
+    return conv.out_channels if unit == "neuron" else conv.in_channels
+
+
+def parameter_masks(model: nn.Module | Mapping[str, nn.Conv2d], masks: Masks, unit: Unit = "neuron") -> dict[torch.Tensor, UpdateMask]:
+    """The optimizer's per-parameter update masks (:mod:`trainables.optim`) of per-conv ``masks``.
+
+    Args:
+        model: the network, or its convs by qualified name (:func:`~trainables.neurons.conv_layers`).
+        masks: per conv, a bool tensor over its output channels (``unit="neuron"``)
+            or its input channels (``unit="input_channel"``); True = updated.
+        unit: what the masks select.
+
+    Returns:
+        Per conv weight and bias. Neuron unit: the row mask for both.
+        Input-channel unit: for the weight, an :class:`~trainables.optim.AxisMask`
+        over its columns (dim 1) for an ungrouped conv, the rows of the
+        selected channels' filters for a depthwise conv, an element mask
+        ``(C_out, C_in/groups, 1, 1)`` for other grouped convs; for the bias,
+        all True when the conv has any selected input channel, else all False.
+    """
+    convs = conv_layers(model) if isinstance(model, nn.Module) else model
+    per_param: dict[torch.Tensor, UpdateMask] = {}
+    for name, conv in convs.items():
+        mask = masks[name]
+        _check_mask(name, conv, mask, unit)
+        if unit == "neuron":
+            per_param[conv.weight] = mask
+            if conv.bias is not None:
+                per_param[conv.bias] = mask
+            continue
+        if conv.groups == 1:
+            per_param[conv.weight] = AxisMask(mask, 1)
+        elif conv.weight.shape[1] == 1:
+            per_param[conv.weight] = _depthwise_rows(mask, conv.weight)
+        else:
+            per_param[conv.weight] = mask[input_channel_index(conv.weight, conv.groups).to(mask.device)].view(*conv.weight.shape[:2], 1, 1)
+        if conv.bias is not None:
+            per_param[conv.bias] = torch.full((conv.out_channels,), bool(mask.any()), device=mask.device)
+    return per_param
+
+
+def _check_mask(name: str, conv: nn.Conv2d, mask: torch.Tensor, unit: Unit) -> None:
+    """Raise ValueError naming the conv when ``mask`` is not a bool tensor of the unit's length."""
+    length = unit_length(conv, unit)
+    if mask.dtype != torch.bool or mask.shape != (length,):
+        raise ValueError(
+            f"mask of conv {name!r}: a bool tensor of shape ({length},) expected under unit {unit!r}, "
+            f"got {mask.dtype} of shape {tuple(mask.shape)}"
+        )
+
+
 class SparseUpdateEngine:
-    """Installs row-sparse weight gradients on every conv of ``model``.
+    """Installs sparse weight gradients (rows or input-channel columns) on every conv of ``model``.
 
     Args:
         model: the network; its convs are found by ``named_modules()``.
         bn_update: ``"all"`` (the study: normalisation layers always train)
-            or ``"selected"`` (only those after convs with updated neurons).
+            or ``"selected"`` (only those after convs with something updated).
         sparse: False leaves every conv computing its full weight gradient
-            (the study's mask-after-backward path); only ``bn_update`` applies.
+            (the study's mask-after-backward path); only ``bn_update`` applies,
+            the optimizer's masks (:func:`parameter_masks`) do the rest.
+        unit: what :meth:`set_masks` selects per conv: ``"neuron"`` (output
+            channels) or ``"input_channel"`` (input channels; a conv bias then
+            trains iff its conv has any selected input channel).
+        keep_selected_inputs: under ``"neuron"``, partly updated grouped
+            (depthwise) convs keep only the inputs of their selected rows even
+            where the whole-input weight gradient would be faster: what a
+            memory budget counts (:mod:`trainables.costs`).
     """
 
-    def __init__(self, model: nn.Module, *, bn_update: BnUpdate = "all", sparse: bool = True) -> None:
+    def __init__(
+        self, model: nn.Module, *, bn_update: BnUpdate = "all", sparse: bool = True, unit: Unit = "neuron", keep_selected_inputs: bool = False
+    ) -> None:
+        if unit not in UNITS:
+            raise ValueError(f"unknown unit {unit!r}; known: {', '.join(UNITS)}")
         self.model = model
         self.bn_update = bn_update
         self.sparse = sparse
+        self.unit = unit
+        self.keep_selected_inputs = keep_selected_inputs
         self.convs = conv_layers(model)
         self.norms = norms_after_convs(model)
-        # per conv: None = every neuron updated (ordinary conv), False = none
-        # updated, else the plan of its updated output channels
-        self._selected: dict[str, RowPlan | bool | None] = dict.fromkeys(self.convs)
+        # per conv: None = everything updated (ordinary conv), False = nothing
+        # updated, else the plan of its updated output (input) channels
+        self._selected: dict[str, RowPlan | ColumnPlan | bool | None] = dict.fromkeys(self.convs)
         for name, conv in self.convs.items():
             if sparse and conv.padding_mode == "zeros" and not isinstance(conv.padding, str):
                 conv.forward = self._make_forward(name, conv)  # type: ignore[method-assign,assignment]
@@ -303,24 +515,40 @@ class SparseUpdateEngine:
                 if not inputs.requires_grad:  # nothing below trains: autograd records nothing
                     return F.conv2d(inputs, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups)
                 return _FrozenConv.apply(inputs, conv.weight, conv.bias, conf, conv.groups)  # type: ignore[no-any-return]
+            if isinstance(selected, ColumnPlan):
+                return _ColumnSparseConv.apply(inputs, conv.weight, conv.bias, selected, conf, conv.groups)  # type: ignore[no-any-return]
             return _RowSparseConv.apply(inputs, conv.weight, conv.bias, selected, conf, conv.groups)  # type: ignore[no-any-return]
 
         return forward
 
     def set_masks(self, masks: Masks) -> None:
-        """Switch every conv (and, with ``bn_update="selected"``, its norm layers) to ``masks``."""
+        """Switch every conv (and, with ``bn_update="selected"``, its norm layers) to ``masks``.
+
+        Args:
+            masks: per conv, a bool tensor over the engine's unit (output
+                channels, or input channels); True = updated.
+
+        Raises:
+            ValueError: a mask is not a bool tensor of its conv's unit length.
+        """
         for name, conv in self.convs.items():
             mask = masks[name]
+            _check_mask(name, conv, mask, self.unit)
             n_updated = int(mask.sum())
             trainable = n_updated > 0
             if self.sparse:
                 for param in conv.parameters():
                     param.requires_grad_(trainable)
                 everything = n_updated == mask.numel()
-                self._selected[name] = None if everything else row_plan(mask, conv.weight, conv.groups) if trainable else False
+                self._selected[name] = None if everything else self._plan(mask, conv) if trainable else False
             for norm in self.norms[name]:
                 for param in norm.parameters():
                     param.requires_grad_(trainable or self.bn_update == "all")
+
+    def _plan(self, mask: torch.Tensor, conv: nn.Conv2d) -> RowPlan | ColumnPlan:
+        if self.unit == "neuron":
+            return row_plan(mask, conv.weight, conv.groups, keep_selected_inputs=self.keep_selected_inputs)
+        return column_plan(mask, conv.weight, conv.groups)
 
     def remove(self) -> None:
         """Restore the ordinary conv forward and make every parameter trainable again."""

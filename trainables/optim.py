@@ -1,8 +1,12 @@
 """Applying update masks: optimizers that leave frozen neurons bit-identical,
 and the learning-rate schedule.
 
-Masks are set per parameter as a bool tensor over its first dimension (the
-output channels of a conv weight or bias; True = updated). The update rule
+Masks are set per parameter (True = updated): a bool tensor over its first
+dimension (the output channels, rows, of a conv weight or bias), an
+:class:`AxisMask` over another dimension (the input channels, columns
+``W[:, c]``, of a conv weight), or a bool tensor with the parameter's number
+of dimensions that broadcasts over it (an element mask, e.g. the input
+channels of a grouped conv, which are blocks of the weight). The update rule
 follows the study's code so that numbers are comparable: the gradient of a
 frozen row is zeroed after weight decay and the step is zeroed again after
 momentum (SGD) or the first moment is cleared (Adam), so neither momentum nor
@@ -18,21 +22,49 @@ counts the optimizer's steps, not the parameter's. Both update paths
 therefore produce the same weights.
 
 With ``row_sparse=True`` (the sparse-update engine's optimizer) a partly
-updated parameter is stepped on its updated rows only: their gradient and
-weights are gathered, updated and scattered back, and the state of the frozen
-rows takes its zero-gradient step in place (one pass: momentum or the second
-moment decays, the first moment is cleared) instead of the whole-tensor
-temporaries of the masked step. The arithmetic per element is the masked
-path's, so both give bit-identical weights and state.
+updated parameter is stepped on its updated rows (or columns, along the
+mask's axis) only: their gradient and weights are gathered, updated and
+scattered back, and the state of the frozen slices takes its zero-gradient
+step in place (one pass: momentum or the second moment decays, the first
+moment is cleared) instead of the whole-tensor temporaries of the masked
+step. The arithmetic per element is the masked path's, so both give
+bit-identical weights and state. An element mask always takes the masked
+step.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+
+@dataclass(frozen=True)
+class AxisMask:
+    """An update mask along one dimension of a parameter.
+
+    Attributes:
+        mask: 1-D bool tensor over ``param.shape[axis]``; True = that slice is updated.
+        axis: the dimension the mask runs along: 0 for the output channels
+            (rows) of a conv weight, 1 for its input channels (columns ``W[:, c]``).
+    """
+
+    mask: torch.Tensor
+    axis: int = 0
+
+
+UpdateMask = torch.Tensor | AxisMask
+"""A parameter's update mask: a row mask (plain 1-D tensor over dim 0), an :class:`AxisMask`, or an element mask."""
+
+
+def _frozen_view(mask: AxisMask, param: torch.Tensor) -> torch.Tensor:
+    """True where ``param`` is frozen, shaped to broadcast over it (the mask's length at its axis, 1 elsewhere)."""
+    shape = [1] * param.dim()
+    shape[mask.axis] = -1
+    return (~mask.mask).to(param.device).view(shape)
 
 
 class _MaskedOptimizer(torch.optim.Optimizer):
@@ -43,25 +75,45 @@ class _MaskedOptimizer(torch.optim.Optimizer):
         self.row_sparse = row_sparse
         self._frozen_rows: dict[int, torch.Tensor] = {}
         self._updated_rows: dict[int, torch.Tensor] = {}
+        self._row_axes: dict[int, int] = {}
 
-    def set_update_masks(self, masks: Mapping[torch.Tensor, torch.Tensor]) -> None:
-        """Replace the update masks (True = row updated); unlisted parameters update fully."""
+    def set_update_masks(self, masks: Mapping[torch.Tensor, UpdateMask]) -> None:
+        """Replace the update masks (True = updated); unlisted parameters update fully.
+
+        Args:
+            masks: per parameter, a bool tensor over its first dimension (rows),
+                an :class:`AxisMask` (slices along another dimension), or a bool
+                tensor with the parameter's number of dimensions that broadcasts
+                over it (elements; always the masked, whole-tensor step).
+
+        Raises:
+            ValueError: a mask does not fit its parameter.
+        """
         frozen: dict[int, torch.Tensor] = {}
         updated: dict[int, torch.Tensor] = {}
-        for param, mask in masks.items():
-            if mask.shape != param.shape[:1]:
-                raise ValueError(f"mask of shape {tuple(mask.shape)} does not fit a parameter of shape {tuple(param.shape)}")
-            if bool(mask.all()):
+        axes: dict[int, int] = {}
+        for param, given in masks.items():
+            mask = _axis_mask(given, param)
+            if not isinstance(mask, AxisMask):  # an element mask: the masked step only
+                if not bool(mask.all()):
+                    frozen[id(param)] = (~mask).to(param.device)
                 continue
-            view = (~mask).to(param.device).view(-1, *([1] * (param.dim() - 1)))
-            frozen[id(param)] = view
-            updated[id(param)] = mask.to(param.device).nonzero().flatten()
+            if bool(mask.mask.all()):
+                continue
+            frozen[id(param)] = _frozen_view(mask, param)
+            updated[id(param)] = mask.mask.to(param.device).nonzero().flatten()
+            axes[id(param)] = mask.axis
         self._frozen_rows = frozen
         self._updated_rows = updated
+        self._row_axes = axes
 
     def _rows_step(self, param: torch.Tensor) -> torch.Tensor | None:
-        """Indices of the rows a row-sparse step updates; None for a whole-tensor step."""
+        """Indices of the rows (slices along :meth:`_row_axis`) a row-sparse step updates; None for a whole-tensor step."""
         return self._updated_rows.get(id(param)) if self.row_sparse else None
+
+    def _row_axis(self, param: torch.Tensor) -> int:
+        """The dimension along which :meth:`_rows_step`'s indices run."""
+        return self._row_axes.get(id(param), 0)
 
     def _frozen(self, param: torch.Tensor) -> torch.Tensor | None:
         return self._frozen_rows.get(id(param))
@@ -72,6 +124,29 @@ class _MaskedOptimizer(torch.optim.Optimizer):
         skipped = step - int(state.get("last_step", step - 1)) - 1
         state["last_step"] = step
         return skipped
+
+
+def _axis_mask(mask: UpdateMask, param: torch.Tensor) -> UpdateMask:
+    """``mask`` as an :class:`AxisMask` (a plain 1-D tensor over dim 0 is a row mask); an element mask is returned as it is.
+
+    Raises:
+        ValueError: the mask does not fit ``param``.
+    """
+    if (mask.mask if isinstance(mask, AxisMask) else mask).dtype != torch.bool:
+        raise ValueError("update masks must be bool tensors")
+    if isinstance(mask, AxisMask):
+        if not 0 <= mask.axis < param.dim() or mask.mask.shape != param.shape[mask.axis : mask.axis + 1]:
+            raise ValueError(
+                f"mask of shape {tuple(mask.mask.shape)} along axis {mask.axis} does not fit a parameter of shape {tuple(param.shape)}"
+            )
+        return mask
+    if mask.shape == param.shape[:1]:
+        return AxisMask(mask, 0)
+    fits = mask.dim() == param.dim() and all(m in (1, p) for m, p in zip(mask.shape, param.shape, strict=True))
+    if not fits:
+        raise ValueError(f"mask of shape {tuple(mask.shape)} does not fit a parameter of shape {tuple(param.shape)}")
+    return mask
+
 
 class MaskedSGD(_MaskedOptimizer):
     """SGD with momentum, dampening, nesterov and weight decay, under update masks."""
@@ -104,7 +179,7 @@ class MaskedSGD(_MaskedOptimizer):
                     continue
                 rows = self._rows_step(param)
                 if rows is not None:
-                    self._sgd_rows(param, rows, group)
+                    self._sgd_rows(param, rows, self._row_axis(param), group)
                     continue
                 frozen = self._frozen(param)
                 state = self.state[param]
@@ -127,13 +202,13 @@ class MaskedSGD(_MaskedOptimizer):
                         step = step.masked_fill(frozen, 0.0)
                 param.add_(step, alpha=-group["lr"])
 
-    def _sgd_rows(self, param: torch.Tensor, rows: torch.Tensor, group: dict[str, Any]) -> None:
-        """The SGD step of ``param`` computed on its updated ``rows`` only (``row_sparse``)."""
+    def _sgd_rows(self, param: torch.Tensor, rows: torch.Tensor, axis: int, group: dict[str, Any]) -> None:
+        """The SGD step of ``param`` computed on its updated ``rows`` (slices along ``axis``) only (``row_sparse``)."""
         assert param.grad is not None
         momentum, state = group["momentum"], self.state[param]
         skipped = self._skipped_steps(state, group["global_step"])
-        weights = param.index_select(0, rows)
-        step = param.grad.index_select(0, rows)
+        weights = param.index_select(axis, rows)
+        step = param.grad.index_select(axis, rows)
         if group["weight_decay"] != 0:
             step = step.add(weights, alpha=group["weight_decay"])
         if momentum != 0:
@@ -145,10 +220,10 @@ class MaskedSGD(_MaskedOptimizer):
                 if skipped:
                     buffer.mul_(momentum**skipped)
                 buffer.mul_(momentum)  # every row's zero-gradient step; updated rows add theirs next
-                rows_buffer = buffer.index_select(0, rows).add_(step, alpha=1 - group["dampening"])
-            buffer.index_copy_(0, rows, rows_buffer)
+                rows_buffer = buffer.index_select(axis, rows).add_(step, alpha=1 - group["dampening"])
+            buffer.index_copy_(axis, rows, rows_buffer)
             step = step.add(rows_buffer, alpha=momentum) if group["nesterov"] else rows_buffer
-        param.index_copy_(0, rows, weights.add_(step, alpha=-group["lr"]))
+        param.index_copy_(axis, rows, weights.add_(step, alpha=-group["lr"]))
 
 
 class MaskedAdam(_MaskedOptimizer):
@@ -186,7 +261,7 @@ class MaskedAdam(_MaskedOptimizer):
                     state["exp_avg_sq"] = torch.zeros_like(param)
                 rows = self._rows_step(param)
                 if rows is not None:
-                    self._adam_rows(param, rows, group)
+                    self._adam_rows(param, rows, self._row_axis(param), group)
                     continue
                 skipped = self._skipped_steps(state, step)
                 if skipped:
@@ -208,8 +283,8 @@ class MaskedAdam(_MaskedOptimizer):
                 denom = (exp_avg_sq.sqrt() / math.sqrt(correction2)).add_(group["eps"])
                 param.addcdiv_(exp_avg, denom, value=-group["lr"] / correction1)
 
-    def _adam_rows(self, param: torch.Tensor, rows: torch.Tensor, group: dict[str, Any]) -> None:
-        """The Adam step of ``param`` computed on its updated ``rows`` only (``row_sparse``)."""
+    def _adam_rows(self, param: torch.Tensor, rows: torch.Tensor, axis: int, group: dict[str, Any]) -> None:
+        """The Adam step of ``param`` computed on its updated ``rows`` (slices along ``axis``) only (``row_sparse``)."""
         assert param.grad is not None
         beta1, beta2 = group["betas"]
         step, state = group["global_step"], self.state[param]
@@ -219,22 +294,22 @@ class MaskedAdam(_MaskedOptimizer):
             exp_avg.zero_()
             exp_avg_sq.mul_(beta2**skipped)
         state["step"] = step
-        weights = param.index_select(0, rows)
-        grad = param.grad.index_select(0, rows)
+        weights = param.index_select(axis, rows)
+        grad = param.grad.index_select(axis, rows)
         if group["weight_decay"] != 0:
             grad = grad.add(weights, alpha=group["weight_decay"])
         frozen = self._frozen(param)
         assert frozen is not None
         exp_avg.masked_fill_(frozen, 0.0)  # frozen rows: first moment cleared, second decays (zero gradient)
         exp_avg_sq.mul_(beta2)
-        rows_avg = exp_avg.index_select(0, rows).mul_(beta1).add_(grad, alpha=1 - beta1)
-        rows_avg_sq = exp_avg_sq.index_select(0, rows).addcmul_(grad, grad, value=1 - beta2)
-        exp_avg.index_copy_(0, rows, rows_avg)
-        exp_avg_sq.index_copy_(0, rows, rows_avg_sq)
+        rows_avg = exp_avg.index_select(axis, rows).mul_(beta1).add_(grad, alpha=1 - beta1)
+        rows_avg_sq = exp_avg_sq.index_select(axis, rows).addcmul_(grad, grad, value=1 - beta2)
+        exp_avg.index_copy_(axis, rows, rows_avg)
+        exp_avg_sq.index_copy_(axis, rows, rows_avg_sq)
         correction1 = 1 - beta1**step
         correction2 = 1 - beta2**step
         denom = (rows_avg_sq.sqrt() / math.sqrt(correction2)).add_(group["eps"])
-        param.index_copy_(0, rows, weights.addcdiv_(rows_avg, denom, value=-group["lr"] / correction1))
+        param.index_copy_(axis, rows, weights.addcdiv_(rows_avg, denom, value=-group["lr"] / correction1))
 
 
 def cosine_lr(

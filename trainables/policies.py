@@ -1,13 +1,24 @@
-"""Which neurons are updated next epoch: selection policies and the SU mask.
+"""Which channels are updated next epoch: selection policies and the SU masks.
 
 A policy is a small pure function registered by name::
 
-    policy(scores, neuron_params, budget, generator) -> masks
+    policy(scores, pricing, budget, generator) -> masks
 
-``masks`` holds, per conv, a bool tensor over output channels (True =
-updated) whose parameter sum never exceeds ``budget``. Policies only select;
-applying a mask to the update lives in :mod:`trainables.optim` and counting
-in :mod:`trainables.neurons`.
+``pricing`` (:class:`~trainables.costs.Pricing`) says what each unit (a
+neuron or an input channel) costs against the budget and how an ordered
+list of units fills it; ``masks`` holds, per conv, a bool tensor over those
+units (True = updated) whose cost never exceeds ``budget``. Policies only
+select; applying a mask to the update lives in :mod:`trainables.engine` and
+:mod:`trainables.optim`, pricing in :mod:`trainables.costs`.
+
+Two fill rules walk a ranked order of units:
+
+- ``prefix`` (the study): take the longest prefix that fits; stop at the
+  first unit that does not.
+- ``skip``: take every unit that still fits, in order, skipping those that
+  do not, until the order ends. Used for memory budgets, where one
+  high-resolution channel can cost as much as a hundred late ones and a
+  prefix would stop far below the budget.
 """
 
 from __future__ import annotations
@@ -17,12 +28,13 @@ from collections.abc import Callable, Mapping, Sequence
 import torch
 from torch import nn
 
+from trainables.costs import Pricing, Unit
 from trainables.neurons import Masks, conv_layers
 from trainables.registry import Registry
 
 Scores = Mapping[str, torch.Tensor]
 NeuronParams = Mapping[str, torch.Tensor]
-Policy = Callable[[Scores | None, NeuronParams, int, torch.Generator | None], Masks]
+Policy = Callable[[Scores | None, Pricing, int, torch.Generator | None], Masks]
 
 _POLICIES: Registry[Policy] = Registry("policy", "policies")
 
@@ -50,7 +62,7 @@ def select_neurons(
     budget: int,
     generator: torch.Generator | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Choose the neurons to update under a parameter budget.
+    """Choose the neurons to update under a parameter budget (the study's setting).
 
     Args:
         policy: ``"velocity"``, ``"random"``, ``"full"`` or any other
@@ -67,19 +79,40 @@ def select_neurons(
         Per conv, a bool tensor over output channels, True = updated, in the
         key order of ``neuron_params``.
     """
+    return select_units(policy, scores=scores, pricing=Pricing.of(neuron_params), budget=budget, generator=generator)
+
+
+def select_units(
+    policy: str,
+    *,
+    scores: Scores | None,
+    pricing: Pricing,
+    budget: int,
+    generator: torch.Generator | None = None,
+) -> dict[str, torch.Tensor]:
+    """Choose the units (neurons or input channels) to update under any budget.
+
+    Args:
+        policy: a registered policy name.
+        scores: per conv, one score per unit (velocities for ``"velocity"``).
+        pricing: what each unit costs and the fill rule
+            (:func:`~trainables.costs.budget_pricing`).
+        budget: the most that may be spent, in the pricing's currency
+            (parameters, or weight + activation elements per image).
+        generator: random source for ``"random"``.
+
+    Returns:
+        Per conv, a bool tensor over its units, True = updated.
+    """
     if budget < 0:
-        raise ValueError(f"budget must be >= 0 parameters, got {budget}")
-    return get_policy(policy)(scores, neuron_params, int(budget), generator)
+        raise ValueError(f"budget must be >= 0, got {budget}")
+    return get_policy(policy)(scores, pricing, int(budget), generator)
 
 
-def _split(flat: torch.Tensor, neuron_params: NeuronParams) -> Masks:
-    """Cut a flat per-neuron mask back into per-conv masks."""
-    sizes = [p.numel() for p in neuron_params.values()]
-    return dict(zip(neuron_params, torch.split(flat, sizes), strict=True))
-
-
-def _flat_params(neuron_params: NeuronParams) -> torch.Tensor:
-    return torch.cat([p.reshape(-1).long().cpu() for p in neuron_params.values()])
+def _split(flat: torch.Tensor, pricing: Pricing) -> Masks:
+    """Cut a flat per-unit mask back into per-conv masks."""
+    sizes = [p.numel() for p in pricing.unit_cost.values()]
+    return dict(zip(pricing.unit_cost, torch.split(flat, sizes), strict=True))
 
 
 def prefix_within_budget(order: torch.Tensor, params: torch.Tensor, budget: int) -> int:
@@ -91,45 +124,92 @@ def prefix_within_budget(order: torch.Tensor, params: torch.Tensor, budget: int)
     return int((torch.cumsum(params[order], dim=0) <= budget).sum())
 
 
-@register_policy("velocity")
-def velocity_policy(scores: Scores | None, neuron_params: NeuronParams, budget: int, generator: torch.Generator | None) -> Masks:
-    """Rank all neurons of the network by ``|v| / p``, update the longest prefix within budget.
+def fill_budget(order: torch.Tensor, pricing: Pricing, budget: int) -> torch.Tensor:
+    """Walk ``order`` (flat unit indices) and take what fits in ``budget``, by the pricing's fill rule.
 
-    Neurons whose score ties with the first excluded one are excluded too,
-    as in the study's code.
+    A unit costs its own price plus, when it is the first unit taken from
+    its group (the neurons reading one input), the group's shared price.
+
+    Returns:
+        A flat bool mask over all units, True = taken.
+    """
+    costs = pricing.flat_unit_cost()
+    taken = torch.zeros(costs.numel(), dtype=torch.bool)
+    if pricing.group_cost is None and pricing.fill == "prefix":
+        taken[order[: prefix_within_budget(order, costs, budget)]] = True
+        return taken
+    unit_cost = costs.tolist()
+    group_of = pricing.flat_group_of().tolist() if pricing.group_cost is not None else None
+    group_cost = pricing.flat_group_cost().tolist() if pricing.group_cost is not None else None
+    opened: set[int] = set()
+    spent = 0
+    chosen: list[int] = []
+    for index in order.tolist():
+        price = unit_cost[index]
+        group = -1
+        if group_of is not None and group_cost is not None:
+            group = group_of[index]
+            if group not in opened:
+                price += group_cost[group]
+        if spent + price <= budget:
+            spent += price
+            chosen.append(index)
+            if group >= 0:
+                opened.add(group)
+        elif pricing.fill == "prefix":
+            break
+    taken[chosen] = True
+    return taken
+
+
+@register_policy("velocity")
+def velocity_policy(scores: Scores | None, pricing: Pricing, budget: int, generator: torch.Generator | None) -> Masks:
+    """Rank all neurons of the network by ``|v| / p``, update what fits by the fill rule.
+
+    ``p`` is the neuron's ranking cost (its parameters under a parameter
+    budget). With the prefix fill, neurons whose score ties with the first
+    excluded one are excluded too, as in the study's code.
     """
     if scores is None:
         raise ValueError("the velocity policy needs scores (the velocities)")
-    if list(scores) != list(neuron_params):
-        raise ValueError("scores and neuron_params must hold the same convs in the same order")
-    params = _flat_params(neuron_params)
+    if list(scores) != list(pricing.unit_cost):
+        raise ValueError("scores and the pricing must hold the same convs in the same order")
     velocity = torch.cat([s.reshape(-1).detach().double().cpu() for s in scores.values()])
-    if velocity.numel() != params.numel():
+    cost = pricing.flat_rank_cost()
+    if velocity.numel() != cost.numel():
         raise ValueError("scores must hold one value per neuron")
-    score = velocity.abs() / params.double()
+    score = velocity.abs() / cost
     ranked = torch.sort(score, descending=True, stable=True)
-    n_fit = prefix_within_budget(ranked.indices, params, budget)
-    if n_fit == score.numel():
-        return _split(torch.ones_like(score, dtype=torch.bool), neuron_params)
-    threshold = ranked.values[n_fit]
-    return _split(score > threshold, neuron_params)
+    taken = fill_budget(ranked.indices, pricing, budget)
+    if pricing.fill == "prefix" and pricing.group_cost is None:
+        n_fit = int(taken.sum())
+        if n_fit == score.numel():
+            return _split(taken, pricing)
+        taken = score > ranked.values[n_fit]
+    return _split(taken, pricing)
 
 
 @register_policy("random")
-def random_policy(scores: Scores | None, neuron_params: NeuronParams, budget: int, generator: torch.Generator | None) -> Masks:
-    """Prefix fill over a uniformly random permutation of all neurons."""
-    params = _flat_params(neuron_params)
-    order = torch.randperm(params.numel(), generator=generator)
-    n_fit = prefix_within_budget(order, params, budget)
-    flat = torch.zeros(params.numel(), dtype=torch.bool)
-    flat[order[:n_fit]] = True
-    return _split(flat, neuron_params)
+def random_policy(scores: Scores | None, pricing: Pricing, budget: int, generator: torch.Generator | None) -> Masks:
+    """The fill over a uniformly random permutation of all units, redrawn at every call."""
+    order = torch.randperm(pricing.flat_unit_cost().numel(), generator=generator)
+    return _split(fill_budget(order, pricing, budget), pricing)
 
 
 @register_policy("full")
-def full_policy(scores: Scores | None, neuron_params: NeuronParams, budget: int, generator: torch.Generator | None) -> Masks:
-    """Every neuron updated; the budget is ignored (the baseline)."""
-    return {name: torch.ones(p.numel(), dtype=torch.bool) for name, p in neuron_params.items()}
+def full_policy(scores: Scores | None, pricing: Pricing, budget: int, generator: torch.Generator | None) -> Masks:
+    """Every unit updated; the budget is ignored (the baseline)."""
+    return {name: torch.ones(p.numel(), dtype=torch.bool) for name, p in pricing.unit_cost.items()}
+
+
+def channel_norms(conv: nn.Conv2d, unit: Unit) -> torch.Tensor:
+    """L2 norm of every unit's weight slice: ``W[c]`` per neuron, ``W[:, c]`` per input channel (float64, CPU)."""
+    weight = conv.weight.detach().double().cpu()
+    if unit == "neuron":
+        norms: torch.Tensor = weight.reshape(conv.out_channels, -1).norm(dim=1)
+        return norms
+    per_group = weight.reshape(conv.groups, conv.out_channels // conv.groups, conv.in_channels // conv.groups, -1)
+    return per_group.pow(2).sum(dim=(1, 3)).sqrt().reshape(-1)
 
 
 def su_update_mask(
@@ -137,37 +217,45 @@ def su_update_mask(
     *,
     manual_weight_idx: Sequence[int],
     weight_update_ratio: Sequence[float],
+    unit: Unit = "neuron",
 ) -> dict[str, torch.Tensor]:
     """The static sparse-update (SU) mask of a scheme.
 
     Args:
         model: the network; convs are indexed in ``named_modules()`` order.
         manual_weight_idx: indices of the convs whose weights are updated.
-        weight_update_ratio: for each of them, the share ``r`` of output
-            neurons updated: the ``int(C_out * (1 - r))`` neurons with the
-            smallest L2 weight norm are frozen, the rest updated.
+        weight_update_ratio: for each of them, the share ``r`` of its units
+            updated.
+        unit: ``"neuron"`` (the study's reading): the ``int(C_out * (1 - r))``
+            output neurons with the smallest L2 weight norm are frozen, the
+            rest updated. ``"input_channel"`` (tiny-training's own): the
+            ``int(C_in * r)`` input channels with the largest L2 norm of
+            ``W[:, c]`` are updated, the rest frozen.
 
     Returns:
-        Per conv, bool over output channels (True = updated); every conv not
-        listed is frozen entirely.
+        Per conv, bool over the channels of ``unit`` (True = updated); every
+        conv not listed is frozen entirely.
     """
     convs = list(conv_layers(model).items())
     if len(manual_weight_idx) != len(weight_update_ratio):
         raise ValueError(f"manual_weight_idx has {len(manual_weight_idx)} entries but weight_update_ratio has {len(weight_update_ratio)}")
     if len(set(manual_weight_idx)) != len(manual_weight_idx):
         raise ValueError(f"manual_weight_idx repeats an index: {list(manual_weight_idx)}")
-    masks = {name: torch.zeros(conv.out_channels, dtype=torch.bool) for name, conv in convs}
+    width = (lambda c: c.out_channels) if unit == "neuron" else (lambda c: c.in_channels)
+    masks = {name: torch.zeros(width(conv), dtype=torch.bool) for name, conv in convs}
     for index, ratio in zip(manual_weight_idx, weight_update_ratio, strict=True):
         if not 0 <= index < len(convs):
             raise ValueError(f"manual_weight_idx {index} is out of range: the model has {len(convs)} convs")
         if not 0.0 <= ratio <= 1.0:
             raise ValueError(f"weight_update_ratio {ratio} is outside [0, 1]")
         name, conv = convs[index]
-        n_out = conv.out_channels
-        n_frozen = int(n_out * (1 - ratio))
-        norms = conv.weight.detach().reshape(n_out, -1).double().norm(dim=1).cpu()
-        frozen = torch.sort(norms, stable=True).indices[:n_frozen]
-        mask = torch.ones(n_out, dtype=torch.bool)
-        mask[frozen] = False
+        n = width(conv)
+        order = torch.sort(channel_norms(conv, unit), stable=True).indices  # smallest norm first
+        if unit == "neuron":
+            mask = torch.ones(n, dtype=torch.bool)
+            mask[order[: int(n * (1 - ratio))]] = False
+        else:
+            mask = torch.zeros(n, dtype=torch.bool)
+            mask[order.flip(0)[: int(n * ratio)]] = True
         masks[name] = mask
     return masks

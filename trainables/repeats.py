@@ -26,19 +26,17 @@ import numpy as np
 import torch
 
 from trainables.config import TrialConfig
+from trainables.metrics import metric_names, per_seed_names, std_names
 from trainables.trainer import BudgetedRun, Metrics, Reporter, run_epoch
 
-# Averaged over the seeds (element-wise for the per-layer lists).
-MEAN_KEYS = (
-    "train_loss", "train_top1", "val_top1", "test_top1", "best_val_top1", "test_top1_at_best_val",
-    "params_updated", "budget_gap", "neurons_updated", "frozen_pct", "flops_saved", "flops_saved_pct",
-)  # fmt: skip
-LIST_MEAN_KEYS = ("layer_frozen_pct", "layer_flops_saved")
+# How the seeds combine each metric: declared once in trainables/metrics.py.
+MEAN_KEYS = metric_names(seeds="mean")
+LIST_MEAN_KEYS = metric_names(seeds="list_mean")
 # Kept per seed (``<key>_seeds``); the accuracies also get a sample std (``<key>_std``).
-SEED_KEYS = ("val_top1", "test_top1", "best_val_top1", "test_top1_at_best_val", "best_epoch")
-STD_KEYS = ("val_top1", "test_top1", "best_val_top1", "test_top1_at_best_val")
+SEED_KEYS = per_seed_names()
+STD_KEYS = std_names()
 # Summed: the wall time of the epoch is that of all its seeds.
-SUM_KEYS = ("epoch_time_s", "velocity_time_s")
+SUM_KEYS = metric_names(seeds="sum")
 
 
 def repeat_seeds(seed: int, repeats: int) -> list[int]:

@@ -6,7 +6,7 @@ The study's schemes ship as data (``schemes.yaml`` beside this module).
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
@@ -57,12 +57,17 @@ class SUScheme:
 
 @dataclass(frozen=True)
 class Scheme:
-    """A named budget: ``ratio`` of the conv parameters or an absolute ``budget``, maybe with SU."""
+    """A named budget: ``ratio`` of the conv parameters or an absolute ``budget``, maybe with SU.
+
+    ``memory`` holds, per model and image size, the memory budget (elements
+    per image) that TraDy printed for the scheme on input channels.
+    """
 
     name: str
     ratio: float | None = None
     budget: int | None = None
     su: SUScheme | None = None
+    memory: dict[str, dict[int, int]] = field(default_factory=dict)
 
     def budget_params(self, total_params: int) -> int:
         """The budget in parameters for a model with ``total_params`` conv parameters."""
@@ -86,6 +91,7 @@ def load_schemes(path: Path = SCHEMES_FILE) -> dict[str, Scheme]:
             su=SUScheme(su["n_bias_update"], tuple(su["manual_weight_idx"]), tuple(float(r) for r in su["weight_update_ratio"]))
             if su
             else None,
+            memory={str(model): {int(size): int(n) for size, n in sizes.items()} for model, sizes in entry.get("memory", {}).items()},
         )
     return schemes
 

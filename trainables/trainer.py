@@ -21,14 +21,15 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from trainables.config import BudgetConfig, ConfigError, TrainingConfig, TrialConfig
+from trainables.budgets import build_budget, scheme_su_mask
+from trainables.config import BudgetConfig, TrainingConfig, TrialConfig
+from trainables.costs import mask_memory
 from trainables.cpu import prepare_cpu
-from trainables.engine import SparseUpdateEngine
+from trainables.engine import SparseUpdateEngine, parameter_masks
 from trainables.models import build_model
-from trainables.neurons import Masks, conv_layers, conv_neuron_params, layer_flops, mask_stats, total_params
+from trainables.neurons import Masks, conv_neuron_params, layer_flops, mask_stats, total_params
 from trainables.optim import MaskedAdam, MaskedSGD, cosine_lr
-from trainables.policies import select_neurons, su_update_mask
-from trainables.schemes import get_scheme
+from trainables.policies import select_units
 from trainables.velocity import VelocityTracker
 
 Metrics = dict[str, Any]
@@ -51,36 +52,10 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def resolve_budget(budget: BudgetConfig, total: int) -> int:
-    """The budget in parameters: ``params``, else ``int(total * ratio)``, else the scheme's.
-
-    ``full`` without any budget gets ``total``.
-    """
-    if budget.params is not None:
-        return budget.params
-    if budget.ratio is not None:
-        return int(total * budget.ratio)
-    if budget.scheme is not None:
-        return get_scheme(budget.scheme).budget_params(total)
-    return total
-
-
 def needs_su_mask(budget: BudgetConfig) -> bool:
     """Whether the run uses the scheme's static SU mask (policy or first mask)."""
     dynamic = budget.policy not in ("su", "full")
     return budget.policy == "su" or (dynamic and budget.initialization == "su")
-
-
-def scheme_su_mask(model: nn.Module, budget: BudgetConfig) -> Masks:
-    """The static SU mask of the configured scheme, checked against ``model``."""
-    scheme = get_scheme(budget.scheme) if budget.scheme else None
-    if scheme is None or scheme.su is None:
-        raise ConfigError(
-            "budget.scheme",
-            f"policy {budget.policy!r} with initialization {budget.initialization!r} needs a scheme with an SU part, got {budget.scheme!r}",
-        )
-    scheme.su.check_fits(model, scheme.name)
-    return su_update_mask(model, manual_weight_idx=scheme.su.manual_weight_idx, weight_update_ratio=scheme.su.weight_update_ratio)
 
 
 def parameter_groups(model: nn.Module, config: TrainingConfig) -> list[dict[str, Any]]:
@@ -152,10 +127,19 @@ class BudgetedRun:
         self.model = build_model(config.model, self.data.num_classes).to(self.device)
         self.neuron_params = conv_neuron_params(self.model)
         self.total_params = total_params(self.neuron_params)
-        self.budget_params = resolve_budget(budget, self.total_params)
+        self.budget = build_budget(budget, self.model, model_name=config.model.name, image_size=config.data.image_size)
+        self.budget_params = self.budget.amount
+        # what one unit of budget.unit holds: a neuron's parameters, an input channel's weight elements
+        self.unit_params = self.neuron_params if budget.unit == "neuron" else {name: c.weight for name, c in self.budget.costs.items()}
         example = self.data.train[0][0].unsqueeze(0).to(self.device)
         self.flops = layer_flops(self.model, example)
-        self.engine = SparseUpdateEngine(self.model, bn_update=budget.bn_update, sparse=training.update_engine == "sparse")
+        self.engine = SparseUpdateEngine(
+            self.model,
+            bn_update=budget.bn_update,
+            sparse=training.update_engine == "sparse",
+            unit=budget.unit,
+            keep_selected_inputs=self.budget.kind == "memory",
+        )
         self.optimizer = build_optimizer(self.model, training)
         self.shuffle_generator = torch.Generator().manual_seed(training.seed)
         self.policy_generator = torch.Generator().manual_seed(training.seed + 1)
@@ -179,16 +163,18 @@ class BudgetedRun:
         return DataLoader(dataset, batch_size=self.config.data.eval_batch_size, shuffle=False)
 
     # --- masks -------------------------------------------------------------
+    def select(self, policy: str, scores: Masks | None = None) -> Masks:
+        """The masks ``policy`` picks under the run's budget."""
+        return select_units(policy, scores=scores, pricing=self.budget.pricing, budget=self.budget.amount, generator=self.policy_generator)
+
     def initial_masks(self) -> Masks:
         """The mask of the first epoch: SU for the su policy, else from the initialization."""
         budget = self.config.budget
         if budget.policy == "full" or (budget.policy != "su" and budget.initialization == "full"):
-            return select_neurons("full", scores=None, neuron_params=self.neuron_params, budget=self.budget_params)
+            return self.select("full")
         if needs_su_mask(budget):
-            return scheme_su_mask(self.model, budget)
-        return select_neurons(
-            "random", scores=None, neuron_params=self.neuron_params, budget=self.budget_params, generator=self.policy_generator
-        )
+            return scheme_su_mask(self.model, budget, self.budget)
+        return self.select("random")
 
     def next_masks(self) -> float:
         """Reselect the masks after an epoch (velocity, random); SU and full keep theirs.
@@ -200,24 +186,16 @@ class BudgetedRun:
         started = time.perf_counter()
         if policy == "velocity":
             assert self.tracker is not None
-            velocities = self.tracker.observe(self.velocity_loader)
-            self.masks = select_neurons("velocity", scores=velocities, neuron_params=self.neuron_params, budget=self.budget_params)
+            self.masks = self.select("velocity", self.tracker.observe(self.velocity_loader))
         elif policy == "random":
-            self.masks = select_neurons(
-                "random", scores=None, neuron_params=self.neuron_params, budget=self.budget_params, generator=self.policy_generator
-            )
+            self.masks = self.select("random")
         self.apply_masks()
         return time.perf_counter() - started
 
     def apply_masks(self) -> None:
-        """Hand the current masks to the engine and the optimizer (conv weight and bias rows)."""
+        """Hand the current masks to the engine and the optimizer (conv weight and bias rows or columns)."""
         self.engine.set_masks(self.masks)
-        per_param: dict[torch.Tensor, torch.Tensor] = {}
-        for name, conv in conv_layers(self.model).items():
-            per_param[conv.weight] = self.masks[name]
-            if conv.bias is not None:
-                per_param[conv.bias] = self.masks[name]
-        self.optimizer.set_update_masks(per_param)
+        self.optimizer.set_update_masks(parameter_masks(self.model, self.masks, self.config.budget.unit))
 
     # --- one epoch ---------------------------------------------------------
     def train_epoch(self) -> tuple[float, float, float]:
@@ -325,7 +303,9 @@ def run_epoch(run: BudgetedRun) -> Metrics:
     lockstep (:mod:`trainables.repeats`) call it for each seed in turn.
     """
     started = time.perf_counter()
-    used = mask_stats(run.masks, run.neuron_params, run.flops)  # the masks this epoch trains with
+    used = mask_stats(run.masks, run.unit_params, run.flops)  # the masks this epoch trains with
+    memory = mask_memory(run.masks, run.budget.costs, run.budget.unit)
+    bytes_per_element = run.config.budget.bytes_per_element
     train_loss, train_top1, lr = run.train_epoch()
     velocity_time = run.next_masks()
     val_top1, test_top1 = run.evaluate() if run.should_evaluate() else (float("nan"), float("nan"))
@@ -340,15 +320,22 @@ def run_epoch(run: BudgetedRun) -> Metrics:
         "best_val_top1": run.best_val_top1,
         "best_epoch": run.best_epoch,
         "test_top1_at_best_val": run.test_top1_at_best_val,
-        "budget_params": run.budget_params,
+        "budget_params": run.budget_params if run.budget.kind == "params" else None,
         "total_conv_params": run.total_params,
         "params_updated": used.params_updated,
-        "budget_gap": run.budget_params - used.params_updated,
+        "budget_gap": run.budget_params - (used.params_updated if run.budget.kind == "params" else memory.elements),
         "neurons_updated": used.neurons_updated,
         "neurons_total": used.neurons_total,
         "frozen_pct": used.frozen_pct,
         "flops_saved": used.flops_saved,
         "flops_saved_pct": used.flops_saved_pct,
+        "memory_budget": run.budget.memory,
+        "memory_used": memory.elements,
+        "memory_used_kb": memory.elements * bytes_per_element / 1024,
+        "weight_elements_updated": memory.weight_elements,
+        "activation_elements_kept": memory.activation_elements,
+        "activation_sparsity_pct": memory.activation_sparsity_pct,
+        "wgrad_flops_saved_pct": memory.wgrad_flops_saved_pct,
         "layer_frozen_pct": used.layer_frozen_pct,
         "layer_flops_saved": used.layer_flops_saved,
         "layer_names": run.layer_names(),

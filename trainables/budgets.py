@@ -1,0 +1,210 @@
+"""From a budget section to a number, a pricing and a static mask.
+
+``budget.unit`` says what is selected (``neuron``: output channels, the
+study; ``input_channel``: TraDy's slices ``W[:, c]``), and the budget's kind
+follows from the key that sets it:
+
+- ``params`` / ``ratio`` (and, under ``unit: neuron``, ``scheme``): a
+  parameter budget, counted in conv parameters (neurons, with their bias) or
+  conv weight elements (input channels);
+- ``memory`` (and, under ``unit: input_channel``, ``scheme``): weight plus
+  conv-input activation elements per image (:mod:`trainables.costs`).
+
+A scheme under ``unit: input_channel`` is tiny-training's sparse update on
+input channels, and its budget is what that mask costs at the trial's image
+size; where the scheme lists the budget TraDy printed for that size
+(``memory`` in ``schemes.yaml``), the printed number is used. The two
+differ only for ``mbv2-w0.35_scheme_1`` (28,282 computed, 27,946 printed);
+its SU mask is then trimmed to fit (:func:`trim_to_budget`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from torch import nn
+
+from trainables.config import BudgetConfig, ConfigError
+from trainables.costs import BudgetKind, ConvCosts, Fill, Pricing, Unit, budget_pricing, channel_costs, mask_memory, network_memory
+from trainables.neurons import Masks, conv_layers, conv_neuron_params, total_params
+from trainables.policies import channel_norms, su_update_mask
+from trainables.schemes import Scheme, get_scheme
+
+
+def budget_kind(budget: BudgetConfig) -> BudgetKind:
+    """``memory`` when ``budget.memory`` is set or a scheme sets the budget under ``unit: input_channel``; else ``params``."""
+    if budget.memory is not None:
+        return "memory"
+    if budget.params is None and budget.ratio is None and budget.scheme is not None and budget.unit == "input_channel":
+        return "memory"
+    return "params"
+
+
+def fill_rule(budget: BudgetConfig) -> Fill:
+    """``budget.fill``, where ``auto`` is the study's prefix for parameter budgets over neurons and skip otherwise."""
+    if budget.fill != "auto":
+        return budget.fill
+    return "prefix" if budget.unit == "neuron" and budget_kind(budget) == "params" else "skip"
+
+
+def resolve_budget(budget: BudgetConfig, total: int) -> int:
+    """A parameter budget over neurons: ``params``, else ``int(total * ratio)``, else the scheme's; ``total`` without any.
+
+    ``total``: all conv parameters of the model (neurons, with biases).
+    """
+    if budget.params is not None:
+        return budget.params
+    if budget.ratio is not None:
+        return int(total * budget.ratio)
+    if budget.scheme is not None:
+        return get_scheme(budget.scheme).budget_params(total)
+    return total
+
+
+def scheme_memory(scheme: Scheme, model: nn.Module, costs: Mapping[str, ConvCosts], *, model_name: str, image_size: int) -> int:
+    """The memory budget of an SU scheme on input channels: its printed value for the model and size, else its computed cost."""
+    printed = scheme.memory.get(model_name, {}).get(image_size)
+    if printed is not None:
+        return printed
+    if scheme.su is None:
+        raise ConfigError("budget.scheme", f"{scheme.name} has no SU part, so it sets no memory budget; give budget.memory")
+    mask = su_update_mask(
+        model, manual_weight_idx=scheme.su.manual_weight_idx, weight_update_ratio=scheme.su.weight_update_ratio, unit="input_channel"
+    )
+    return mask_memory(mask, costs, "input_channel").elements
+
+
+def check_scheme_fits(scheme: Scheme, model: nn.Module, unit: Unit) -> None:
+    """Raise ConfigError unless the scheme's SU part fits ``model`` under ``unit``.
+
+    Over neurons the study's rule holds (weight-updated convs inside the
+    bias-updated tail); over input channels only the indices must exist,
+    since biases are outside a memory budget.
+    """
+    if scheme.su is None:
+        return
+    if unit == "neuron":
+        scheme.su.check_fits(model, scheme.name)
+        return
+    n_convs = len(conv_layers(model))
+    for index in scheme.su.manual_weight_idx:
+        if not 0 <= index < n_convs:
+            raise ConfigError(
+                "budget.scheme", f"{scheme.name}: manual_weight_idx {index} is out of range: the model has {n_convs} convs (0..{n_convs - 1})"
+            )
+
+
+@dataclass(frozen=True)
+class ResolvedBudget:
+    """A trial's budget, resolved against its model.
+
+    Attributes:
+        unit: what is selected.
+        kind: ``params`` or ``memory``.
+        amount: the budget, in parameters / weight elements (``params``) or
+            weight + activation elements per image (``memory``).
+        pricing: what each unit costs in that currency, and the fill rule.
+        costs: the cost model of every conv at the trial's image size.
+        memory: the memory budget in elements per image, or None for a
+            parameter budget.
+    """
+
+    unit: Unit
+    kind: BudgetKind
+    amount: int
+    pricing: Pricing
+    costs: dict[str, ConvCosts]
+
+    @property
+    def memory(self) -> int | None:
+        return self.amount if self.kind == "memory" else None
+
+
+def build_budget(budget: BudgetConfig, model: nn.Module, *, model_name: str, image_size: int) -> ResolvedBudget:
+    """Resolve ``budget`` for ``model`` (registered as ``model_name``) at ``image_size``, checking what only the model can tell.
+
+    Raises:
+        ConfigError: a scheme that does not fit the model where it sets the
+            memory budget, or a memory budget below the cheapest unit or
+            above the whole network.
+    """
+    costs = channel_costs(model, image_size)
+    neuron_params = conv_neuron_params(model)
+    kind = budget_kind(budget)
+    scheme = get_scheme(budget.scheme) if budget.scheme else None
+    if kind == "memory":
+        if budget.memory is not None:
+            amount = budget.memory
+        else:  # the scheme's SU mask on input channels sets the budget (its fit for the su policy is checked with the mask)
+            assert scheme is not None
+            check_scheme_fits(scheme, model, budget.unit)
+            amount = scheme_memory(scheme, model, costs, model_name=model_name, image_size=image_size)
+        check_memory_budget(amount, costs, budget.unit, key="budget.memory" if budget.memory is not None else "budget.scheme")
+    elif budget.unit == "neuron":
+        amount = resolve_budget(budget, total_params(neuron_params))
+    else:
+        total_weight = sum(c.total_weight for c in costs.values())
+        amount = budget.params if budget.params is not None else int(total_weight * budget.ratio) if budget.ratio is not None else total_weight
+    pricing = budget_pricing(costs, neuron_params, unit=budget.unit, kind=kind, fill=fill_rule(budget))
+    return ResolvedBudget(budget.unit, kind, amount, pricing, costs)
+
+
+def check_memory_budget(amount: int, costs: Mapping[str, ConvCosts], unit: Unit, *, key: str) -> None:
+    """Refuse a memory budget that buys no unit at all, or more than the whole network holds."""
+    total = network_memory(costs)
+    cheapest = min(
+        int((conv.units(unit).weight + (conv.activation if unit == "input_channel" else conv.in_channels // conv.groups * conv.plane)).min())
+        for conv in costs.values()
+    )
+    if amount < cheapest:
+        raise ConfigError(key, f"memory budget {amount:,} elements is below the cheapest {unit} of the model ({cheapest:,} elements per image)")
+    if amount > total:
+        raise ConfigError(key, f"memory budget {amount:,} elements is above the whole network's {total:,} (all conv weights + conv inputs)")
+
+
+def trim_to_budget(masks: Masks, model: nn.Module, resolved: ResolvedBudget) -> Masks:
+    """Drop updated units of ``masks``, smallest weight norm first, until they fit the budget.
+
+    Only a static mask whose cost exceeds the budget it defines needs this
+    (``mbv2-w0.35_scheme_1`` on input channels); a mask that fits is
+    returned unchanged.
+    """
+    spent = _spent(masks, resolved)
+    if spent <= resolved.amount:
+        return masks
+    trimmed = {name: mask.clone() for name, mask in masks.items()}
+    candidates: list[tuple[float, str, int]] = []
+    for name, conv in conv_layers(model).items():
+        norms = channel_norms(conv, resolved.unit)
+        candidates += [(float(norms[i]), name, int(i)) for i in trimmed[name].nonzero().flatten()]
+    for _norm, name, index in sorted(candidates):
+        trimmed[name][index] = False
+        if _spent(trimmed, resolved) <= resolved.amount:
+            break
+    return trimmed
+
+
+def _spent(masks: Masks, resolved: ResolvedBudget) -> int:
+    if resolved.kind == "memory":
+        return mask_memory(masks, resolved.costs, resolved.unit).elements
+    return int(sum(int(cost[masks[name].cpu()].sum()) for name, cost in resolved.pricing.unit_cost.items()))
+
+
+def scheme_su_mask(model: nn.Module, budget: BudgetConfig, resolved: ResolvedBudget | None = None) -> Masks:
+    """The static SU mask of the configured scheme in the budget's unit, checked against ``model``.
+
+    With ``resolved`` given, a mask that costs more than the budget is
+    trimmed to fit it.
+    """
+    scheme = get_scheme(budget.scheme) if budget.scheme else None
+    if scheme is None or scheme.su is None:
+        raise ConfigError(
+            "budget.scheme",
+            f"policy {budget.policy!r} with initialization {budget.initialization!r} needs a scheme with an SU part, got {budget.scheme!r}",
+        )
+    check_scheme_fits(scheme, model, budget.unit)
+    masks = su_update_mask(
+        model, manual_weight_idx=scheme.su.manual_weight_idx, weight_update_ratio=scheme.su.weight_update_ratio, unit=budget.unit
+    )
+    return trim_to_budget(masks, model, resolved) if resolved is not None else masks

@@ -1,0 +1,101 @@
+"""The per-epoch metrics a trial reports, declared once.
+
+Every metric the trainer reports is listed here with how the seeds of a
+repeated trial combine it and whether a search may steer by it. The result
+tables, the seed repeats and the space validation read this schema instead
+of spelling the names out themselves.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+SeedRule = Literal["mean", "list_mean", "sum", "first"]
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One per-epoch metric.
+
+    Attributes:
+        name: the key in the trainer's report and the table column.
+        seeds: how repeated seeds combine it: ``mean``, ``list_mean``
+            (element-wise, per-layer lists), ``sum`` (times) or ``first``
+            (equal across seeds: epoch, budget, names).
+        objective: a search or a scheduler may steer by it.
+        per_seed: repeated trials also report its per-seed values (``<name>_seeds``).
+        std: repeated trials also report its sample std (``<name>_std``).
+        dtype: the table column's Arrow type name where it must be fixed (a
+            column that may hold only nulls in one flush: ``budget_params`` of
+            a memory budget); None lets the values decide.
+    """
+
+    name: str
+    seeds: SeedRule = "first"
+    objective: bool = False
+    per_seed: bool = False
+    std: bool = False
+    dtype: str | None = None
+
+
+def _accuracy(name: str) -> Metric:
+    return Metric(name, "mean", objective=True, per_seed=True, std=True)
+
+
+METRICS: tuple[Metric, ...] = (
+    Metric("epoch"),
+    Metric("train_loss", "mean", objective=True),
+    Metric("train_top1", "mean", objective=True),
+    _accuracy("val_top1"),
+    _accuracy("test_top1"),
+    Metric("lr"),
+    _accuracy("best_val_top1"),
+    Metric("best_epoch", per_seed=True),
+    _accuracy("test_top1_at_best_val"),
+    Metric("budget_params", objective=True, dtype="int64"),  # null under a memory budget
+    Metric("total_conv_params"),
+    Metric("params_updated", "mean", objective=True),
+    Metric("budget_gap", "mean"),
+    Metric("neurons_updated", "mean"),
+    Metric("neurons_total"),
+    Metric("frozen_pct", "mean", objective=True),
+    Metric("flops_saved", "mean", objective=True),
+    Metric("flops_saved_pct", "mean", objective=True),
+    Metric("memory_budget", objective=True, dtype="int64"),  # null under a parameter budget
+    Metric("memory_used", "mean", objective=True),
+    Metric("memory_used_kb", "mean", objective=True),
+    Metric("weight_elements_updated", "mean", objective=True),
+    Metric("activation_elements_kept", "mean", objective=True),
+    Metric("activation_sparsity_pct", "mean", objective=True),
+    Metric("wgrad_flops_saved_pct", "mean", objective=True),
+    Metric("layer_frozen_pct", "list_mean"),
+    Metric("layer_flops_saved", "list_mean"),
+    Metric("epoch_time_s", "sum"),
+    Metric("velocity_time_s", "sum"),
+)
+
+ADAPTER_COLUMNS = ("node_id", "hostname", "pid")
+"""Added to every report by the Ray Tune adapter: where the epoch ran."""
+
+
+def metric_names(*, seeds: SeedRule | None = None, objective: bool | None = None) -> tuple[str, ...]:
+    """Names of the metrics, in report order, optionally only those with a seed rule or objective flag."""
+    return tuple(
+        m.name for m in METRICS if (seeds is None or m.seeds == seeds) and (objective is None or m.objective == objective)
+    )
+
+
+def per_seed_names() -> tuple[str, ...]:
+    """Metrics whose per-seed values a repeated trial reports."""
+    return tuple(m.name for m in METRICS if m.per_seed)
+
+
+def std_names() -> tuple[str, ...]:
+    """Metrics whose sample std a repeated trial reports."""
+    return tuple(m.name for m in METRICS if m.std)
+
+
+def fixed_dtypes() -> dict[str, str]:
+    """Metric name -> Arrow type name, for the metrics whose column type is fixed."""
+    return {m.name: m.dtype for m in METRICS if m.dtype is not None}
