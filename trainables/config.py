@@ -177,24 +177,48 @@ class ModelConfig:
     num_classes: int | None = None
 
     def validate(self, path: str) -> None:
+        """Raise the first of :meth:`problems` (a :class:`ConfigProblems` that carries them all)."""
+        found = self.problems(path)
+        if found:
+            raise ConfigProblems(found)
+
+    def problems(self, path: str) -> list[ConfigError]:
+        """Every problem of this section, in key order; nothing is read from the network.
+
+        ``pretrained: imagenet`` is checked against the model's registry entry
+        (it must have ImageNet weights), never fetched: a dry run fetches
+        nothing, and a search fetches the weights of every model it can reach
+        before Ray starts (``search.weights.fetch_space_weights``), so a
+        run that cannot get them is still refused first.
+        """
         from pathlib import Path
 
         from trainables.models import model_names, model_spec
 
-        _require(self.name in model_names(), _join(path, "name"), f"unknown model {self.name!r}; known models: {', '.join(model_names())}")
-        if self.num_classes is not None:
-            _require(self.num_classes >= 2, _join(path, "num_classes"), f"must be >= 2, got {self.num_classes}")
+        if self.name not in model_names():
+            return [ConfigError(_join(path, "name"), f"unknown model {self.name!r}; known models: {', '.join(model_names())}")]
+        found: list[ConfigError] = []
+        if self.num_classes is not None and self.num_classes < 2:
+            found.append(ConfigError(_join(path, "num_classes"), f"must be >= 2, got {self.num_classes}"))
         spec = model_spec(self.name)
-        if self.pretrained == "imagenet":
-            from trainables.models import imagenet_weights_path
-
-            _require(spec.imagenet is not None, _join(path, "pretrained"), f"model {self.name!r} has no ImageNet weights")
-            imagenet_weights_path(self)  # refuse a run that cannot get its weights before it starts
-        elif self.pretrained is not None:
-            _require(Path(self.pretrained).expanduser().is_file(), _join(path, "pretrained"), f"no checkpoint file at {self.pretrained}")
+        if self.pretrained == "imagenet" and spec.imagenet is None:
+            found.append(ConfigError(_join(path, "pretrained"), f"model {self.name!r} has no ImageNet weights"))
+        elif self.pretrained is not None and self.pretrained != "imagenet" and not Path(self.pretrained).expanduser().is_file():
+            found.append(ConfigError(_join(path, "pretrained"), f"no checkpoint file at {self.pretrained}"))
         if self.net_config is not None:
-            _require(spec.source == "mcunet-zoo", _join(path, "net_config"), f"only MCUNet-zoo models take a net config, not {self.name!r}")
-            _require(Path(self.net_config).expanduser().is_file(), _join(path, "net_config"), f"no net config file at {self.net_config}")
+            if spec.source != "mcunet-zoo":
+                found.append(ConfigError(_join(path, "net_config"), f"only MCUNet-zoo models take a net config, not {self.name!r}"))
+            elif not Path(self.net_config).expanduser().is_file():
+                found.append(ConfigError(_join(path, "net_config"), f"no net config file at {self.net_config}"))
+        return found
+
+
+class ConfigProblems(ConfigError):
+    """Several problems of one section: reads as the first (key and message), carries all in ``problems``."""
+
+    def __init__(self, problems: list[ConfigError]) -> None:
+        super().__init__(problems[0].key, problems[0].message)
+        self.problems = list(problems)
 
 
 @dataclass
