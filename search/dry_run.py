@@ -167,6 +167,34 @@ def describe_models(space: Space, problems: Problems) -> Iterator[str]:
         for line in budget_lines(space, model, total):
             note = f"; {line.su}" if line.su else ""
             yield f"  {line.label}: budget {line.params:,} parameters ({line.share_pct:.2f}% of the convs){note}"
+        yield from memory_budget_lines(space, model, name, sizes)
+
+
+def memory_budget_lines(space: Space, model: Any, model_name: str, sizes: list[int]) -> Iterator[str]:
+    """Every memory budget the space reaches for ``model``: elements per image, share of the network, kB (builds nothing else)."""
+    from trainables.budgets import build_budget
+    from trainables.costs import channel_costs, network_memory
+
+    units = choices(space, "budget.unit")
+    memories = choices(space, "budget.memory")
+    if "input_channel" not in units and all(m is None for m in memories):
+        return
+    bytes_per_element = next((b for b in choices(space, "budget.bytes_per_element") if b is not None), BudgetConfig().bytes_per_element)
+    for size in sizes:
+        total = network_memory(channel_costs(model, size))
+        combos = itertools.product(units, choices(space, "budget.scheme"), memories)
+        for unit, scheme_name, memory in combos:
+            values = {"policy": "full", "unit": unit or "neuron", "scheme": scheme_name, "memory": memory}
+            try:
+                budget = from_mapping(BudgetConfig, {k: v for k, v in values.items() if v is not None}, "budget")
+                resolved = build_budget(budget, model, model_name=model_name, image_size=size)
+            except ConfigError:
+                continue  # reported with the space's problems
+            if resolved.kind != "memory":
+                continue
+            label = ", ".join(p for p in (f"unit {budget.unit}", f"scheme {scheme_name}" if scheme_name and memory is None else "", f"memory {memory}" if memory else "") if p)
+            kb = resolved.amount * bytes_per_element / 1024
+            yield f"  {label} at {size} px: memory budget {resolved.amount:,} elements per image ({100 * resolved.amount / total:.2f}% of {total:,}; {kb:.1f} kB)"
 
 
 def describe_space(space: Space, problems: Problems | None = None) -> list[str]:
