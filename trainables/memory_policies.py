@@ -106,15 +106,18 @@ class PreselectingPolicy(BudgetPolicy):
         """Choose ``self.layers``; the norms of every channel when a ranking pass ran (None for a layer list that needs none)."""
         rule = self.rule()
         costs = self.context.budget.costs
-        if isinstance(rule, list) and not self.measures_at_start:
+        if isinstance(rule, list):
             self.layers = sorted(rule)
-            return None
-        norms = probe.gradient_norms({name: torch.ones(conv.in_channels, dtype=torch.bool) for name, conv in costs.items()})
+            if not self.measures_at_start:
+                return None
+            norms = probe.gradient_norms(self.candidates())  # the listed convs' channels only
+        else:
+            norms = probe.gradient_norms({name: torch.ones(conv.in_channels, dtype=torch.bool) for name, conv in costs.items()})
         self.ranking_time_s = norms.seconds
         rgn, lara = layer_scores(norms, costs)
         self.ranking = {"rgn": rgn, "lara": lara}
         if isinstance(rule, list):
-            self.layers = sorted(rule)
+            pass
         elif "top_rgn_share" in rule:
             self.layers = top_share_layers(rgn, rule["top_rgn_share"])
         else:
