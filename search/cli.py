@@ -287,8 +287,8 @@ def print_pareto(front: list[dict[str, Any]], *, searched: list[str], metrics: l
     for row in front:
         values = ", ".join(f"{key}={row.get(key)}" for key in searched)
         scores = ", ".join(f"{m}={row.get(m):.6g}" for m in metrics)
-        if "memory_used" in metrics and row.get("memory_used_kb") is not None:  # a memory objective also in kB
-            scores += f" ({row['memory_used_kb']:.1f} kB)"
+        if "memory_used" in metrics and row.get("memory_used") is not None:  # a memory objective also in kB
+            scores += f" ({row['memory_used'] * (row.get('budget.bytes_per_element') or 4.0) / 1024:.1f} kB)"
         print(f"  {row['trial_id']}: {values}: {scores}, test_top1_at_best_val={row.get('test_top1_at_best_val', float('nan')):.2f}")
 
 

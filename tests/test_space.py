@@ -121,7 +121,7 @@ def test_cli_exit_code_and_nothing_written(tmp_path: Path) -> None:
     )
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
-        f"error: {path}: budget.policy: unknown policy 'greedy'; known policies: full, random, su, velocity"
+        f"error: {path}: budget.policy: unknown policy 'greedy'; known policies: full, medyate, random, rgn, su, trady, velocity"
     ]
     assert not (tmp_path / "out").exists()
 
