@@ -88,6 +88,9 @@ def wait_until(condition: Callable[[], T], timeout_s: float, what: str, proc: su
         if found:
             return found
         if proc is not None and proc.poll() is not None:
+            found = condition()  # it may have come true just before the process ended
+            if found:
+                return found
             out = proc.stdout.read() if proc.stdout else ""
             pytest.fail(f"the search ended before {what}:\n{out}")
         time.sleep(0.1)

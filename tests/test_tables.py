@@ -277,3 +277,23 @@ def test_the_flush_benchmark_measures_both_layouts_and_the_dataset_writes_less_p
     assert before.files == 1 and after.files == 6  # 1,516 rows in parts of 256
     assert after.written_per_flush_kb < before.written_per_flush_kb / 3  # the newest part, not the whole table
     assert (table.flush_median_s > 0).all() and "| local | 1,500 | after |" in (tmp_path / "flush.md").read_text()
+
+
+def test_a_table_on_a_local_s3_server_named_by_the_endpoint_variable_or_by_the_uri(monkeypatch: pytest.MonkeyPatch) -> None:
+    from benchmarks.local_s3 import s3_server
+
+    with s3_server("tables") as endpoint:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://{endpoint}")  # pyarrow's S3 file system reads it
+        table = ParquetTable("s3://tables/exp/epochs.parquet", key=KEY, part_rows=2)
+        for epoch in (1, 2, 3):
+            table.add(epoch_row(0, epoch))
+        table.flush()
+        monkeypatch.delenv("AWS_ENDPOINT_URL")
+        by_query = f"s3://tables/exp/epochs.parquet?endpoint_override={endpoint}&scheme=http"
+        again = ParquetTable(by_query, key=KEY, part_rows=2)
+        assert again.previous_keys() == {("e", "t0", 1), ("e", "t0", 2), ("e", "t0", 3)}
+        again.add(epoch_row(0, 1, loss=0.1))
+        again.flush()
+        rows = read_table(by_query)
+        assert rows is not None and sorted(zip(rows.column("epoch").to_pylist(), rows.column("loss").to_pylist(), strict=True)) == [(1, 0.1), (2, 0.5), (3, 1 / 3)]
+        assert [f.rpartition("/")[2] for f in table_files(by_query)[1]] == ["part-000000.parquet", "part-000001.parquet"]
