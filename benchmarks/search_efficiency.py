@@ -507,7 +507,7 @@ def resummarize(rows: Sequence[dict[str, Any]], setting: Setting, results_dir: P
     out = []
     for row in sorted(rows, key=lambda r: METHODS.index(r["method"])):
         experiment = results_dir / str(row.get("experiment") or "")
-        if row.get("experiment") and (experiment / "trials.parquet").is_file():
+        if row.get("experiment") and (experiment / "trials.parquet").exists():
             trials = pd.read_parquet(experiment / "trials.parquet")
             row = summarize(row["method"], spaces[row["method"]], trials, float(row["wall_s"]), grid, experiment)
         if row["method"] == "grid":

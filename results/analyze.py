@@ -3,8 +3,9 @@
     python -m results.analyze results/digits-grid results/digits-full -o docs/digits
 
 reads ``epochs.parquet`` and ``trials.parquet`` of every experiment directory
-given (several are merged, as the study merged several sweep files) and
-writes into the output directory:
+given (several are merged, as the study merged several sweep files), on the
+local disk or under a URI (``s3://bucket/prefix/<experiment>``), and writes
+into the output directory:
 
 - ``table.md``, ``table.csv``, ``table.xlsx``: the study's table, one row
   per (model, scheme, budget unit, budget in parameters or in memory,
@@ -51,6 +52,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 # The tables search.tables writes (importing the search package would pull in Ray and torch: seconds per command).
@@ -92,12 +95,12 @@ class Experiments:
     Attributes:
         epochs: the rows of every ``epochs.parquet`` (one per trial-epoch).
         trials: the rows of every ``trials.parquet`` (one per ended trial).
-        sources: the experiment directories, in the order given.
+        sources: the experiment directories (paths or URIs), in the order given.
     """
 
     epochs: pd.DataFrame
     trials: pd.DataFrame
-    sources: tuple[Path, ...]
+    sources: tuple[Path | str, ...]
 
 
 @dataclass(frozen=True)
@@ -121,9 +124,45 @@ class Analysis:
 
 
 # --- reading -----------------------------------------------------------------
-def _read_table(path: Path, required: Sequence[str]) -> pa.Table:
+def _is_uri(location: Path | str) -> bool:
+    return "://" in str(location)
+
+
+def _filesystem(location: Path | str) -> tuple[pafs.FileSystem, str]:
+    """pyarrow's file system and path of a local directory or a URI (``s3://...``, with its query options)."""
+    if not _is_uri(location):
+        return pafs.LocalFileSystem(), str(Path(location).resolve())
     try:
-        table = pq.read_table(path)
+        fs, path = pafs.FileSystem.from_uri(str(location))
+        return fs, str(path)
+    except (pa.ArrowException, ValueError, OSError) as error:
+        raise AnalysisInputError(f"{location}: not a storage URI pyarrow can open ({str(error).splitlines()[0]})") from None
+
+
+def _table_files(fs: pafs.FileSystem, path: str) -> list[str]:
+    """A table's Parquet files: the part files of its directory (neqtune's tables), or the file itself (older tables)."""
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.File:
+        return [path]
+    if info.type != pafs.FileType.Directory:
+        return []
+    found = fs.get_file_info(pafs.FileSelector(path))
+    return sorted(i.path for i in found if i.type == pafs.FileType.File and i.base_name.endswith(".parquet") and not i.base_name.startswith((".", "_")))
+
+
+def _read_table(path: Path | str, required: Sequence[str], fs: pafs.FileSystem | None = None) -> pa.Table:
+    try:
+        fs = fs or pafs.LocalFileSystem()
+        files = _table_files(fs, str(path))
+        if isinstance(fs, pafs.LocalFileSystem):
+            schema = pa.unify_schemas([pq.read_schema(f, filesystem=fs) for f in files], promote_options="permissive") if files else pa.schema([])
+            table = ds.dataset(files, schema=schema, filesystem=fs, format="parquet").to_table()
+        else:  # object storage: each part in one request (a running search may replace its newest part meanwhile)
+            parts = []
+            for file in files:
+                with fs.open_input_stream(file) as stream:
+                    parts.append(pq.read_table(pa.BufferReader(stream.read())))
+            table = pa.concat_tables(parts, promote_options="permissive") if parts else pa.table({})
     except (OSError, pa.ArrowException) as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise AnalysisInputError(f"{path}: not a readable Parquet table ({first_line})") from error
@@ -181,12 +220,14 @@ def split_seed_repeats(epochs: pd.DataFrame, trials: pd.DataFrame) -> tuple[pd.D
     return pd.DataFrame(rows).reset_index(drop=True), pd.DataFrame(split_trials, columns=trials.columns).reset_index(drop=True)
 
 
-def load_experiments(directories: Sequence[Path]) -> Experiments:
-    """Read and merge the tables of the experiment directories.
+def load_experiments(directories: Sequence[Path | str]) -> Experiments:
+    """Read and merge the tables of the experiment directories (local paths or URIs).
 
     Every directory must hold ``epochs.parquet`` or ``trials.parquet`` (a
     running experiment may have the first only; one whose trials all
-    failed before an epoch, the second only).
+    failed before an epoch, the second only). Each table is a directory of
+    Parquet part files, or one Parquet file (tables written before neqtune
+    kept them as datasets).
 
     Raises:
         AnalysisInputError: a directory is missing, given twice or has no
@@ -197,25 +238,26 @@ def load_experiments(directories: Sequence[Path]) -> Experiments:
         raise AnalysisInputError("no experiment directory given")
     epochs_tables: list[pa.Table] = []
     trials_tables: list[pa.Table] = []
-    seen: dict[Path, Path] = {}
-    owner: dict[tuple[str, str], Path] = {}
+    seen: dict[str, Path | str] = {}
+    owner: dict[tuple[str, str], Path | str] = {}
     for directory in directories:
-        if not directory.is_dir():
+        fs, resolved = _filesystem(directory)
+        if fs.get_file_info(resolved).type != pafs.FileType.Directory:
             raise AnalysisInputError(f"{directory}: not a directory")
-        resolved = directory.resolve()
         if resolved in seen:
             raise AnalysisInputError(f"{directory}: given twice")
         seen[resolved] = directory
-        epochs_path, trials_path = directory / EPOCHS_TABLE, directory / TRIALS_TABLE
-        if not epochs_path.exists() and not trials_path.exists():
+        epochs_path, trials_path = f"{resolved}/{EPOCHS_TABLE}", f"{resolved}/{TRIALS_TABLE}"
+        has_epochs, has_trials = (fs.get_file_info(p).type != pafs.FileType.NotFound for p in (epochs_path, trials_path))
+        if not has_epochs and not has_trials:
             raise AnalysisInputError(f"{directory}: no {EPOCHS_TABLE} or {TRIALS_TABLE} (not an experiment directory?)")
         keys: set[tuple[str, str]] = set()
-        if epochs_path.exists():
-            epochs = _read_table(epochs_path, EPOCH_COLUMNS)
+        if has_epochs:
+            epochs = _read_table(epochs_path, EPOCH_COLUMNS, fs)
             epochs_tables.append(epochs)
             keys |= set(zip(epochs["experiment"].to_pylist(), epochs["trial_id"].to_pylist(), strict=True))
-        if trials_path.exists():
-            trials = _read_table(trials_path, TRIAL_COLUMNS)
+        if has_trials:
+            trials = _read_table(trials_path, TRIAL_COLUMNS, fs)
             trials_tables.append(trials)
             keys |= set(zip(trials["experiment"].to_pylist(), trials["trial_id"].to_pylist(), strict=True))
         for key in keys:
@@ -736,15 +778,26 @@ def write_outputs(analysis: Analysis, experiments: Experiments, out_dir: Path) -
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def default_out_dir(directories: Sequence[Path]) -> Path:
-    """``<experiment>/analysis`` for one experiment; ``<parent>/analysis-<a>+<b>...`` for several."""
-    if len(directories) == 1:
-        return directories[0] / "analysis"
-    names = "+".join(re.sub(r"[^\w.-]+", "_", d.resolve().name) for d in directories)
-    return directories[0].resolve().parent / f"analysis-{names}"
+def default_out_dir(directories: Sequence[Path | str]) -> Path:
+    """``<experiment>/analysis`` for one experiment; ``<parent>/analysis-<a>+<b>...`` for several.
+
+    The outputs stay on the local disk: for an experiment under a URI, the
+    experiment's directory is ``results/<experiment>`` (where the search
+    keeps its TensorBoard files).
+    """
+    local = [Path("results") / _uri_name(d) if _is_uri(d) else Path(d) for d in directories]
+    if len(local) == 1:
+        return local[0] / "analysis"
+    names = "+".join(re.sub(r"[^\w.-]+", "_", d.resolve().name) for d in local)
+    return local[0].resolve().parent / f"analysis-{names}"
 
 
-def report_importances(directories: Sequence[Path], out_dir: Path) -> list[Path]:
+def _uri_name(location: Path | str) -> str:
+    """The last path component of a URI (its query left out)."""
+    return str(location).partition("?")[0].rstrip("/").rpartition("/")[2]
+
+
+def report_importances(directories: Sequence[Path | str], out_dir: Path) -> list[Path]:
     """Print the fANOVA importances of the searched keys (:mod:`results.importance`) and write them; the files written."""
     from results.importance import importance_markdown, parameter_importances, write_importances
 
@@ -759,8 +812,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m results.analyze",
         description="The study's table, the Pareto front and plots from one or several neqtune experiments.",
     )
-    parser.add_argument("experiments", nargs="+", type=Path, help="experiment directories (results/<experiment>), merged")
-    parser.add_argument("-o", "--out", type=Path, default=None, help="output directory (default: <experiment>/analysis)")
+    parser.add_argument(
+        "experiments",
+        nargs="+",
+        type=lambda text: text if _is_uri(text) else Path(text),
+        help="experiment directories (results/<experiment>, or a URI such as s3://bucket/prefix/<experiment>), merged",
+    )
+    parser.add_argument(
+        "-o", "--out", type=Path, default=None, help="output directory (default: <experiment>/analysis; results/<experiment>/analysis for a URI)"
+    )
     args = parser.parse_args(argv)
     try:
         experiments = load_experiments(args.experiments)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -126,13 +126,21 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "run_search.py") -> i
         if note and not args.dry_run:
             print(note)
     if args.resume is not None:
-        from search.experiment import ClusterError, resume_search
+        from search.experiment import ClusterError, StopOnInterrupt, resume_search
 
         try:
-            outcome = resume_search(args.resume, results_dir=args.results, address=args.address, shared_storage=args.shared_storage)
+            with StopOnInterrupt() as stop:
+                outcome = guarded(
+                    lambda: resume_search(
+                        args.resume, results_dir=args.results, address=args.address, shared_storage=args.shared_storage, stop=stop
+                    ),
+                    stop,
+                )
         except ClusterError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
+        except SearchStopped as stopped:
+            return stopped.code
         return report_outcome(outcome, searched=list(outcome.searched))
     search_overrides = {
         key: value
@@ -171,16 +179,79 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "run_search.py") -> i
         print(f"error: {space.source}: {err}", file=sys.stderr)
         return 2
 
-    from search.experiment import ClusterError, run_search
+    from search.experiment import ClusterError, StopOnInterrupt, run_search
 
     try:
-        outcome = run_search(
-            space, results_dir=args.results, name=args.name, address=args.address, storage=args.storage, shared_storage=args.shared_storage
-        )
+        with StopOnInterrupt() as stop:
+            outcome = guarded(
+                lambda: run_search(
+                    space,
+                    results_dir=args.results,
+                    name=args.name,
+                    address=args.address,
+                    storage=args.storage,
+                    shared_storage=args.shared_storage,
+                    stop=stop,
+                ),
+                stop,
+            )
     except ClusterError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except SearchStopped as stopped:
+        return stopped.code
     return report_outcome(outcome, searched=list(space.search.params))
+
+
+class SearchStopped(Exception):
+    """The search ended early and said why in one line; ``code`` is the exit code."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+# Exit codes of a search that stopped early: Ctrl-C (the shell's 128 + SIGINT), a full or read-only disk.
+EXIT_INTERRUPTED = 130
+EXIT_STORAGE = 1
+
+
+def resume_hint(location: str | None) -> str:
+    """How to go on with the search at ``location``."""
+    from search.experiment import resumable
+
+    if location is None or not resumable(location):
+        return "no trial had started: run the search again"
+    return f"resume with: python run_search.py --resume {location}"
+
+
+def guarded(search: Callable[[], SearchOutcome], stop: Any) -> SearchOutcome:
+    """Run ``search``; on Ctrl-C or a full or read-only disk, stop Ray, print one line and raise :class:`SearchStopped`."""
+    from search.experiment import SearchInterrupted
+    from search.tables import StorageError
+
+    try:
+        return search()
+    except SearchInterrupted as interrupted:
+        shutdown_ray()
+        print(f"neqtune: search interrupted; every epoch reported so far is in the tables; {resume_hint(interrupted.location)}")
+        raise SearchStopped(EXIT_INTERRUPTED) from None
+    except KeyboardInterrupt:
+        shutdown_ray()
+        print(f"neqtune: search interrupted (forced); the tables are whole; {resume_hint(stop.location)}")
+        raise SearchStopped(EXIT_INTERRUPTED) from None
+    except StorageError as err:
+        shutdown_ray()
+        print(f"error: {err.path}: {err.reason}: the search stopped; once there is space: {resume_hint(err.location)}", file=sys.stderr)
+        raise SearchStopped(EXIT_STORAGE) from None
+
+
+def shutdown_ray() -> None:
+    """Stop this driver's Ray (for a local instance: its processes; the watchdog ends any that linger)."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
 
 
 def report_outcome(outcome: SearchOutcome, *, searched: list[str]) -> int:

@@ -2,24 +2,40 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
+import signal
 import socket
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import optuna
 import yaml
 from ray.tune.stopper import Stopper
 
+from search.local_ray import LocalRay, start_local_ray
 from search.pareto import PARETO_TABLE, pareto_front
 from search.recorder import ResultRecorder, read_results
 from search.space import ParamSpec, SearchConfig, Space, build_space
 from search.study import StudyRecorder
-from search.tables import config_column_types, is_uri, resolve_location, rows_to_table, write_atomic
+from search.tables import (
+    StorageError,
+    config_column_types,
+    is_uri,
+    join_location,
+    location_name,
+    resolve_location,
+    rows_to_table,
+    storage_fault,
+    write_atomic,
+)
 from trainables.config import TrialConfig
 from trainables.tune_adapter import budgeted_trainable
 
@@ -50,6 +66,70 @@ CHECKPOINT_LAG = 3
 
 class ClusterError(ValueError):
     """A cluster, storage or resume problem found before any trial runs: one line, exit code 2."""
+
+
+class SearchInterrupted(Exception):
+    """The search stopped on Ctrl-C; ``location`` is what ``--resume`` takes (None if no trial had started).
+
+    ``forced``: a second Ctrl-C cut the orderly stop short.
+    """
+
+    def __init__(self, location: str | None, *, forced: bool) -> None:
+        super().__init__(location)
+        self.location = location
+        self.forced = forced
+
+
+TUNE_SIGINT = "TUNE_DISABLE_SIGINT_HANDLER"
+
+
+class StopOnInterrupt:
+    """Ctrl-C during a search: the first stops it in order, a second forces the stop.
+
+    While Tune runs the trials, the first SIGINT asks Tune to stop (through
+    the SIGUSR1 handler Tune installs while it runs): the trials are
+    stopped, the experiment state is saved, the tables are flushed, and
+    :func:`finish_search` raises :class:`SearchInterrupted`. Outside of
+    that, and for the second SIGINT, it raises ``KeyboardInterrupt`` at
+    once. Tune's own messages, which would point at ``Tuner.restore``, are
+    silenced from the first Ctrl-C on.
+
+    Use as a context manager around :func:`run_search` or
+    :func:`resume_search` in the main thread.
+    """
+
+    def __init__(self, echo: Any = print) -> None:
+        self.echo = echo
+        self.requested = False
+        self.location: str | None = None
+        self.in_fit = False
+        self._previous: Any = None
+        self._tune_setting: str | None = None
+
+    def __enter__(self) -> StopOnInterrupt:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+            # Tune would put its own SIGINT handler in place of this one (and point at Tuner.restore).
+            self._tune_setting = os.environ.get(TUNE_SIGINT)
+            os.environ[TUNE_SIGINT] = "1"
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            if self._tune_setting is None:
+                os.environ.pop(TUNE_SIGINT, None)
+            else:
+                os.environ[TUNE_SIGINT] = self._tune_setting
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.requested or not self.in_fit:
+            self.requested = True
+            raise KeyboardInterrupt
+        self.requested = True
+        logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
+        self.echo("neqtune: Ctrl-C: stopping the trials and saving the search (Ctrl-C again forces it)")
+        os.kill(os.getpid(), signal.SIGUSR1)  # Tune's handler: end the run after the current step
 
 
 @dataclass(frozen=True)
@@ -185,7 +265,7 @@ def final_rows(recorder: ResultRecorder, experiment: str, metrics: list[str]) ->
     missing = [m for m in metrics if rows and m not in rows[0]]
     if missing:
         last: dict[str, dict[str, Any]] = {}
-        for row in recorder.epochs.table().to_pylist():
+        for row in recorder.epochs.table(columns=["experiment", "trial_id", "epoch", *missing]).to_pylist():
             if row["experiment"] == experiment and row["epoch"] >= last.get(row["trial_id"], {}).get("epoch", -1):
                 last[row["trial_id"]] = row
         for row in rows:
@@ -238,14 +318,34 @@ class TokenNoticeFilter(logging.Filter):
         return not record.getMessage().startswith(self.NOTICE)
 
 
+class _StorageFaultFilter(logging.Filter):
+    """Drops Tune's traceback of a trial that failed on a full or read-only disk: the search stops with one line instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        if record.exc_info and record.exc_info[1] is not None:
+            text += f"\n{record.exc_info[1]}"
+        return storage_fault(text) is None
+
+
+logging.getLogger("ray.tune.execution.tune_controller").addFilter(_StorageFaultFilter())
+
+# The local Ray instance this driver started (its watchdog's pipe must stay open as long as the driver runs).
+_LOCAL_RAY: LocalRay | None = None
+
+
 def start_ray(address: str | None) -> None:
     """Join the cluster at ``address`` (or ``RAY_ADDRESS``), else start Ray on this machine.
+
+    A local instance gets a directory of its own and a watchdog that ends
+    its processes when the driver ends (:mod:`search.local_ray`).
 
     Raises:
         ClusterError: the cluster cannot be reached.
     """
     import ray
 
+    global _LOCAL_RAY
     if ray.is_initialized():
         return
     if address is not None:
@@ -253,20 +353,21 @@ def start_ray(address: str | None) -> None:
     # Trials report through Tune, and failures land in their error files and the
     # trials table; forwarding worker logs would only repeat Ray's INFO lines.
     kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "include_dashboard": False, "log_to_driver": False}
-    if address is None and "RAY_ADDRESS" not in os.environ:
-        kwargs["num_cpus"] = os.cpu_count() or 1
-    else:
-        kwargs.pop("include_dashboard")
-    token_setup = logging.getLogger(RAY_TOKEN_SETUP_LOGGER)
-    notice = TokenNoticeFilter()
     if _local_ray(address):
+        kwargs["num_cpus"] = os.cpu_count() or 1
+        token_setup = logging.getLogger(RAY_TOKEN_SETUP_LOGGER)
+        notice = TokenNoticeFilter()
         token_setup.addFilter(notice)
+        try:
+            _LOCAL_RAY = start_local_ray(**kwargs)
+        finally:
+            token_setup.removeFilter(notice)
+        return
+    kwargs.pop("include_dashboard")
     try:
         ray.init(address=address, **kwargs)
     except ConnectionError as err:
         raise ClusterError(f"--address {address or os.environ.get('RAY_ADDRESS')}: {str(err).strip().splitlines()[0]}") from None
-    finally:
-        token_setup.removeFilter(notice)
 
 
 def check_shared_storage(storage: str, *, node_ips: list[str], driver_ip: str, shared: bool) -> None:
@@ -380,7 +481,10 @@ def storage_root(storage: str | None, results_dir: Path) -> str:
         fs, path = resolve_location(storage if storage is not None else results_dir)
     except ValueError as err:
         raise ClusterError(f"--storage {err}") from None
-    return str(storage).rstrip("/") if fs is not None else path
+    if fs is None:
+        return path
+    base, sep, query = str(storage).partition("?")
+    return f"{base.rstrip('/')}{sep}{query}"
 
 
 def write_text(location: str, text: str) -> None:
@@ -425,6 +529,7 @@ def run_search(
     echo: Any = print,
     storage: str | None = None,
     shared_storage: bool = False,
+    stop: StopOnInterrupt | None = None,
 ) -> SearchOutcome:
     """Run the search of ``space`` with Ray Tune and record its results.
 
@@ -439,16 +544,35 @@ def run_search(
             path or a URI (``s3://...``, ``gs://...``); default ``results_dir``.
         shared_storage: the local ``storage`` path is on a file system every
             node mounts (see :func:`check_shared_storage`).
+        stop: the Ctrl-C handling the command line installed (see :class:`StopOnInterrupt`).
 
     Raises:
         ClusterError: unreachable cluster, unusable storage (before any trial runs).
+        StorageError: the results or the storage location filled up or turned read-only.
+        SearchInterrupted: Ctrl-C.
     """
+    experiment = experiment_name(space, name)
+    root = storage_root(storage, results_dir)
+    location = join_location(root, experiment)
+    with storage_errors(location):
+        return _run_search(space, results_dir, experiment, root, location, address=address, echo=echo, shared_storage=shared_storage, stop=stop)
+
+
+def _run_search(
+    space: Space,
+    results_dir: Path,
+    experiment: str,
+    root: str,
+    location: str,
+    *,
+    address: str | None,
+    echo: Any,
+    shared_storage: bool,
+    stop: StopOnInterrupt | None,
+) -> SearchOutcome:
     from ray import tune
 
     started = time.monotonic()
-    experiment = experiment_name(space, name)
-    root = storage_root(storage, results_dir)
-    location = f"{root}/{experiment}"
     experiment_dir = results_dir.resolve() / experiment if is_uri(root) else Path(location)
     search = space.search
     echo(
@@ -459,7 +583,7 @@ def run_search(
     check_cluster_storage(root, shared_storage)
     max_concurrent = resolve_concurrency(space, local=_local_ray(address), echo=echo)
     experiment_dir.mkdir(parents=True, exist_ok=True)
-    write_text(f"{location}/{SPACE_FILE}", yaml.safe_dump(space.to_dict(), sort_keys=False))
+    write_text(join_location(location, SPACE_FILE), yaml.safe_dump(space.to_dict(), sort_keys=False))
 
     grid = search.algorithm == "grid"
     param_space = {key: tune_domain(spec, grid=grid) for key, spec in search.params.items()}
@@ -485,7 +609,35 @@ def run_search(
             verbose=0,
         ),
     )
-    return finish_search(tuner, recorder, space, experiment_dir=experiment_dir, started=started)
+    return finish_search(tuner, recorder, space, experiment_dir=experiment_dir, started=started, stop=stop)
+
+
+@contextlib.contextmanager
+def storage_errors(location: str) -> Iterator[None]:
+    """Turn any error a full or read-only disk caused (Tune's own writes included) into a :class:`StorageError`
+    that knows the experiment's ``location``."""
+    try:
+        yield
+    except StorageError as err:
+        err.location = err.location or location
+        raise
+    except (ClusterError, SearchInterrupted):
+        raise
+    except Exception as err:
+        reason = storage_fault(err)
+        if reason is None:
+            raise
+        raise StorageError(getattr(err, "filename", None) or location, reason, location=location) from err
+
+
+def resumable(location: str) -> bool:
+    """Whether ``location`` holds an experiment ``--resume`` can continue."""
+    from ray import tune
+
+    try:
+        return bool(tune.Tuner.can_restore(location))
+    except Exception:
+        return False
 
 
 def study_recorder(space: Space, experiment_dir: Path, experiment: str) -> StudyRecorder:
@@ -502,9 +654,15 @@ def tune_callbacks(recorder: ResultRecorder, study: StudyRecorder) -> list[Any]:
 
 
 def resume_search(
-    location: str, *, results_dir: Path | None = None, address: str | None = None, echo: Any = print, shared_storage: bool = False
+    location: str,
+    *,
+    results_dir: Path | None = None,
+    address: str | None = None,
+    echo: Any = print,
+    shared_storage: bool = False,
+    stop: StopOnInterrupt | None = None,
 ) -> SearchOutcome:
-    """Continue a search whose driver died: ``Tuner.restore`` of ``results/<experiment>`` (or a URI).
+    """Continue a search whose driver died or was stopped: ``Tuner.restore`` of ``results/<experiment>`` (or a URI).
 
     Finished trials stay finished, unfinished ones continue from their last
     checkpoint, the Optuna searcher keeps its state (saved with the
@@ -515,9 +673,12 @@ def resume_search(
         location: the experiment directory (local path or URI).
         results_dir: where TensorBoard files go for a URI ``location``
             (default: ``./results``).
+        stop: the Ctrl-C handling the command line installed (see :class:`StopOnInterrupt`).
 
     Raises:
         ClusterError: ``location`` holds no experiment; unreachable cluster; unusable storage.
+        StorageError: the storage location filled up or turned read-only.
+        SearchInterrupted: Ctrl-C.
     """
     from ray import tune
 
@@ -526,8 +687,8 @@ def resume_search(
         fs, path = resolve_location(location)
     except ValueError as err:
         raise ClusterError(f"--resume {err}") from None
-    location = location.rstrip("/") if fs is not None else path
-    space_file = f"{location}/{SPACE_FILE}"
+    location = storage_root(location, Path(path)) if fs is not None else path
+    space_file = join_location(location, SPACE_FILE)
     import pyarrow.fs as pafs
 
     filesystem, space_path = (fs, path.rstrip("/") + f"/{SPACE_FILE}") if fs is not None else (pafs.LocalFileSystem(), space_file)
@@ -539,32 +700,31 @@ def resume_search(
         space = build_space(yaml.safe_load(text), space_file)
     except ValueError as err:
         raise ClusterError(f"--resume {str(err).splitlines()[0]}") from None
-    experiment = location.rstrip("/").rpartition("/")[2]
+    experiment = location_name(location)
     experiment_dir = Path(location) if fs is None else (results_dir or Path("results")).resolve() / experiment
     echo(f"neqtune: resuming experiment {experiment} from {location}")
-    start_ray(address)
-    check_cluster_storage(location, shared_storage)
-    recorder = ResultRecorder(experiment_dir, experiment, space.base, searched=list(space.search.params), echo=echo, tables_dir=location)
-    added = recorder.backfill(location)
-    echo(f"neqtune: {len(recorder.epochs.previous_keys())} trial-epochs in the tables, {added} recovered from the trials' result logs")
-    filled = fill_missing_checkpoints(location)
-    tuner = tune.Tuner.restore(location, trainable=build_trainable(space), resume_unfinished=True, resume_errored=False)
-    # The recorder saved with the experiment belongs to the dead driver; supply the callbacks again.
-    internal = tuner._local_tuner  # Tuner has no public setter for the restored run config
-    assert internal is not None, "resuming through Ray Client is not supported"
-    internal.get_run_config().callbacks = tune_callbacks(recorder, study_recorder(space, experiment_dir, experiment))
-    budget = internal.get_run_config().stop
-    if isinstance(budget, TrialEpochBudget):  # the budget counts what the dead driver's trials spent
-        budget.spent = reported_epochs(location)
-    try:
-        return finish_search(tuner, recorder, space, experiment_dir=experiment_dir, started=started)
-    finally:
-        import pyarrow.fs as pafs
-
-        filesystem = resolve_location(location)[0] or pafs.LocalFileSystem()
-        for directory in filled:  # the stand-ins served their purpose (Tune has newer checkpoints now)
-            if filesystem.get_file_info(directory).type == pafs.FileType.Directory:
-                filesystem.delete_dir(directory)
+    with storage_errors(location):
+        start_ray(address)
+        check_cluster_storage(location, shared_storage)
+        recorder = ResultRecorder(experiment_dir, experiment, space.base, searched=list(space.search.params), echo=echo, tables_dir=location)
+        added = recorder.backfill(location)
+        echo(f"neqtune: {len(recorder.epochs.previous_keys())} trial-epochs in the tables, {added} recovered from the trials' result logs")
+        filled = fill_missing_checkpoints(location)
+        tuner = tune.Tuner.restore(location, trainable=build_trainable(space), resume_unfinished=True, resume_errored=False)
+        # The recorder saved with the experiment belongs to the dead driver; supply the callbacks again.
+        internal = tuner._local_tuner  # Tuner has no public setter for the restored run config
+        assert internal is not None, "resuming through Ray Client is not supported"
+        internal.get_run_config().callbacks = tune_callbacks(recorder, study_recorder(space, experiment_dir, experiment))
+        budget = internal.get_run_config().stop
+        if isinstance(budget, TrialEpochBudget):  # the budget counts what the dead driver's trials spent
+            budget.spent = reported_epochs(location)
+        try:
+            return finish_search(tuner, recorder, space, experiment_dir=experiment_dir, started=started, stop=stop)
+        finally:
+            storage = resolve_location(location)[0] or pafs.LocalFileSystem()
+            for directory in filled:  # the stand-ins served their purpose (Tune has newer checkpoints now)
+                if storage.get_file_info(directory).type == pafs.FileType.Directory:
+                    storage.delete_dir(directory)
 
 
 def fill_missing_checkpoints(location: str, lag: int = CHECKPOINT_LAG) -> list[str]:
@@ -610,11 +770,32 @@ def fill_missing_checkpoints(location: str, lag: int = CHECKPOINT_LAG) -> list[s
     return created
 
 
-def finish_search(tuner: Any, recorder: ResultRecorder, space: Space, *, experiment_dir: Path, started: float) -> SearchOutcome:
-    """Run ``tuner`` to the end and summarise the experiment from its tables."""
+def finish_search(
+    tuner: Any, recorder: ResultRecorder, space: Space, *, experiment_dir: Path, started: float, stop: StopOnInterrupt | None = None
+) -> SearchOutcome:
+    """Run ``tuner`` to the end and summarise the experiment from its tables.
+
+    Raises:
+        StorageError: a write failed on a full or read-only disk (the recorder's, or a trial's checkpoint).
+        SearchInterrupted: Ctrl-C stopped the trials (``stop``).
+    """
     search = space.search
     experiment = recorder.experiment
-    results = tuner.fit()
+    if stop is not None:
+        stop.location, stop.in_fit = recorder.tables_dir, True
+    try:
+        results = tuner.fit()
+    except Exception as err:
+        if recorder.storage_error is not None:
+            raise recorder.storage_error from err
+        raise
+    finally:
+        if stop is not None:
+            stop.in_fit = False
+    if recorder.storage_error is not None:  # raised inside Tune's clean-up, which went on
+        raise recorder.storage_error
+    if stop is not None and stop.requested:
+        raise SearchInterrupted(recorder.tables_dir, forced=False)
     rows = final_rows(recorder, experiment, search.metrics)
     finished = [row for row in rows if row["status"] in ("TERMINATED", "STOPPED") and _has_metrics(row, search.metrics)]
     pareto: list[dict[str, Any]] | None = None

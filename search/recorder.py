@@ -17,10 +17,16 @@ tables as they were last written and :meth:`ResultRecorder.backfill` adds
 the trial-epochs that were reported but not yet written, from the trials'
 ``result.json`` files; epochs that resumed trials report again replace
 their rows. Every trial-epoch ends in the table exactly once.
+
+A write that fails because the disk is full or read-only (the recorder's
+own, or a trial's checkpoint) raises :class:`~search.tables.StorageError`,
+which ends the search: what was written stays whole, and ``--resume``
+continues once there is room.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -34,7 +40,17 @@ from ray.tune.experiment import Trial
 from torch.utils.tensorboard import SummaryWriter
 
 from search.hparams import hparams_summaries, run_name
-from search.tables import EPOCHS_TABLE, SCHEMA_VERSION, TRIALS_TABLE, ParquetTable, config_column_types, resolve_location
+from search.tables import (
+    EPOCHS_TABLE,
+    SCHEMA_VERSION,
+    TRIALS_TABLE,
+    ParquetTable,
+    StorageError,
+    config_column_types,
+    join_location,
+    resolve_location,
+    storage_fault,
+)
 from trainables.config import TrialConfig, flatten
 from trainables.metrics import ADAPTER_COLUMNS, fixed_dtypes, metric_names
 from trainables.repeats import SEED_KEYS as REPEAT_SEED_KEYS
@@ -60,6 +76,14 @@ REPEAT_COLUMNS = (
 REPEAT_SUMMARY_COLUMNS = (
     "repeats", "seeds",
     "best_val_top1_std", "test_top1_at_best_val_std", "best_val_top1_seeds", "test_top1_at_best_val_seeds", "best_epoch_seeds",
+)  # fmt: skip
+# Columns that may be null in every row of a flush (a trial without an error): their type is fixed, so
+# that the first part file does not give them Arrow's null type.
+TEXT_COLUMN_TYPES = {"node_id": pa.string(), "hostname": pa.string(), "error": pa.string(), "path": pa.string(), "layer_names": pa.list_(pa.string())}
+# What a resumed recorder reads back from the epochs table: each trial's last epoch and epoch times.
+RESUME_COLUMNS = (
+    "experiment", "trial_id", "epoch", "epoch_time_s", "best_val_top1", "best_epoch", "test_top1_at_best_val",
+    "budget_params", "total_conv_params", "node_id", "hostname", *REPEAT_SUMMARY_COLUMNS,
 )  # fmt: skip
 
 
@@ -103,9 +127,14 @@ class ResultRecorder(Callback):
         self.flush_every_s = flush_every_s
         self.status_every_s = status_every_s
         self.echo = echo
-        types = {**config_column_types(TrialConfig), **{name: pa.type_for_alias(t) for name, t in fixed_dtypes().items()}}
-        self.epochs = ParquetTable(f"{self.tables_dir}/{EPOCHS_TABLE}", key=("experiment", "trial_id", "epoch"), types=types)
-        self.trials = ParquetTable(f"{self.tables_dir}/{TRIALS_TABLE}", key=("experiment", "trial_id"), types=types)
+        types = {
+            **config_column_types(TrialConfig),
+            **{name: pa.type_for_alias(t) for name, t in fixed_dtypes().items()},
+            **TEXT_COLUMN_TYPES,
+        }
+        self.epochs = ParquetTable(join_location(self.tables_dir, EPOCHS_TABLE), key=("experiment", "trial_id", "epoch"), types=types)
+        self.trials = ParquetTable(join_location(self.tables_dir, TRIALS_TABLE), key=("experiment", "trial_id"), types=types)
+        self.storage_error: StorageError | None = None
         self._config_columns: dict[str, dict[str, Any]] = {}
         self._last: dict[str, dict[str, Any]] = {}
         self._layer_names: dict[str, list[str]] = {}
@@ -145,7 +174,7 @@ class ResultRecorder(Callback):
                 added += 1
         # A killed driver may have written an epoch's row before Ray's JSON log reached the disk with
         # it: the table then knows a later epoch of the trial than the logs do.
-        for row in self.epochs.table().to_pylist():
+        for row in self.epochs.table(columns=RESUME_COLUMNS).to_pylist():
             trial_id, epoch = row.get("trial_id"), row.get("epoch")
             if row.get("experiment") != self.experiment or not isinstance(trial_id, str) or not isinstance(epoch, int):
                 continue
@@ -186,6 +215,10 @@ class ResultRecorder(Callback):
         return self._writers[trial_id]
 
     def _write_tensorboard(self, trial_id: str, result: dict[str, Any]) -> None:
+        with self._storage_guard(self.experiment_dir / "tensorboard"):
+            self._write_scalars(trial_id, result)
+
+    def _write_scalars(self, trial_id: str, result: dict[str, Any]) -> None:
         writer = self._writer(trial_id)
         step = int(result["epoch"])
         for key in METRIC_COLUMNS:
@@ -200,6 +233,10 @@ class ResultRecorder(Callback):
 
     def _write_hparams(self, trial: Trial, row: dict[str, Any]) -> None:
         """The trial's config and final metrics, for the HParams dashboard, in its own run directory."""
+        with self._storage_guard(self.experiment_dir / "tensorboard"):
+            self._write_final(trial, row)
+
+    def _write_final(self, trial: Trial, row: dict[str, Any]) -> None:
         writer = self._writer(trial.trial_id)
         step = int(row["epochs_run"])
         for name in FINAL_METRICS:
@@ -226,9 +263,29 @@ class ResultRecorder(Callback):
         self._flush()
 
     def _flush(self) -> None:
-        self.epochs.flush()
-        self.trials.flush()
+        with self._storage_guard(self.tables_dir):
+            self.epochs.flush()
+            self.trials.flush()
         self._last_flush = time.monotonic()
+
+    @contextlib.contextmanager
+    def _storage_guard(self, path: str | Path) -> Iterator[None]:
+        """Turn a write that failed on a full or read-only disk into a :class:`StorageError` naming ``path``."""
+        try:
+            yield
+        except OSError as err:
+            reason = storage_fault(err)
+            if reason is None:
+                raise
+            self.storage_error = StorageError(str(path), reason)
+            raise self.storage_error from err
+
+    def _check_trial_fault(self, trial: Trial) -> None:
+        """A trial that failed because it could not write its checkpoint (full or read-only storage) ends the search."""
+        reason = storage_fault(_trial_exception(trial))
+        if reason is not None:
+            self.storage_error = StorageError(self.tables_dir, f"{reason} (trial {trial.trial_id} could not save its checkpoint)")
+            raise self.storage_error
 
     def _status(self, trials: list[Trial]) -> None:
         done = len(self.trials)  # the trial being completed may not be marked so yet
@@ -276,6 +333,8 @@ class ResultRecorder(Callback):
     def on_trial_result(self, iteration: int, trials: list[Trial], trial: Trial, result: dict[str, Any], **info: Any) -> None:
         if "epoch" not in result:
             return
+        if isinstance(result.get("resume_note"), str):  # its newest checkpoint was unreadable (trainables.tune_adapter)
+            self.echo(f"trial {trial.trial_id}: {result['resume_note']}")
         self._last[trial.trial_id] = result
         self._layer_names.setdefault(trial.trial_id, list(result.get("layer_names", [])))
         self._epoch_times.setdefault(trial.trial_id, {})[int(result["epoch"])] = float(result.get("epoch_time_s", 0.0))
@@ -308,7 +367,11 @@ class ResultRecorder(Callback):
         self._flush()
         self._status(trials)
 
+    def on_trial_recover(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        self._check_trial_fault(trial)
+
     def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        self._check_trial_fault(trial)
         error = trial.get_error()
         message = str(error).strip().splitlines()[-1] if error else "unknown error"
         row = self._summary_row(trial, "ERROR", message)
@@ -319,6 +382,8 @@ class ResultRecorder(Callback):
         self._flush()
 
     def on_experiment_end(self, trials: list[Trial], **info: Any) -> None:
+        if self.storage_error is not None:  # the search is ending because nothing more can be written
+            return
         # A trial that finished just before an interrupted driver could write its row
         # is TERMINATED in the restored experiment state and never completes again;
         # trials that a search budget ended (search.max_trial_epochs) end here too.
@@ -329,6 +394,21 @@ class ResultRecorder(Callback):
         self._flush()
         for writer in self._writers.values():
             writer.close()
+
+
+def _trial_exception(trial: Trial) -> BaseException | str | None:
+    """The exception a trial failed with (Tune pickles it on the driver's disk), else its error text."""
+    import cloudpickle
+
+    try:
+        pickled = Path(trial.pickled_error_file) if trial.run_metadata.pickled_error_filename else None
+        if pickled is not None and pickled.is_file():
+            with pickled.open("rb") as stream:
+                error: BaseException = cloudpickle.load(stream)
+            return error
+    except Exception:  # no local trial directory (a trial never scheduled), or an error class that does not unpickle here
+        pass
+    return trial.get_error()
 
 
 def _short(value: Any) -> str:

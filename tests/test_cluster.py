@@ -1,11 +1,13 @@
-"""A real two-node Ray cluster on this machine (loopback only), a search submitted as a Ray job.
+"""A real two-node Ray cluster on this machine (loopback only): a search submitted as a Ray job, a node lost mid-trial.
 
 The head and the worker node are started with the ``ray`` CLI of the project's
 virtualenv, on free ports and a private temporary directory, so that other Ray
 instances on the machine are neither joined nor disturbed; the test stops only
-the processes of its own cluster (found by that directory), even when it fails.
-Every command gets the same token authentication settings, so the test works
-whether or not ``~/.ray/auth_token`` exists.
+the processes of its own cluster (found by that directory, and by an
+environment variable every process of the cluster inherits: Ray's agents
+rename their command lines), even when it fails. Every command gets the same
+token authentication settings, so the test works whether or not
+``~/.ray/auth_token`` exists.
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from search_procs import RUN_MARK, end_marked, finish, marked, new_mark, plain, run_search, tiny_space, wait_until
+
+from search.tables import read_table
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
@@ -78,15 +83,20 @@ def cluster_pids(marker: str) -> list[int]:
 
 
 def stop_cluster(marker: str, env: dict[str, str]) -> None:
+    def pids() -> list[int]:
+        return sorted(set(cluster_pids(marker)) | set(marked(env[RUN_MARK]) if RUN_MARK in env else []))
+
     for sig, wait_s in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 2.0)):
-        for pid in cluster_pids(marker):
+        for pid in pids():
             try:
                 os.kill(pid, sig)
             except ProcessLookupError:
                 pass
         deadline = time.monotonic() + wait_s
-        while cluster_pids(marker) and time.monotonic() < deadline:
+        while pids() and time.monotonic() < deadline:
             time.sleep(0.2)
+    if RUN_MARK in env:
+        end_marked(env[RUN_MARK])
 
 
 def node_ports() -> list[str]:
@@ -119,8 +129,8 @@ def start_node(command: Callable[[int, int, int], list[str]], env: dict[str, str
 
 
 @pytest.fixture
-def cluster() -> Iterator[tuple[str, dict[str, str], Path]]:
-    """A head and one worker node, one CPU each: ``(dashboard URL, env for ray commands, temp dir)``."""
+def cluster() -> Iterator[tuple[str, dict[str, str], Path, str]]:
+    """A head and one worker node, one CPU each: ``(dashboard URL, env for ray commands, temp dir, GCS address)``."""
     temp_dir = Path(tempfile.mkdtemp(prefix="nqc", dir="/tmp"))  # short: Ray's socket paths have a length limit
     env = {key: value for key, value in os.environ.items() if not key.startswith("RAY_")}
     env.update(
@@ -128,7 +138,13 @@ def cluster() -> Iterator[tuple[str, dict[str, str], Path]]:
         RAY_AUTH_MODE="token",
         RAY_AUTH_TOKEN=secrets.token_hex(32),
         RAY_USAGE_STATS_ENABLED="0",
+        # The GCS declares a node dead after 3 missed health checks 1 s apart (Ray's default takes about 30 s).
+        RAY_health_check_initial_delay_ms="1000",
+        RAY_health_check_period_ms="1000",
+        RAY_health_check_timeout_ms="1000",
+        RAY_health_check_failure_threshold="3",
     )
+    env[RUN_MARK] = new_mark()
     ray = str(VENV_BIN / "ray")
     common = ["--num-cpus=1", f"--node-ip-address={HOST}", "--disable-usage-stats"]
     try:
@@ -144,15 +160,15 @@ def cluster() -> Iterator[tuple[str, dict[str, str], Path]]:
             lambda *_: [ray, "start", f"--address={HOST}:{gcs}", f"--temp-dir={temp_dir / 'w'}", *common, *node_ports()],
             env, temp_dir / "w",
         )  # fmt: skip
-        yield f"http://{HOST}:{dashboard}", env, temp_dir
+        yield f"http://{HOST}:{dashboard}", env, temp_dir, f"{HOST}:{gcs}"
     finally:
         stop_cluster(str(temp_dir), env)
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
-def test_a_search_submitted_as_a_ray_job_runs_trials_on_both_nodes(cluster: tuple[str, dict[str, str], Path], tmp_path: Path) -> None:
+def test_a_search_submitted_as_a_ray_job_runs_trials_on_both_nodes(cluster: tuple[str, dict[str, str], Path, str], tmp_path: Path) -> None:
     started = time.monotonic()
-    dashboard, env, _ = cluster
+    dashboard, env, _, _ = cluster
     space = {
         "experiment": "cluster",
         "data": {"name": "digits", "image_size": 16, "batch_size": 64},
@@ -189,6 +205,76 @@ def test_the_shipped_cluster_files_pass_rays_schema(name: str) -> None:
     validate_config(config)  # raises on a key Ray's autoscaler does not know or a wrong type
     assert config["provider"]["type"] == ("aws" if name == "aws.yaml" else "local")
     assert any("ray start --head" in command for command in config["head_start_ray_commands"])
+
+
+def node_id_of(raylet_marker: str) -> tuple[int, str]:
+    """The pid and node id of the raylet whose command line names ``raylet_marker`` (a node's temp dir)."""
+    for pid in cluster_pids(raylet_marker):
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+        if cmdline and cmdline[0].endswith("/raylet"):
+            return pid, next(arg.split("=", 1)[1] for arg in cmdline if arg.startswith("--node_id="))
+    raise AssertionError(f"no raylet under {raylet_marker}")
+
+
+def test_a_node_lost_mid_trial_restarts_its_trial_on_the_head_from_its_checkpoint(
+    cluster: tuple[str, dict[str, str], Path, str], tmp_path: Path
+) -> None:
+    """The worker node's raylet is SIGKILLed while a trial runs there; the checkpoints are on storage both nodes share."""
+    _, env, temp_dir, gcs = cluster
+    _, head_id = node_id_of(str(temp_dir / "h"))
+    worker_raylet, worker_id = node_id_of(str(temp_dir / "w"))
+    # Two trials of the very same config (seed 0 twice): one per node (each has one CPU); the worker's is the victim.
+    space = tiny_space(5, {"algorithm": "grid", "num_samples": 1, "params": {"training.seed": {"choice": [0, 0]}}, "max_concurrent": 2})
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump(space))
+    storage = tmp_path / "storage"
+    table = storage / "lost-node" / "epochs.parquet"
+    mark = env[RUN_MARK]
+
+    def worker_epochs() -> int:
+        found = read_table(table)
+        return 0 if found is None else int((found.to_pandas().node_id == worker_id).sum())
+
+    driver = run_search(
+        ["--space", "space.yaml", "--address", gcs, "--storage", str(storage), "--name", "lost-node"], cwd=tmp_path, mark=mark, env=env
+    )
+    def moved_trial() -> bool:
+        found = read_table(table)
+        if found is None:
+            return False
+        rows = found.to_pandas()
+        on_worker = set(rows[rows.node_id == worker_id].trial_id)
+        return bool(on_worker & set(rows[rows.node_id == head_id].trial_id))
+
+    try:
+        wait_until(worker_epochs, 150, "an epoch on the worker node", driver)
+        os.kill(worker_raylet, signal.SIGKILL)
+        lost = time.monotonic()
+        wait_until(moved_trial, 180, "an epoch of the lost node's trial on the head", driver)
+        moved_s = time.monotonic() - lost
+        out = finish(driver, 240, mark)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    epochs = pd.read_parquet(table)
+    trials = pd.read_parquet(storage / "lost-node" / "trials.parquet")
+    assert len(trials) == 2 and (trials.status == "TERMINATED").all(), out
+    assert not epochs.duplicated(["trial_id", "epoch"]).any()
+    assert epochs.groupby("trial_id").epoch.apply(sorted).tolist() == [[1, 2, 3, 4, 5]] * 2
+    victim = epochs[epochs.node_id == worker_id].trial_id.unique()
+    assert len(victim) == 1, epochs[["trial_id", "epoch", "node_id"]]
+    moved = epochs[epochs.trial_id == victim[0]].sort_values("epoch")
+    nodes = moved.node_id.tolist()
+    assert nodes[0] == worker_id and nodes[-1] == head_id, nodes  # the node change, per epoch
+    assert nodes == sorted(nodes, key=lambda node: node == head_id), nodes  # worker epochs, then head epochs
+    restarted_at = nodes.index(head_id) + 1
+    twin = epochs[epochs.trial_id != victim[0]].sort_values("epoch")
+    assert set(twin.node_id) == {head_id}
+    for column in ("train_loss", "train_top1", "val_top1", "test_top1", "lr", "best_val_top1", "params_updated", "layer_frozen_pct"):
+        assert moved[column].map(plain).tolist() == twin[column].map(plain).tolist(), column
+    print(
+        f"lost node: the trial went on on the head from epoch {restarted_at}, its first epoch there {moved_s:.0f} s after the raylet "
+        f"was killed (the head's one CPU first finished the twin); search done {time.monotonic() - lost:.0f} s after the kill"
+    )
 
 
 # --- the README's cluster commands, as written ------------------------------------------------------------------------

@@ -1,7 +1,7 @@
-"""Faults: a trial whose worker is SIGKILLed, a driver SIGKILLed and resumed, tables written atomically.
+"""Faults: a trial worker SIGKILLed, a driver SIGKILLed on object storage and resumed, corrupt checkpoints, orphans.
 
 The two search tests run the real ``run_search.py`` (real Ray Tune, Optuna,
-Parquet) on tiny digits trials; the table tests kill a real writer process.
+Parquet; a real S3 server, moto, on 127.0.0.1) on tiny digits trials.
 """
 
 from __future__ import annotations
@@ -9,22 +9,37 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import optuna
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
+import pyarrow.fs as pafs
 import pytest
+import torch
 import yaml
+from search_procs import (
+    S3_ENV,
+    command,
+    end_marked,
+    finish,
+    marked,
+    new_mark,
+    plain,
+    results_lines,
+    run_search,
+    s3_server,
+    tiny_space,
+    wait_gone,
+    wait_until,
+)
 
-from search.tables import ParquetTable, read_table, write_atomic
+from search.tables import join_location, read_table
+from trainables.tune_adapter import CHECKSUM_FILE, STATE_FILE, load_state, restore_state, save_state
 
 ROOT = Path(__file__).resolve().parent.parent
 # Metrics that must not depend on the process, the wall clock or a restart.
@@ -34,113 +49,20 @@ EXACT_COLUMNS = (
 )  # fmt: skip
 
 
-def plain(value: Any) -> Any:
-    """A cell as a plain Python value (list columns come back as NumPy arrays)."""
-    return value.tolist() if hasattr(value, "tolist") else value
-
-
-def tiny_space(epochs: int, search: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "experiment": "faults",
-        "data": {"name": "digits", "image_size": 16, "batch_size": 32},
-        "model": {"name": "mbv2-w0.35"},
-        "training": {"epochs": epochs, "lr": 0.1, "momentum": 0.9},
-        "budget": {"policy": "velocity", "initialization": "random", "scheme": "mbv2-w0.35_scheme_3"},
-        "search": {"max_concurrent": 2, "cpus_per_trial": 1, "max_failures": 2, "checkpoint_interval_s": 0, **search},
-    }
-
-
-def start_search(tmp_path: Path, space: dict[str, Any], *extra: str) -> subprocess.Popen[str]:
-    path = tmp_path / "space.yaml"
-    path.write_text(yaml.safe_dump(space))
-    return subprocess.Popen(
-        [sys.executable, str(ROOT / "run_search.py"), "--space", str(path), "--results", str(tmp_path / "results"), "--name", "exp", *extra],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        cwd=tmp_path,
-        start_new_session=True,  # its own process group: the test can kill the driver with everything it started
-    )
-
-
-def results_lines(experiment: Path) -> Iterator[dict[str, Any]]:
-    for path in sorted(experiment.glob("trial_*/result.json")):
-        for line in path.read_text().splitlines():
-            try:
-                yield {**json.loads(line), "_dir": path.parent.name}
-            except json.JSONDecodeError:
-                continue
-
-
-def wait_for(condition: Any, proc: subprocess.Popen[str], timeout_s: float) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        found = condition()
-        if found:
-            return found
-        if proc.poll() is not None:
-            out = proc.stdout.read() if proc.stdout else ""
-            pytest.fail(f"the search ended before the fault was injected:\n{out}")
-        time.sleep(0.05)
-    proc.kill()
-    pytest.fail("timed out waiting for the search")
-
-
-def descendants(pid: int) -> list[int]:
-    """Pids of every process below ``pid`` (from /proc)."""
-    parents: dict[int, int] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        parents[int(stat.parent.name)] = int(fields[1])
-    found, frontier = [], [pid]
-    while frontier:
-        children = [child for child, parent in parents.items() if parent in frontier]
-        found += children
-        frontier = children
-    return found
-
-
-def kill_tree(proc: subprocess.Popen[str]) -> None:
-    """SIGKILL the driver's process group and every process it started."""
-    family = [proc.pid, *descendants(proc.pid)]
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    for pid in family:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    proc.wait(timeout=30)
-
-
-def finish(proc: subprocess.Popen[str], timeout_s: float) -> str:
-    try:
-        out, _ = proc.communicate(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        kill_tree(proc)
-        pytest.fail("the search did not finish in time")
-    assert proc.returncode == 0, out
-    return out
-
-
 def test_sigkilled_trial_worker_restarts_from_its_checkpoint_and_ends_like_an_uninterrupted_run(tmp_path: Path) -> None:
     # Two trials of the very same config (seed 0 twice): one runs undisturbed, the other's worker is killed mid-epoch.
     space = tiny_space(3, {"algorithm": "grid", "num_samples": 1, "params": {"training.seed": {"choice": [0, 0]}}})
-    proc = start_search(tmp_path, space)
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump(space))
     experiment = tmp_path / "results" / "exp"
+    mark = new_mark()
     try:
-        first = wait_for(lambda: next((r for r in results_lines(experiment) if r.get("epoch") == 1), None), proc, 150)
+        proc = run_search(["--space", "space.yaml", "--results", "results", "--name", "exp"], cwd=tmp_path, mark=mark)
+        first = wait_until(lambda: next((r for r in results_lines(experiment) if r.get("epoch") == 1), None), 150, "epoch 1", proc)
         time.sleep(0.3 * float(first["epoch_time_s"]))  # into the second epoch
         os.kill(int(first["pid"]), signal.SIGKILL)
-        out = finish(proc, 180)
+        out = finish(proc, 180, mark)
     finally:
-        if proc.poll() is None:
-            kill_tree(proc)
+        end_marked(mark)
     killed_pid, victim = int(first["pid"]), str(first["trial_id"])
     epochs = pd.read_parquet(experiment / "epochs.parquet")
     trials = pd.read_parquet(experiment / "trials.parquet")
@@ -155,140 +77,207 @@ def test_sigkilled_trial_worker_restarts_from_its_checkpoint_and_ends_like_an_un
         assert restarted[column].map(plain).tolist() == other[column].map(plain).tolist(), column
 
 
-def test_sigkilled_driver_resumes_with_every_trial_epoch_exactly_once(tmp_path: Path) -> None:
-    space = tiny_space(2, {"algorithm": "optuna", "sampler": "random", "num_samples": 4, "seed": 7,
-                           "params": {"training.lr": {"loguniform": [0.01, 0.3]}}})  # fmt: skip
-    proc = start_search(tmp_path, space)
-    experiment = tmp_path / "results" / "exp"
-    table = experiment / "epochs.parquet"
-    try:
-        wait_for(lambda: table.is_file() and pq.read_metadata(table).num_rows >= 2, proc, 150)
-        kill_tree(proc)
-    finally:
-        if proc.poll() is None:
-            kill_tree(proc)
-    before = pq.read_table(table).to_pandas()
-    started = set(before.trial_id)
-    lr_before = before.groupby("trial_id")["training.lr"].first().to_dict()
-    resumed = subprocess.run(
-        [sys.executable, str(ROOT / "run_search.py"), "--resume", str(experiment)],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        timeout=240,
+def s3_objects(fs: pafs.FileSystem, prefix: str) -> list[str]:
+    return [i.path for i in fs.get_file_info(pafs.FileSelector(prefix, recursive=True, allow_not_found=True)) if i.type == pafs.FileType.File]
+
+
+def checkpointed_trials(fs: pafs.FileSystem, experiment: str) -> set[str]:
+    """Trials whose checkpoint Tune's newest saved experiment state names (a restore will hand it to the trial).
+
+    The names sit in cloudpickled blobs of the state's JSON, written as hex.
+    """
+    states = sorted(p for p in s3_objects(fs, experiment) if p.rpartition("/")[2].startswith("experiment_state-"))
+    if not states:
+        return set()
+    with fs.open_input_stream(states[-1]) as stream:
+        try:
+            data = json.loads(stream.read())
+        except ValueError:
+            return set()
+    found = set()
+    for trial, metadata in data.get("trial_data", []):
+        blobs = re.findall(r"[0-9a-f]{64,}", json.dumps(metadata))
+        if any(b"checkpoint_0" in bytes.fromhex(blob) for blob in blobs):
+            found.add(json.loads(trial)["trial_id"])
+    return found
+
+
+def test_a_driver_sigkilled_on_s3_storage_leaves_no_process_and_resumes_from_s3_with_every_trial_epoch_once(tmp_path: Path) -> None:
+    trials_n, epochs_n = 4, 3
+    space = tiny_space(epochs_n, {"algorithm": "optuna", "sampler": "random", "num_samples": trials_n, "seed": 7,
+                                  "params": {"training.lr": {"loguniform": [0.01, 0.3]}}})  # fmt: skip
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump(space))
+    mark = new_mark()
+    with s3_server("bucket") as endpoint:
+        query = f"?endpoint_override={endpoint}&scheme=http"
+        storage = f"s3://bucket/neqtune{query}"
+        location = join_location(storage, "exp")
+        table = join_location(location, "epochs.parquet")
+        fs = pafs.S3FileSystem(endpoint_override=endpoint, scheme="http")
+
+        def epoch_rows() -> int:
+            found = read_table(table)
+            return 0 if found is None else found.num_rows
+
+        try:
+            driver = run_search(["--space", "space.yaml", "--storage", storage, "--results", "results", "--name", "exp"], cwd=tmp_path, mark=mark, env=S3_ENV)
+
+            def unfinished_checkpointed() -> set[str]:
+                found = read_table(table)
+                if found is None or found.num_rows < 2:
+                    return set()
+                last = found.to_pandas().groupby("trial_id").epoch.max()
+                return {t for t in checkpointed_trials(fs, "bucket/neqtune/exp") if t in last and last[t] < epochs_n}
+
+            wait_until(unfinished_checkpointed, 150, "a saved experiment state naming a checkpoint of an unfinished trial", driver)
+            # 1. SIGKILL the driver alone: no process of the Ray it started may outlive it by more than a few seconds.
+            running = [pid for pid in marked(mark) if pid != driver.pid]
+            assert any("raylet" in command(pid) for pid in running) and len(running) >= 4, [command(p) for p in running]
+            os.kill(driver.pid, signal.SIGKILL)
+            killed = time.monotonic()
+            driver.wait(timeout=30)
+            left = wait_gone(mark, 15)
+            gone_s = time.monotonic() - killed
+            assert left == [], f"still running after the driver was SIGKILLed: {[command(p) for p in left]}"
+            before = read_table(table)
+            assert before is not None
+            before_rows = before.to_pandas()
+            # 2. Every checkpoint of an unfinished trial that the saved state names, truncated on S3.
+            done = before_rows.groupby("trial_id").epoch.max()
+            victim = sorted(t for t in checkpointed_trials(fs, "bucket/neqtune/exp") if done.get(t, epochs_n) < epochs_n)[0]
+            for state in (p for p in s3_objects(fs, f"bucket/neqtune/exp/trial_{victim}") if p.endswith(f"/{STATE_FILE}")):
+                with fs.open_input_stream(state) as stream:
+                    data = stream.read()
+                with fs.open_output_stream(state) as stream:
+                    stream.write(data[: len(data) // 2])
+            # 3. Resume from S3.
+            resumed = run_search(["--resume", location, "--results", "results"], cwd=tmp_path, mark=mark, env=S3_ENV)
+            out = finish(resumed, 240, mark)
+        finally:
+            end_marked(mark)
+        assert "resuming experiment exp" in out
+        notes = [line for line in out.splitlines() if line.startswith(f"trial {victim}: checkpoint_")]
+        assert len(notes) == 1 and "unreadable" in notes[0] and notes[0].endswith(": restarted from scratch"), out
+        print(notes[0])
+        epochs = read_table(table).to_pandas()  # type: ignore[union-attr]
+        trials = read_table(join_location(location, "trials.parquet")).to_pandas()  # type: ignore[union-attr]
+        print(f"driver kill on S3: its Ray processes gone {gone_s:.1f} s after; {len(before_rows)} trial-epoch rows before the resume, {len(epochs)} after")
+        assert not epochs.duplicated(["trial_id", "epoch"]).any()
+        assert len(epochs) == trials_n * epochs_n and len(before_rows) < len(epochs)
+        assert sorted(trials.trial_id) == sorted(epochs.trial_id.unique()) and (trials["status"] == "TERMINATED").all()
+        assert epochs.groupby("trial_id")["epoch"].apply(sorted).tolist() == [list(range(1, epochs_n + 1))] * trials_n
+        assert set(before_rows.trial_id) <= set(epochs.trial_id)  # the trials of the killed driver were continued, not replaced
+        lr_before = before_rows.groupby("trial_id")["training.lr"].first().to_dict()
+        assert epochs.groupby("trial_id")["training.lr"].first()[list(lr_before)].to_dict() == lr_before
+        assert all(math.isfinite(v) for v in trials.best_val_top1)
+        # The trial that lost its newest checkpoint computed its epochs again: the same numbers, never garbage.
+        again = epochs[epochs.trial_id == victim].set_index("epoch")
+        for _, row in before_rows[before_rows.trial_id == victim].iterrows():
+            for column in EXACT_COLUMNS[1:]:
+                assert plain(again.loc[row.epoch, column]) == plain(row[column]), (row.epoch, column)
+        # The Optuna searcher went on with its seeded stream (a fresh one would propose the first values again).
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=7))
+        lr = optuna.distributions.FloatDistribution(0.01, 0.3, log=True)
+        expected = [study.ask({"training.lr": lr}).params["training.lr"] for _ in range(trials_n)]
+        assert sorted(trials["training.lr"]) == pytest.approx(sorted(expected), rel=1e-12)
+        # optuna.db (in the local experiment directory, the tables being on S3) was reopened by the resumed driver and is
+        # current: each trial once, complete, with every epoch; a trial the killed driver had just started, unknown to
+        # Tune's saved state, is not left RUNNING.
+        stored = optuna.load_study(study_name="exp", storage=f"sqlite:///{tmp_path / 'results' / 'exp' / 'optuna.db'}").get_trials()
+        complete = [t for t in stored if t.state == optuna.trial.TrialState.COMPLETE]
+        assert sorted(t.user_attrs["tune_trial_id"] for t in complete) == sorted(trials.trial_id)
+        assert all(t.state == optuna.trial.TrialState.FAIL and "driver died" in t.user_attrs["fail_reason"] for t in stored if t not in complete)
+        by_id = trials.set_index("trial_id")
+        for frozen in complete:
+            curve = epochs[epochs.trial_id == frozen.user_attrs["tune_trial_id"]].sort_values("epoch")
+            assert frozen.intermediate_values == pytest.approx(dict(zip(curve.epoch, curve.best_val_top1, strict=True)))
+            assert frozen.value == pytest.approx(by_id.loc[frozen.user_attrs["tune_trial_id"], "best_val_top1"])
+            assert frozen.params["training.lr"] == pytest.approx(by_id.loc[frozen.user_attrs["tune_trial_id"], "training.lr"])
+        # 4. The analysis reads the experiment straight from S3.
+        analysis = subprocess.run(
+            [sys.executable, "-m", "results.analyze", location, "-o", str(tmp_path / "analysis")],
+            capture_output=True, text=True, cwd=ROOT, env={**os.environ, **S3_ENV}, timeout=120,
+        )  # fmt: skip
+        assert analysis.returncode == 0, analysis.stdout + analysis.stderr
+        outcomes = pd.read_csv(tmp_path / "analysis" / "trials.csv")
+        assert len(outcomes) == trials_n and outcomes.usable.all()
+        assert (tmp_path / "analysis" / "table.md").read_text().count("| mbv2-w0.35 |") == 1
+        assert (tmp_path / "results" / "exp" / "tensorboard").is_dir()  # a URI storage keeps TensorBoard files under --results
+
+
+# --- checkpoints that cannot be read --------------------------------------------------------------------------------
+def write_checkpoint(directory: Path, epoch: int) -> Path:
+    directory.mkdir(parents=True)
+    save_state({"epoch": epoch, "weights": torch.arange(1000, dtype=torch.float32) * epoch}, directory)
+    return directory
+
+
+def test_a_truncated_newest_checkpoint_falls_back_to_an_older_one_then_to_scratch(tmp_path: Path) -> None:
+    from ray import tune
+
+    trial = tmp_path / "trial_a"
+    older = write_checkpoint(trial / "checkpoint_000002", epoch=3)
+    newest = write_checkpoint(trial / "checkpoint_000004", epoch=5)
+    assert load_state(newest)["epoch"] == 5 and restore_state(tune.Checkpoint(str(newest)))[1] is None
+    data = (newest / STATE_FILE).read_bytes()
+    (newest / STATE_FILE).write_bytes(data[: len(data) // 2])  # truncated
+    state, note = restore_state(tune.Checkpoint(str(newest)))
+    assert state is not None and state["epoch"] == 3 and torch.equal(state["weights"], torch.arange(1000, dtype=torch.float32) * 3)
+    assert note is not None and note.startswith("checkpoint_000004 unreadable (state.pt: its CRC-32 does not match") and note.endswith(
+        ": resumed from checkpoint_000002"
     )
-    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    after = pd.read_parquet(table)
-    trials = pd.read_parquet(experiment / "trials.parquet")
-    print(f"driver kill: {len(before)} trial-epoch rows before the resume, {len(after)} after")
-    assert not after.duplicated(["trial_id", "epoch"]).any()
-    assert len(after) == 4 * 2 and len(before) < len(after)
-    assert sorted(trials.trial_id) == sorted(after.trial_id.unique()) and len(trials) == 4
-    assert (trials["status"] == "TERMINATED").all()
-    assert after.groupby("trial_id")["epoch"].apply(sorted).tolist() == [[1, 2]] * 4
-    assert started <= set(after.trial_id)  # the trials of the killed driver were continued, not replaced
-    assert after.groupby("trial_id")["training.lr"].first()[list(lr_before)].to_dict() == lr_before
-    assert all(math.isfinite(v) for v in trials.best_val_top1)
-    assert "resuming experiment exp" in resumed.stdout
-    # The Optuna searcher went on with its seeded stream (a fresh one would propose the first values again).
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=7))
-    expected = [study.ask({"training.lr": optuna.distributions.FloatDistribution(0.01, 0.3, log=True)}).params["training.lr"] for _ in range(4)]
-    assert sorted(trials["training.lr"]) == pytest.approx(sorted(expected), rel=1e-12)
-    # optuna.db was reopened by the resumed driver and is current: each trial once, complete, with every epoch.
-    stored = optuna.load_study(study_name="exp", storage=f"sqlite:///{experiment / 'optuna.db'}").get_trials()
-    complete = [t for t in stored if t.state == optuna.trial.TrialState.COMPLETE]
-    assert sorted(t.user_attrs["tune_trial_id"] for t in complete) == sorted(trials.trial_id)
-    # A trial the killed driver had just started, unknown to Tune's saved state, is not left RUNNING.
-    assert all(t.state == optuna.trial.TrialState.FAIL and "driver died" in t.user_attrs["fail_reason"] for t in stored if t not in complete)
-    by_id = trials.set_index("trial_id")
-    for frozen in complete:
-        curve = after[after.trial_id == frozen.user_attrs["tune_trial_id"]].sort_values("epoch")
-        assert frozen.intermediate_values == pytest.approx(dict(zip(curve.epoch, curve.best_val_top1, strict=True)))
-        assert frozen.value == pytest.approx(by_id.loc[frozen.user_attrs["tune_trial_id"], "best_val_top1"])
-        assert frozen.params["training.lr"] == pytest.approx(by_id.loc[frozen.user_attrs["tune_trial_id"], "training.lr"])
+    raw = bytearray((older / STATE_FILE).read_bytes())
+    raw[len(raw) // 2] ^= 0xFF  # one flipped byte in the middle: torch.load might accept it, the checksum does not
+    (older / STATE_FILE).write_bytes(bytes(raw))
+    state, note = restore_state(tune.Checkpoint(str(newest)))
+    assert state is None and note is not None
+    assert note.endswith("; 1 older checkpoint(s) unreadable too: restarted from scratch")
 
 
-# --- durable tables -------------------------------------------------------------------------------------------------
-WRITER = """
-import sys
-import pyarrow as pa
-from search.tables import write_atomic
-path, n = sys.argv[1], int(sys.argv[2])
-version = 2
-while True:
-    write_atomic(pa.table({"version": [version] * n, "i": list(range(n))}), path)
-    version += 1
-    print(version, flush=True)
-"""
+def test_a_checkpoint_without_checksum_is_trusted_only_if_it_loads(tmp_path: Path) -> None:
+    old = write_checkpoint(tmp_path / "checkpoint_000001", epoch=2)
+    (old / CHECKSUM_FILE).unlink()  # written before checkpoints had one
+    assert load_state(old)["epoch"] == 2
+    (old / STATE_FILE).write_bytes((old / STATE_FILE).read_bytes()[:100])
+    with pytest.raises(ValueError, match=r"^state\.pt: "):
+        load_state(old)
+    (old / STATE_FILE).write_bytes(b"")
+    with pytest.raises(ValueError):
+        load_state(old)
 
 
-def test_a_writer_killed_mid_write_leaves_a_whole_table(tmp_path: Path) -> None:
-    path = tmp_path / "epochs.parquet"
-    n = 300_000
-    write_atomic(pa.table({"version": [1] * n, "i": list(range(n))}), path)
-    for delay in (0.05, 0.4, 0.9):
-        writer = subprocess.Popen(
-            [sys.executable, "-c", WRITER, str(path), str(n)], cwd=ROOT, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}
-        )
-        time.sleep(delay)
-        writer.send_signal(signal.SIGKILL)
-        writer.wait()
-        table = pq.read_table(path)  # never a partial file
-        assert table.num_rows == n and table.column("i").to_pylist()[-1] == n - 1
-        assert len(set(table.column("version").to_pylist())) == 1
-    assert [p.name for p in tmp_path.iterdir() if not p.name.startswith(".")] == ["epochs.parquet"]
+# --- leftovers of a dead driver --------------------------------------------------------------------------------------
+def test_the_next_search_ends_what_a_dead_drivers_ray_left_and_only_that(tmp_path: Path) -> None:
+    from search.local_ray import DIR_PREFIX, OWNER_FILE, process_start, sweep_dead_instances
+    from search.reaper import MARK
 
+    dead, alive = tmp_path / f"{DIR_PREFIX}dead", tmp_path / f"{DIR_PREFIX}alive"
+    dead.mkdir()
+    alive.mkdir()
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
+    (dead / OWNER_FILE).write_text(json.dumps({"pid": int(gone.stdout), "start": "0"}))  # its driver has exited
+    (alive / OWNER_FILE).write_text(json.dumps({"pid": os.getpid(), "start": process_start(os.getpid())}))
+    sleeper = [sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print(flush=True); time.sleep(120)"]
 
-def test_a_failed_write_keeps_the_previous_table(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    path = tmp_path / "epochs.parquet"
-    write_atomic(pa.table({"a": [1, 2]}), path)
-    real_write = pq.write_table
+    def start(env: dict[str, str]) -> subprocess.Popen[str]:
+        proc = subprocess.Popen(sleeper, env=env, stdout=subprocess.PIPE, text=True)
+        assert proc.stdout is not None and proc.stdout.readline() == "\n"  # its SIGTERM handler is in place
+        return proc
 
-    def disk_full(table: pa.Table, where: str, **kwargs: Any) -> None:
-        real_write(table, where, **kwargs)
-        Path(where).write_bytes(Path(where).read_bytes()[:20])  # half a file on disk, then the device is full
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(pq, "write_table", disk_full)
-    with pytest.raises(OSError, match="No space left"):
-        write_atomic(pa.table({"a": [3, 4, 5]}), path)
-    assert pq.read_table(path).column("a").to_pylist() == [1, 2]
-    assert list(tmp_path.iterdir()) == [path]  # the partial temporary file is gone
-
-
-def test_a_later_run_appends_and_a_reported_again_epoch_replaces_its_row(tmp_path: Path) -> None:
-    path = tmp_path / "epochs.parquet"
-    first = ParquetTable(path, key=("experiment", "trial_id", "epoch"))
-    for epoch in (1, 2):
-        first.add({"experiment": "old", "trial_id": "t1", "epoch": epoch, "loss": float(epoch)})
-    first.add({"experiment": "e", "trial_id": "t2", "epoch": 1, "loss": 1.0})
-    first.flush()
-    second = ParquetTable(path, key=("experiment", "trial_id", "epoch"))
-    assert second.previous_keys() == {("old", "t1", 1), ("old", "t1", 2), ("e", "t2", 1)}
-    second.add({"experiment": "e", "trial_id": "t2", "epoch": 1, "loss": 0.5, "extra": "x"})  # a resumed trial reports epoch 1 again
-    second.add({"experiment": "e", "trial_id": "t2", "epoch": 2, "loss": 0.25, "extra": "y"})
-    second.flush()
-    rows = read_table(path)
-    assert rows is not None
-    assert [(r["experiment"], r["trial_id"], r["epoch"], r["loss"], r["extra"]) for r in rows.to_pylist()] == [
-        ("old", "t1", 1, 1.0, None),
-        ("old", "t1", 2, 2.0, None),
-        ("e", "t2", 1, 0.5, "x"),
-        ("e", "t2", 2, 0.25, "y"),
-    ]
-
-
-def test_tables_under_a_uri_are_written_through_pyarrow_filesystems(tmp_path: Path) -> None:
-    uri = f"file://{tmp_path}/bucket/exp/trials.parquet"
-    table = ParquetTable(uri, key=("trial_id",))
-    table.add({"trial_id": "a", "v": 1})
-    table.flush()
-    again = ParquetTable(uri, key=("trial_id",))
-    again.add({"trial_id": "b", "v": 2})
-    again.flush()
-    assert pq.read_table(tmp_path / "bucket" / "exp" / "trials.parquet").to_pylist() == [{"trial_id": "a", "v": 1}, {"trial_id": "b", "v": 2}]
-    assert sorted(p.name for p in (tmp_path / "bucket" / "exp").iterdir()) == ["trials.parquet"]
+    orphan = start({**os.environ, MARK: str(dead)})  # ignores SIGTERM, like Ray's agents
+    keeper = start({**os.environ, MARK: str(alive)})
+    stranger = start(dict(os.environ))
+    try:
+        ended = sweep_dead_instances(tmp_path)
+        assert ended == [orphan.pid]
+        assert orphan.wait(timeout=10) == -signal.SIGKILL
+        assert keeper.poll() is None and stranger.poll() is None
+        assert not dead.exists() and alive.is_dir()
+    finally:
+        for proc in (orphan, keeper, stranger):
+            proc.kill()
+            proc.wait()
 
 
 def test_resume_backfills_the_epochs_a_dead_driver_never_wrote(tmp_path: Path) -> None:

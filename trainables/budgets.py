@@ -153,10 +153,8 @@ def build_budget(budget: BudgetConfig, model: nn.Module, *, model_name: str, ima
 def check_memory_budget(amount: int, costs: Mapping[str, ConvCosts], unit: Unit, *, key: str) -> None:
     """Refuse a memory budget that buys no unit at all, or more than the whole network holds."""
     total = network_memory(costs)
-    cheapest = min(
-        int((conv.units(unit).weight + (conv.activation if unit == "input_channel" else conv.in_channels // conv.groups * conv.plane)).min())
-        for conv in costs.values()
-    )
+    # a unit alone: its weights plus the activations it needs (a neuron: its group's input)
+    cheapest = min(int((conv.units(unit).weight + conv.units(unit).activation).min()) for conv in costs.values())
     if amount < cheapest:
         raise ConfigError(key, f"memory budget {amount:,} elements is below the cheapest {unit} of the model ({cheapest:,} elements per image)")
     if amount > total:

@@ -6,14 +6,22 @@ epoch becomes a ``tune.report``. Once ``checkpoint_interval_s`` seconds
 passed since the last save, the report carries a checkpoint of the full run
 state, so a restarted trial continues exactly from there; the epochs it
 repeats report the same numbers again.
+
+A checkpoint holds the state and its CRC-32. A restarted trial whose newest
+checkpoint is unreadable (truncated, or not what was written) goes back to
+an older checkpoint of the trial if one is kept, else starts from scratch,
+and its first report says so (``resume_note``), which the driver prints.
 """
 
 from __future__ import annotations
 
+import io
 import os
 import socket
+import sys
 import tempfile
 import time
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,7 +36,92 @@ from trainables.repeats import train_repeats
 from trainables.trainer import Metrics, StateFn, train
 
 STATE_FILE = "state.pt"
+CHECKSUM_FILE = "state.crc32"
 CONFIG_FILE = "resolved_config.yaml"
+CHECKPOINT_PREFIX = "checkpoint_"
+
+
+class UnreadableCheckpoint(ValueError):
+    """A checkpoint whose state cannot be trusted (the message says why)."""
+
+
+def save_state(state: dict[str, Any], directory: Path) -> None:
+    """Write ``state`` into a checkpoint directory, with the CRC-32 of its bytes."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    data = buffer.getvalue()
+    (directory / STATE_FILE).write_bytes(data)
+    (directory / CHECKSUM_FILE).write_text(f"{zlib.crc32(data):08x}\n")
+
+
+def load_state(directory: Path) -> dict[str, Any]:
+    """The state saved by :func:`save_state` in ``directory``.
+
+    A checkpoint without a checksum file (written before there was one) is
+    trusted if it unpickles to a state.
+
+    Raises:
+        UnreadableCheckpoint: missing, truncated or altered.
+    """
+    path = directory / STATE_FILE
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise UnreadableCheckpoint(f"{STATE_FILE}: {err.strerror or err}") from None
+    checksum = directory / CHECKSUM_FILE
+    if checksum.is_file() and checksum.read_text().strip() != f"{zlib.crc32(data):08x}":
+        raise UnreadableCheckpoint(f"{STATE_FILE}: its CRC-32 does not match ({len(data):,} bytes: truncated or altered)")
+    try:
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
+    except Exception as err:
+        raise UnreadableCheckpoint(f"{STATE_FILE}: {type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}") from None
+    if not isinstance(state, dict):
+        raise UnreadableCheckpoint(f"{STATE_FILE}: holds a {type(state).__name__}, not a run state")
+    return state
+
+
+def checkpoint_index(name: str) -> int | None:
+    """``5`` for ``checkpoint_000005``; None for another name."""
+    digits = name.removeprefix(CHECKPOINT_PREFIX)
+    return int(digits) if name.startswith(CHECKPOINT_PREFIX) and digits.isdigit() else None
+
+
+def older_checkpoints(checkpoint: tune.Checkpoint) -> list[tune.Checkpoint]:
+    """The trial's checkpoints older than ``checkpoint`` still in storage, newest first."""
+    import pyarrow.fs as pafs
+
+    parent, _, name = checkpoint.path.rstrip("/").rpartition("/")
+    newest = checkpoint_index(name)
+    if newest is None or checkpoint.filesystem is None:
+        return []
+    found = []
+    for info in checkpoint.filesystem.get_file_info(pafs.FileSelector(parent, allow_not_found=True)):
+        index = checkpoint_index(info.base_name)
+        if info.type == pafs.FileType.Directory and index is not None and index < newest:
+            found.append((index, tune.Checkpoint(info.path, filesystem=checkpoint.filesystem)))
+    return [cp for _, cp in sorted(found, key=lambda item: item[0], reverse=True)]
+
+
+def restore_state(checkpoint: tune.Checkpoint | None) -> tuple[dict[str, Any] | None, str | None]:
+    """The state to resume from, and a note when the newest checkpoint could not be used.
+
+    Tries ``checkpoint``, then the trial's older checkpoints, newest first;
+    when none is readable the trial starts from scratch (state None).
+    """
+    if checkpoint is None:
+        return None, None
+    problems: list[str] = []
+    for candidate in [checkpoint, *older_checkpoints(checkpoint)]:
+        name = candidate.path.rstrip("/").rpartition("/")[2]
+        try:
+            with candidate.as_directory() as directory:
+                state = load_state(Path(directory))
+        except (UnreadableCheckpoint, OSError) as err:
+            problems.append(f"{name} unreadable ({err})")
+            continue
+        return state, (f"{problems[0]}: resumed from {name}" if problems else None)
+    older = f"; {len(problems) - 1} older checkpoint(s) unreadable too" if len(problems) > 1 else ""
+    return None, f"{problems[0]}{older}: restarted from scratch"
 
 
 def resolve_trial_config(base: dict[str, Any], sampled: dict[str, Any]) -> TrialConfig:
@@ -74,21 +167,21 @@ def budgeted_trainable(
     (trial_dir / CONFIG_FILE).write_text(yaml.safe_dump(trial_config.to_dict(), sort_keys=False))
     placement = {"node_id": ray.get_runtime_context().get_node_id(), "hostname": socket.gethostname(), "pid": os.getpid()}
 
-    resume = None
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as directory:
-            resume = torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=False)
+    resume, note = restore_state(tune.get_checkpoint())
+    if note is not None:
+        print(f"neqtune: {note}", file=sys.stderr, flush=True)  # the worker's log; the driver prints it from the report
+        placement["resume_note"] = note
 
     clock = CheckpointClock(checkpoint_interval_s)
 
     def report(metrics: Metrics, state: StateFn) -> None:
         if not clock.due():
             tune.report({**metrics, **placement})
-            return
-        with tempfile.TemporaryDirectory() as directory:
-            torch.save(state(), Path(directory) / STATE_FILE)
-            tune.report({**metrics, **placement}, checkpoint=tune.Checkpoint.from_directory(directory))
+        else:
+            with tempfile.TemporaryDirectory() as directory:
+                save_state(state(), Path(directory))
+                tune.report({**metrics, **placement}, checkpoint=tune.Checkpoint.from_directory(directory))
+        placement.pop("resume_note", None)  # said once
 
     if repeats > 1:
         train_repeats(trial_config, repeats, report, resume=resume)
