@@ -797,7 +797,7 @@ def _uri_name(location: Path | str) -> str:
     return str(location).partition("?")[0].rstrip("/").rpartition("/")[2]
 
 
-def report_importances(directories: Sequence[Path], out_dir: Path) -> list[Path]:
+def report_importances(directories: Sequence[Path | str], out_dir: Path) -> list[Path]:
     """Print the fANOVA importances of the searched keys (:mod:`results.importance`) and write them; the files written."""
     from results.importance import importance_markdown, parameter_importances, write_importances
 

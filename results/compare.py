@@ -455,12 +455,19 @@ def write_comparison(paper: Paper, comparison: Comparison, sources: Sequence[Any
     return written
 
 
-def default_out_dir(directories: Sequence[Path], paper: str) -> Path:
-    """``<experiment>/compare-<paper>`` for one experiment; ``<parent>/compare-<paper>-<a>+<b>...`` for several."""
-    if len(directories) == 1:
-        return directories[0] / f"compare-{paper}"
-    names = "+".join(re.sub(r"[^\w.-]+", "_", d.resolve().name) for d in directories)
-    return directories[0].resolve().parent / f"compare-{paper}-{names}"
+def _local(location: Path | str) -> Path:
+    """The local experiment directory: the path itself, or ``results/<experiment>`` for a URI (where its TensorBoard files are)."""
+    text = str(location)
+    return Path("results") / text.partition("?")[0].rstrip("/").rpartition("/")[2] if "://" in text else Path(location)
+
+
+def default_out_dir(directories: Sequence[Path | str], paper: str) -> Path:
+    """``<experiment>/compare-<paper>`` for one experiment; ``<parent>/compare-<paper>-<a>+<b>...`` for several (local, also for URIs)."""
+    local = [_local(d) for d in directories]
+    if len(local) == 1:
+        return local[0] / f"compare-{paper}"
+    names = "+".join(re.sub(r"[^\w.-]+", "_", d.resolve().name) for d in local)
+    return local[0].resolve().parent / f"compare-{paper}-{names}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -469,7 +476,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m results.compare",
         description="neqtune's mean ± std beside a paper's published table, cell by cell, with the paper's claims checked in your runs.",
     )
-    parser.add_argument("experiments", nargs="+", type=Path, help="experiment directories (results/<experiment>), merged")
+    parser.add_argument(
+        "experiments",
+        nargs="+",
+        type=lambda text: text if "://" in text else Path(text),
+        help="experiment directories (results/<experiment>, or a URI such as s3://bucket/prefix/<experiment>), merged",
+    )
     parser.add_argument("--paper", required=True, choices=paper_names(), help="the paper whose table to compare with")
     parser.add_argument("--metric", choices=list(METRICS), default="final", help="final: the papers' metric (default); best-val: neqtune's headline")
     parser.add_argument("-o", "--out", type=Path, default=None, help="output directory (default: <experiment>/compare-<paper>)")

@@ -94,16 +94,21 @@ def _objective(index: int) -> Callable[[FrozenTrial], float]:
 def parameter_importances(directories: Sequence[Path | str]) -> Importances:
     """The fANOVA importances of the searched keys for every objective of each experiment's study.
 
-    A directory given as a URI (``s3://...``) has no local ``optuna.db``
-    (it stays in the driver's local experiment directory) and gets a note.
+    For an experiment given as a URI (``s3://...``), whose ``optuna.db``
+    stays in the driver's local experiment directory, the study is read from
+    ``results/<experiment>/optuna.db`` (where the search kept its TensorBoard
+    files), or a note says it is not there.
     """
     rows: list[dict[str, object]] = []
     notes: list[str] = []
     for directory in directories:
+        local = Path(directory)
         if "://" in str(directory):
-            notes.append(f"{directory}: {OPTUNA_DB} stays in the driver's local experiment directory; give that directory for importances")
-            continue
-        found, note = _study_rows(Path(directory))
+            local = Path("results") / str(directory).partition("?")[0].rstrip("/").rpartition("/")[2]
+            if not (local / OPTUNA_DB).is_file():
+                notes.append(f"{directory}: {OPTUNA_DB} stays in the driver's local experiment directory, not found at {local}; give that directory")
+                continue
+        found, note = _study_rows(local)
         rows += found
         if note:
             notes.append(note)

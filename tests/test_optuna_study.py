@@ -145,7 +145,7 @@ def test_an_experiment_without_a_study_gets_a_note(tmp_path: Path) -> None:
     found = parameter_importances([tmp_path, "s3://bucket/exp"])
     assert found.table.empty
     assert found.notes[0] == f"{tmp_path}: no {OPTUNA_DB} (written by searches since neqtune kept one), so no importances"
-    assert "stays in the driver's local experiment directory" in found.notes[1]
+    assert "stays in the driver's local experiment directory, not found at results/exp" in found.notes[1]
 
 
 def test_distributions_follow_the_space() -> None:
