@@ -70,16 +70,21 @@ def aggregate(per_seed: Sequence[Metrics], seeds: Sequence[int]) -> Metrics:
     """
     first = per_seed[0]
     merged: Metrics = dict(first)
-    for key in MEAN_KEYS:
+
+    def reported(keys: Sequence[str]) -> list[str]:
+        # a metric of the schema that this trial does not report (another policy's own) is left out
+        return [key for key in keys if key in first]
+
+    for key in reported(MEAN_KEYS):
         merged[key] = _mean([float(m[key]) for m in per_seed])
-    for key in LIST_MEAN_KEYS:
+    for key in reported(LIST_MEAN_KEYS):
         merged[key] = [float(v) for v in np.mean(np.array([m[key] for m in per_seed], dtype=float), axis=0)]
-    for key in SEED_KEYS:
+    for key in reported(SEED_KEYS):
         merged[f"{key}_seeds"] = [m[key] for m in per_seed]
-    for key in STD_KEYS:
+    for key in reported(STD_KEYS):
         merged[f"{key}_std"] = _std([float(m[key]) for m in per_seed])
     merged["best_epoch"] = max(int(m["best_epoch"]) for m in per_seed)
-    for key in SUM_KEYS:
+    for key in reported(SUM_KEYS):
         merged[key] = float(sum(float(m[key]) for m in per_seed))
     merged["seeds"] = list(seeds)
     merged["repeats"] = len(per_seed)
