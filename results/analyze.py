@@ -797,6 +797,15 @@ def _uri_name(location: Path | str) -> str:
     return str(location).partition("?")[0].rstrip("/").rpartition("/")[2]
 
 
+def report_importances(directories: Sequence[Path | str], out_dir: Path) -> list[Path]:
+    """Print the fANOVA importances of the searched keys (:mod:`results.importance`) and write them; the files written."""
+    from results.importance import importance_markdown, parameter_importances, write_importances
+
+    importances = parameter_importances(directories)
+    print(importance_markdown(importances))
+    return write_importances(importances, out_dir)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """The command line; returns the exit code (2 for bad input, before anything is written)."""
     parser = argparse.ArgumentParser(
@@ -824,6 +833,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out_dir = args.out if args.out is not None else default_out_dir(args.experiments)
     written = write_outputs(analysis, experiments, out_dir)
     print(report_markdown(analysis, experiments, [p.name for p in written if p.suffix == ".png"]))
+    written += report_importances(args.experiments, out_dir)
     print(f"wrote {len(written)} files to {out_dir}")
     return 0
 

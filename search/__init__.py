@@ -5,11 +5,33 @@ Public surface:
 - :func:`load_space`: read and validate a space file.
 - :func:`run_search`: run its search with Ray Tune and Optuna.
 - :class:`Space`, :class:`SpaceError`.
+
+The names are imported on first use: ``run_search.py --help`` and argument
+errors answer without loading torch or Ray (seconds of imports).
 """
 
 from __future__ import annotations
 
-from search.experiment import SearchOutcome, run_search
-from search.space import Space, SpaceError, load_space
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from search.experiment import SearchOutcome, run_search
+    from search.space import Space, SpaceError, load_space
 
 __all__ = ["SearchOutcome", "Space", "SpaceError", "load_space", "run_search"]
+
+_HOMES = {
+    "SearchOutcome": "search.experiment",
+    "run_search": "search.experiment",
+    "Space": "search.space",
+    "SpaceError": "search.space",
+    "load_space": "search.space",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """The public names, imported from their modules when first asked for (PEP 562)."""
+    if name in _HOMES:
+        return getattr(importlib.import_module(_HOMES[name]), name)
+    raise AttributeError(f"module 'search' has no attribute {name!r}")

@@ -3,21 +3,28 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import yaml
-
-from search.space import SpaceError, load_space
-
 if TYPE_CHECKING:
     from search.experiment import SearchOutcome
+
+# Imported by a search; looked up (not imported) before anything runs, so that a Python without them says so in one line.
+DEPENDENCIES = ("yaml", "optuna", "ray", "torch", "torchvision", "pyarrow", "tensorboard")
+
+
+def missing_dependencies() -> list[str]:
+    """The modules of :data:`DEPENDENCIES` this Python cannot import (found without importing them)."""
+    return [name for name in DEPENDENCIES if importlib.util.find_spec(name) is None]
 
 
 def parse_set(text: str) -> tuple[str, Any]:
     """``key=value`` with a YAML value (``training.lr=0.01``, ``budget.scheme=null``)."""
+    import yaml
+
     key, sep, value = text.partition("=")
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
@@ -37,14 +44,25 @@ def parse_concurrency(text: str) -> int | str:
         raise argparse.ArgumentTypeError(f"expected 'auto' or a number of trials, got {text!r}") from None
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "run_search.py") -> argparse.ArgumentParser:
+    """The flags of ``run_search.py`` (``prog``: the command name in usage lines)."""
     parser = argparse.ArgumentParser(
-        prog="run_search.py",
+        prog=prog,
         description="Search how to fine-tune a network under a parameter budget (Ray Tune + Optuna).",
     )
     parser.add_argument("--space", type=Path, default=None, help="search space YAML (default: the embedded digits space, no download)")
+    parser.add_argument(
+        "--variant",
+        default=None,
+        help="a recipe of the space's 'variants' section (the study's spaces: 'paper', the recipe the paper states)",
+    )
     parser.add_argument("--name", default=None, help="experiment directory name (default: the space's experiment name + a timestamp)")
-    parser.add_argument("--results", type=Path, default=Path("results"), help="where experiment directories go (default: ./results)")
+    parser.add_argument(
+        "--results",
+        type=Path,
+        default=None,
+        help="where experiment directories go (default: $NEQ_RESULTS, else ./results; inside a Ray job: ~/neqtune-results)",
+    )
     parser.add_argument("--address", default=None, help="join a running Ray cluster: 'auto' or HOST:PORT (default: start Ray here)")
     parser.add_argument(
         "--storage",
@@ -81,9 +99,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the exit code (2 for bad input, before any work starts)."""
-    args = build_parser().parse_args(argv)
+def main(argv: Sequence[str] | None = None, *, prog: str = "run_search.py") -> int:
+    """Entry point; returns the exit code (2 for bad input, before any work starts).
+
+    Help and argument errors answer before torch and Ray are imported.
+    """
+    missing = missing_dependencies()
+    if missing:
+        print(
+            f"error: {sys.executable} cannot import {', '.join(missing)}: run neqtune with the Python of its virtualenv "
+            "(.venv/bin/python); on a Ray cluster, start the head from the activated virtualenv (README, 'Running on a cluster')",
+            file=sys.stderr,
+        )
+        return 2
+    args = build_parser(prog).parse_args(argv)
+    from search.locations import default_results_dir, outside_ray_package
+
+    explicit = [("--results", args.results), ("--storage", args.storage), ("--resume", args.resume)]
+    for flag, value in explicit:
+        refused = outside_ray_package(flag, value) if value is not None else None
+        if refused:
+            print(f"error: {refused}", file=sys.stderr)
+            return 2
+    if args.results is None:
+        args.results, note = default_results_dir()
+        if note and not args.dry_run:
+            print(note)
     if args.resume is not None:
         from search.experiment import ClusterError, StopOnInterrupt, resume_search
 
@@ -100,7 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         except SearchStopped as stopped:
             return stopped.code
-        return report_outcome(outcome, args.results, searched=list(outcome.searched))
+        return report_outcome(outcome, searched=list(outcome.searched))
     search_overrides = {
         key: value
         for key, value in (
@@ -111,21 +152,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         if value is not None
     }
-    try:
-        space = load_space(args.space, overrides=args.overrides, search_overrides=search_overrides)
-    except SpaceError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    from search.space import SpaceError, load_space
+    from trainables.config import ConfigError
+
     if args.dry_run:
-        from search.dry_run import describe_space
+        from search.dry_run import dry_run
 
         try:
-            report = describe_space(space)
+            report, problems = dry_run(args.space, overrides=args.overrides, search_overrides=search_overrides, variant=args.variant)
         except SpaceError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
         print("\n".join(report))
-        return 0
+        for problem in problems:
+            print(f"error: {problem}", file=sys.stderr)
+        return 2 if problems else 0
+    try:
+        space = load_space(args.space, overrides=args.overrides, search_overrides=search_overrides, variant=args.variant)
+        from search.weights import fetch_space_weights
+
+        fetch_space_weights(space)  # before Ray starts: a run that cannot get its weights is refused here
+    except SpaceError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except ConfigError as err:
+        print(f"error: {space.source}: {err}", file=sys.stderr)
+        return 2
 
     from search.experiment import ClusterError, StopOnInterrupt, run_search
 
@@ -148,7 +200,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except SearchStopped as stopped:
         return stopped.code
-    return report_outcome(outcome, args.results, searched=list(space.search.params))
+    return report_outcome(outcome, searched=list(space.search.params))
 
 
 class SearchStopped(Exception):
@@ -202,14 +254,20 @@ def shutdown_ray() -> None:
         ray.shutdown()
 
 
-def report_outcome(outcome: SearchOutcome, results: Path, *, searched: list[str]) -> int:
-    """Print where the results are and the best trial; the exit code (1 if a trial failed or none finished)."""
+def report_outcome(outcome: SearchOutcome, *, searched: list[str]) -> int:
+    """Print where the results are and the best trial; the exit code (1 if a trial failed or none finished).
+
+    The closing line names the TensorBoard directory as an absolute path
+    (the parent of the experiment directory, which holds its event files).
+    """
     print(f"\nneqtune: {outcome.num_trials} trials ({outcome.errors} failed) in {outcome.wall_time_s:.0f} s")
     print(f"results: {outcome.location or outcome.experiment_dir}  (epochs.parquet, trials.parquet, tensorboard/)")
     if outcome.location and outcome.location != str(outcome.experiment_dir):
         print(f"tensorboard files: {outcome.experiment_dir}")
+    view = f"view the curves: tensorboard --logdir {outcome.experiment_dir.absolute().parent}"
     if outcome.best is None:
         print("no trial finished")
+        print(view)
         return 1
     best = outcome.best
     values = ", ".join(f"{key}={best.get(key)}" for key in searched)
@@ -219,7 +277,7 @@ def report_outcome(outcome: SearchOutcome, results: Path, *, searched: list[str]
     )
     if outcome.pareto is not None:
         print_pareto(outcome.pareto, searched=searched, metrics=list(outcome.objectives))
-    print(f"view the curves: tensorboard --logdir {results}")
+    print(view)
     return 0 if outcome.errors == 0 else 1
 
 
@@ -229,4 +287,10 @@ def print_pareto(front: list[dict[str, Any]], *, searched: list[str], metrics: l
     for row in front:
         values = ", ".join(f"{key}={row.get(key)}" for key in searched)
         scores = ", ".join(f"{m}={row.get(m):.6g}" for m in metrics)
+        if "memory_used" in metrics and row.get("memory_used") is not None:  # a memory objective also in kB
+            scores += f" ({row['memory_used'] * (row.get('budget.bytes_per_element') or 4.0) / 1024:.1f} kB)"
         print(f"  {row['trial_id']}: {values}: {scores}, test_top1_at_best_val={row.get('test_top1_at_best_val', float('nan')):.2f}")
+
+
+if __name__ == "__main__":
+    sys.exit(main(prog="python -m search.cli"))

@@ -1,20 +1,25 @@
-"""``run_search.py --dry-run``: what a space would run, resolved without training.
+"""``run_search.py --dry-run``: what a space would run, resolved without training, with every problem.
 
-After :func:`~search.space.load_space` has validated the space, the dry run
-resolves every data set, model and budget the space can reach: it reads the
-data sets (their splits and classes), builds every model once (random init,
-no weights are fetched) and computes the budget in parameters of every
-scheme / ratio / absolute budget for every model.
+The dry run loads the space collecting the problems of its trial values
+instead of stopping at the first (:func:`~search.space.load_space` with
+``problems``), then resolves every data set, model and budget the space can
+reach: it reads the data sets (their splits and classes), builds every model
+once (random init), says per ``pretrained: imagenet`` model whether its
+weights are cached and where a run would download them from, and computes the
+budget in parameters of every scheme / ratio / absolute budget for every
+model. Nothing is fetched: no weights, no data. Every problem is reported,
+one line each, after the description of what could be resolved.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from search.space import Space, SpaceError
+from search.space import Space, SpaceError, load_space
 from trainables.config import BudgetConfig, ConfigError, DataConfig, ModelConfig, from_mapping
 
 
@@ -43,15 +48,47 @@ def _section(space: Space, section: str, overrides: dict[str, Any]) -> dict[str,
     return values
 
 
-def describe_data(space: Space) -> Iterator[str]:
-    """One line per data set of the space: classes and split sizes (reads the data)."""
+class Problems:
+    """The problems a dry run found, each once, in the order found."""
+
+    def __init__(self, source: str, found: Sequence[SpaceError] = ()) -> None:
+        self.source = source
+        self.found: list[SpaceError] = list(found)
+
+    def add(self, err: Exception) -> None:
+        """Record ``err`` (a SpaceError, ConfigError or another error of reading data or building a model)."""
+        if isinstance(err, SpaceError):
+            problem = err
+        elif isinstance(err, ConfigError):
+            problem = SpaceError(self.source, err.key, err.message)
+        else:
+            problem = SpaceError(self.source, "", str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__)
+        if str(problem) not in {str(p) for p in self.found}:
+            self.found.append(problem)
+
+
+# What reading a data set or building a model raises for a problem of the user's files (not a bug of neqtune).
+INPUT_ERRORS = (ConfigError, OSError, ValueError, RuntimeError)
+
+
+def describe_data(space: Space, problems: Problems) -> Iterator[str]:
+    """One line per data set of the space: classes and split sizes (reads the data; never downloads)."""
     from datasets import build_dataset
     from datasets.registry import check_dataset
 
     for name in choices(space, "data.name"):
-        config = from_mapping(DataConfig, _section(space, "data", {"name": name}), "data")
-        check_dataset(config)
-        splits = build_dataset(config)
+        values = _section(space, "data", {"name": name})
+        try:
+            config = from_mapping(DataConfig, {**values, "download": False}, "data")  # read what is there, fetch nothing
+            check_dataset(config)
+            splits = build_dataset(config)
+        except INPUT_ERRORS as err:
+            if values.get("download"):
+                yield f"data {name}: not on disk; a run downloads it first (data.download: true)"
+                continue
+            problems.add(err)
+            yield f"data {name}: not readable (see the errors below)"
+            continue
         sizes = ", ".join(f"{split} {len(getattr(splits, split))}" for split in ("train", "val", "velocity", "test"))
         yield f"data {name}: {splits.num_classes} classes; images: {sizes}"
 
@@ -65,6 +102,10 @@ def budget_lines(space: Space, model: Any, total: int) -> list[BudgetLine]:
     combos = itertools.product(choices(space, "budget.scheme"), choices(space, "budget.ratio"), choices(space, "budget.params"))
     for scheme_name, ratio, params in combos:
         budget = BudgetConfig(policy="full", scheme=scheme_name, ratio=ratio, params=params)
+        try:
+            budget.validate("budget")
+        except ConfigError:
+            continue  # an unknown scheme or a ratio out of range: reported when the space loaded
         parts = [
             f"scheme {scheme_name}" if scheme_name else "",
             f"ratio {ratio}" if ratio is not None else "",
@@ -85,44 +126,116 @@ def budget_lines(space: Space, model: Any, total: int) -> list[BudgetLine]:
     return lines
 
 
-def describe_models(space: Space) -> Iterator[str]:
-    """Per model: its source, convs and conv parameters, then every budget in parameters."""
-    from trainables.models import build_model, imagenet_weights_path, model_spec, ungrouped_conv_params
+def weights_line(config: ModelConfig) -> str:
+    """Whether the ImageNet weights of ``config``'s model are cached, and where a run would get them; fetches nothing."""
+    from trainables.models import imagenet_weights_source
+
+    source = imagenet_weights_source(config)
+    if source.cached:
+        return f"  ImageNet weights: cached at {source.path}"
+    return f"  ImageNet weights: not cached; a run downloads {source.url} to {source.path} first (or put the file there)"
+
+
+def describe_models(space: Space, problems: Problems) -> Iterator[str]:
+    """Per model: its source, convs and conv parameters, its ImageNet weights, then every budget in parameters."""
+    from trainables.models import build_model, model_names, model_spec, ungrouped_conv_params
     from trainables.neurons import conv_neuron_params, total_params
 
     sizes = sorted({s for s in choices(space, "data.image_size") if s is not None}) or [DataConfig().image_size]
     for name in choices(space, "model.name"):
+        if name not in model_names():
+            continue  # reported when the space loaded
         values = _section(space, "model", {"name": name})
         pretrained = values.get("pretrained")
-        config = from_mapping(ModelConfig, {**values, "pretrained": None}, "model")
         spec = model_spec(name)
-        if pretrained == "imagenet":
-            pretrained = f"imagenet from {imagenet_weights_path(config)}"
-        model = build_model(config, num_classes=10)
+        try:
+            config = from_mapping(ModelConfig, {**values, "pretrained": None}, "model")
+            model = build_model(config, num_classes=10)  # random init: the weights are neither loaded nor fetched
+        except INPUT_ERRORS as err:
+            for problem in getattr(err, "problems", [err]):
+                problems.add(problem)
+            yield f"model {name} ({spec.source}): cannot be built (see the errors below)"
+            continue
         total = total_params(conv_neuron_params(model))
         yield (
             f"model {name} ({spec.source}, native {spec.input_size} px, run at {'/'.join(map(str, sizes))} px, "
             f"pretrained {pretrained or 'none (random init)'}): {len(conv_neuron_params(model))} convs, "
             f"{total:,} conv parameters ({ungrouped_conv_params(model):,} without / groups)"
         )
+        if pretrained == "imagenet" and spec.imagenet is not None:
+            yield weights_line(ModelConfig(name=name, pretrained="imagenet", zoo_dir=config.zoo_dir))
         for line in budget_lines(space, model, total):
             note = f"; {line.su}" if line.su else ""
             yield f"  {line.label}: budget {line.params:,} parameters ({line.share_pct:.2f}% of the convs){note}"
+        yield from memory_budget_lines(space, model, name, sizes)
 
 
-def describe_space(space: Space) -> list[str]:
-    """The dry-run report of a validated space.
+def memory_budget_lines(space: Space, model: Any, model_name: str, sizes: list[int]) -> Iterator[str]:
+    """Every memory budget the space reaches for ``model``: elements per image, share of the network, kB (builds nothing else)."""
+    from trainables.budgets import build_budget
+    from trainables.costs import channel_costs, network_memory
+
+    units = choices(space, "budget.unit")
+    memories = choices(space, "budget.memory")
+    if "input_channel" not in units and all(m is None for m in memories):
+        return
+    bytes_per_element = next((b for b in choices(space, "budget.bytes_per_element") if b is not None), BudgetConfig().bytes_per_element)
+    for size in sizes:
+        total = network_memory(channel_costs(model, size))
+        combos = itertools.product(units, choices(space, "budget.scheme"), memories)
+        for unit, scheme_name, memory in combos:
+            values = {"policy": "full", "unit": unit or "neuron", "scheme": scheme_name, "memory": memory}
+            try:
+                budget = from_mapping(BudgetConfig, {k: v for k, v in values.items() if v is not None}, "budget")
+                resolved = build_budget(budget, model, model_name=model_name, image_size=size)
+            except ConfigError:
+                continue  # reported with the space's problems
+            if resolved.kind != "memory":
+                continue
+            label = ", ".join(p for p in (f"unit {budget.unit}", f"scheme {scheme_name}" if scheme_name and memory is None else "", f"memory {memory}" if memory else "") if p)
+            kb = resolved.amount * bytes_per_element / 1024
+            yield f"  {label} at {size} px: memory budget {resolved.amount:,} elements per image ({100 * resolved.amount / total:.2f}% of {total:,}; {kb:.1f} kB)"
+
+
+def describe_space(space: Space, problems: Problems | None = None) -> list[str]:
+    """The dry-run report of a loaded space; the problems found on the way go to ``problems``.
 
     Raises:
-        SpaceError: a data set cannot be read or a model cannot be built (names the file and key).
+        SpaceError: without ``problems``, the first problem found (names the file and key).
     """
+    collected = problems if problems is not None else Problems(space.source)
     lines = [f"{space.source}: valid; {space.num_trials()} trials ({space.search.algorithm})"]
     lines += [f"  {key}: {spec.kind} {getattr(spec, spec.kind)}" for key, spec in space.search.params.items()]
+    lines += list(describe_data(space, collected))
     try:
-        lines += list(describe_data(space))
-        lines += list(describe_models(space))
-    except ConfigError as err:
-        raise SpaceError(space.source, err.key, err.message) from None
-    except (OSError, ValueError, RuntimeError) as err:
-        raise SpaceError(space.source, "", str(err).splitlines()[0] if str(err) else type(err).__name__) from None
+        lines += list(describe_models(space, collected))
+    except INPUT_ERRORS as err:  # a budget that cannot be resolved for a model
+        collected.add(err)
+    if problems is None and collected.found:
+        raise collected.found[0]
     return lines
+
+
+def dry_run(
+    path: str | Path | None,
+    *,
+    overrides: Sequence[tuple[str, Any]] = (),
+    search_overrides: Mapping[str, Any] | None = None,
+    variant: str | None = None,
+) -> tuple[list[str], list[SpaceError]]:
+    """Load the space at ``path`` and describe it: the report's lines and every problem found.
+
+    The first line says ``valid`` only when there is no problem. Problems of
+    the file's structure (YAML, unknown sections, the search section) stop
+    the loading and are raised.
+
+    Raises:
+        SpaceError: the file cannot be loaded at all.
+    """
+    found: list[SpaceError] = []
+    space = load_space(path, overrides=overrides, search_overrides=search_overrides, problems=found, variant=variant)
+    problems = Problems(space.source, found)
+    lines = describe_space(space, problems)
+    if problems.found:
+        lines[0] = f"{space.source}: {len(problems.found)} problem(s); {space.num_trials()} trials ({space.search.algorithm})"
+    return lines, problems.found

@@ -24,6 +24,7 @@ from search.local_ray import LocalRay, start_local_ray
 from search.pareto import PARETO_TABLE, pareto_front
 from search.recorder import ResultRecorder, read_results
 from search.space import ParamSpec, SearchConfig, Space, build_space
+from search.study import StudyRecorder
 from search.tables import (
     StorageError,
     config_column_types,
@@ -312,6 +313,25 @@ logging.getLogger("ray.tune.execution.tune_controller").addFilter(_StorageFaultF
 # The local Ray instance this driver started (its watchdog's pipe must stay open as long as the driver runs).
 _LOCAL_RAY: LocalRay | None = None
 
+# Ray's logger that announces the token authentication of a new local cluster.
+RAY_TOKEN_SETUP_LOGGER = "ray._private.authentication.authentication_token_setup"
+
+
+class TokenNoticeFilter(logging.Filter):
+    """Drops Ray's notice that it turned token authentication on for a new local cluster.
+
+    When neqtune starts Ray on this machine, Ray enables token authentication
+    by default (the token lives in ``~/.ray/auth_token``) and warns about it on
+    every run. That cluster is neqtune's own, so the notice says nothing the
+    user must act on; every other message of that logger passes, and joining
+    a cluster (``--address``, ``RAY_ADDRESS``) filters nothing.
+    """
+
+    NOTICE = "Token authentication is enabled for this Ray cluster"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.NOTICE)
+
 
 def start_ray(address: str | None) -> None:
     """Join the cluster at ``address`` (or ``RAY_ADDRESS``), else start Ray on this machine.
@@ -334,7 +354,13 @@ def start_ray(address: str | None) -> None:
     kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "include_dashboard": False, "log_to_driver": False}
     if _local_ray(address):
         kwargs["num_cpus"] = os.cpu_count() or 1
-        _LOCAL_RAY = start_local_ray(**kwargs)
+        token_setup = logging.getLogger(RAY_TOKEN_SETUP_LOGGER)
+        notice = TokenNoticeFilter()
+        token_setup.addFilter(notice)  # the local Ray is neqtune's own: its token notice asks nothing of the user
+        try:
+            _LOCAL_RAY = start_local_ray(**kwargs)
+        finally:
+            token_setup.removeFilter(notice)
         return
     kwargs.pop("include_dashboard")
     try:
@@ -575,7 +601,7 @@ def _run_search(
         run_config=tune.RunConfig(
             name=experiment,
             storage_path=root,
-            callbacks=tune_callbacks(recorder),
+            callbacks=tune_callbacks(recorder, study_recorder(space, experiment_dir, experiment)),
             stop=build_stopper(space),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             failure_config=tune.FailureConfig(max_failures=search.max_failures),
@@ -613,11 +639,17 @@ def resumable(location: str) -> bool:
         return False
 
 
-def tune_callbacks(recorder: ResultRecorder) -> list[Any]:
-    """The driver's Tune callbacks: our recorder, and Ray's per-trial ``result.json`` log (which a resume backfills from)."""
+def study_recorder(space: Space, experiment_dir: Path, experiment: str) -> StudyRecorder:
+    """The callback that keeps the experiment's trials in ``optuna.db`` (see :mod:`search.study`)."""
+    search = space.search
+    return StudyRecorder(experiment_dir, experiment, params=search.params, metrics=search.metrics, modes=search.modes, base=space.base)
+
+
+def tune_callbacks(recorder: ResultRecorder, study: StudyRecorder) -> list[Any]:
+    """The driver's Tune callbacks: our recorder, the study in ``optuna.db``, Ray's ``result.json`` log (a resume backfills from it)."""
     from ray.tune.logger import JsonLoggerCallback
 
-    return [recorder, JsonLoggerCallback()]
+    return [recorder, study, JsonLoggerCallback()]
 
 
 def resume_search(
@@ -681,7 +713,7 @@ def resume_search(
         # The recorder saved with the experiment belongs to the dead driver; supply the callbacks again.
         internal = tuner._local_tuner  # Tuner has no public setter for the restored run config
         assert internal is not None, "resuming through Ray Client is not supported"
-        internal.get_run_config().callbacks = tune_callbacks(recorder)
+        internal.get_run_config().callbacks = tune_callbacks(recorder, study_recorder(space, experiment_dir, experiment))
         budget = internal.get_run_config().stop
         if isinstance(budget, TrialEpochBudget):  # the budget counts what the dead driver's trials spent
             budget.spent = reported_epochs(location)

@@ -12,6 +12,12 @@ the summaries must not depend on the trial: string hyper-parameters get no
 discrete domain (a domain taken from one experiment would hide the trials of
 another from the dashboard's default filter); the table and the
 parallel-coordinates view take their values from the sessions.
+
+The experiment summary marks the searched keys as the ones that differ
+(``HParamInfo.differs``) and lists them first: the dashboard shows those
+columns and leaves the constant ones (``budget.bn_update``, an unset
+``budget.params``) unticked. Each trial's run directory has a name a person
+can read in a legend (:func:`run_name`).
 """
 
 from __future__ import annotations
@@ -46,6 +52,46 @@ def hparam_values(config: Mapping[str, Any]) -> dict[str, HParamValue]:
     return values
 
 
+def _short(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def run_name(trial_id: str, config: Mapping[str, Any], searched: Sequence[str] = ()) -> str:
+    """The TensorBoard run directory name of a trial, readable in a legend.
+
+    Policy, the unit when it is not neurons (``unit=input_channel``),
+    budget (the scheme, else ``params=B``, ``memory=M`` or ``ratio=r``, else
+    ``all``), first mask, seed, then the other searched keys as
+    ``key=value`` (the leaf of the dotted key; ``data`` / ``model`` for
+    their ``name``), then the trial id, which keeps names unique. Example:
+    ``velocity,mbv2-w0.35_scheme_3,init=random,seed=0,lr=0.1,trial=3f2a1_00000``.
+    ``/`` and white space in values become ``_``.
+    """
+    if config.get("budget.scheme"):
+        budget = str(config["budget.scheme"])
+    elif config.get("budget.params") is not None:
+        budget = f"params={config['budget.params']}"
+    elif config.get("budget.memory") is not None:
+        budget = f"memory={config['budget.memory']}"
+    elif config.get("budget.ratio") is not None:
+        budget = f"ratio={_short(config['budget.ratio'])}"
+    else:
+        budget = "all"
+    parts = [str(config.get("budget.policy")), budget, f"init={config.get('budget.initialization')}", f"seed={config.get('training.seed')}"]
+    if config.get("budget.unit") not in (None, "neuron"):
+        parts.insert(1, f"unit={config['budget.unit']}")  # input channels rather than the study's neurons
+    shown = {"budget.policy", "budget.scheme", "budget.params", "budget.memory", "budget.ratio", "budget.initialization", "budget.unit",
+             "training.seed"}  # fmt: skip
+    for key in searched:
+        if key not in shown:
+            section, _, leaf = key.rpartition(".")
+            parts.append(f"{section.split('.')[0] if leaf == 'name' else leaf}={_short(config.get(key))}")
+    parts.append(f"trial={trial_id}")
+    return "".join("_" if char == "/" or char.isspace() else char for char in ",".join(parts))
+
+
 def _data_type(arrow_type: pa.DataType | None, value: Any) -> api_pb2.DataType.ValueType:
     if arrow_type is not None:
         if pa.types.is_boolean(arrow_type):
@@ -75,6 +121,7 @@ def hparams_summaries(
     start_time_s: float,
     end_time_s: float,
     succeeded: bool,
+    searched: Sequence[str] = (),
 ) -> list[summary_pb2.Summary]:
     """The experiment, session-start and session-end summaries of one trial.
 
@@ -87,14 +134,16 @@ def hparams_summaries(
         session: a name unique over the log directory (experiment/trial id).
         start_time_s, end_time_s: seconds since the epoch.
         succeeded: the trial ended normally (else it is marked failed).
+        searched: the dotted keys the search varies: marked as differing
+            between trials and listed first.
 
     Returns:
         Three summaries to hand to a TensorBoard file writer, in order.
     """
     infos = []
-    for key in config:
+    for key in sorted(config, key=lambda key: key not in searched):  # searched keys first, in config order otherwise
         data_type = _data_type(types.get(key), config[key])
-        info = api_pb2.HParamInfo(name=key, type=data_type)
+        info = api_pb2.HParamInfo(name=key, type=data_type, differs=key in searched)
         if data_type == api_pb2.DATA_TYPE_BOOL:
             info.domain_discrete.extend([False, True])
         infos.append(info)

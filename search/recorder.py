@@ -5,7 +5,7 @@ It writes, under the experiment directory:
 - ``epochs.parquet``: one flat row per trial-epoch: experiment, trial id,
   every resolved config value as its own column, then the metrics;
 - ``trials.parquet``: one row per trial with its final state and best epoch;
-- ``tensorboard/<trial id>/``: event files with each trial's curves, its
+- ``tensorboard/<run name>/``: event files with each trial's curves, its
   per-layer shares, and, once it ends, its config and final metrics for
   TensorBoard's HParams dashboard;
 
@@ -39,7 +39,7 @@ from ray.tune import Callback
 from ray.tune.experiment import Trial
 from torch.utils.tensorboard import SummaryWriter
 
-from search.hparams import hparams_summaries
+from search.hparams import hparams_summaries, run_name
 from search.tables import (
     EPOCHS_TABLE,
     SCHEMA_VERSION,
@@ -205,9 +205,13 @@ class ResultRecorder(Callback):
         config = self._config_of(trial)
         return " ".join(f"{key}={_short(config.get(key))}" for key in self.searched)
 
+    def _run_name(self, trial_id: str) -> str:
+        """The trial's TensorBoard run: policy, budget, first mask, seed, searched values, trial id."""
+        return run_name(trial_id, self._config_columns.get(trial_id, {}), self.searched)
+
     def _writer(self, trial_id: str) -> SummaryWriter:
         if trial_id not in self._writers:
-            self._writers[trial_id] = SummaryWriter(log_dir=str(self.experiment_dir / "tensorboard" / trial_id))
+            self._writers[trial_id] = SummaryWriter(log_dir=str(self.experiment_dir / "tensorboard" / self._run_name(trial_id)))
         return self._writers[trial_id]
 
     def _write_tensorboard(self, trial_id: str, result: dict[str, Any]) -> None:
@@ -242,10 +246,11 @@ class ResultRecorder(Callback):
             self._config_of(trial),
             metric_tags=[f"final/{name}" for name in FINAL_METRICS],
             types=self._column_types,
-            session=f"{self.experiment}/{trial.trial_id}",
+            session=f"{self.experiment}/{self._run_name(trial.trial_id)}",
             start_time_s=self._start_times.get(trial.trial_id, time.time()),
             end_time_s=time.time(),
             succeeded=row["status"] in ("TERMINATED", "STOPPED"),
+            searched=self.searched,
         )
         file_writer = writer.file_writer  # add_hparams would write into a sub-run; the trial's own run is clearer
         assert file_writer is not None

@@ -11,6 +11,12 @@ A space file has the trial sections of :class:`~trainables.config.TrialConfig`
         budget.policy: {choice: [velocity, random, su, full]}
         training.lr: {loguniform: [0.01, 0.2]}
 
+A ``variants`` section names alternative recipes of the same study: each
+variant maps dotted keys to the values it fixes (``training.epochs: 200``);
+``load_space(..., variant="paper")`` (``run_search.py --variant paper``)
+applies them before the command-line overrides, drops the keys it fixes from
+``search.params``, and names the experiment ``<experiment>-<variant>``.
+
 :func:`load_space` checks everything once, before any work starts: YAML
 syntax, unknown keys, types, value ranges, names of policies, models, data
 sets and schemes, and whether every combination of choices makes a valid
@@ -25,6 +31,7 @@ import dataclasses
 import functools
 import itertools
 import math
+import typing
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -363,43 +370,70 @@ def check_trial(overrides: Mapping[str, Any], base: Mapping[str, Any]) -> TrialC
     """Validate one combination; SU schemes are checked against the model's convs, data sets against the disk.
 
     Raises:
-        ConfigError: a bad value (its section validates it), or a
-            :class:`CombinationError` naming the keys a cross-section
-            check depends on.
+        ConfigError: the first of :func:`trial_problems`.
     """
+    config, problems = trial_problems(overrides, base)
+    if problems:
+        raise problems[0]
+    assert config is not None
+    return config
+
+
+def trial_problems(overrides: Mapping[str, Any], base: Mapping[str, Any]) -> tuple[TrialConfig | None, list[ConfigError]]:
+    """One combination's config and every problem found: a bad value (its section validates it), else each of
+    the cross-section checks, as a :class:`CombinationError` naming the keys it depends on (data on disk, the
+    model head's class count, the SU mask of the scheme)."""
     from datasets import check_dataset
     from trainables.budgets import check_scheme_fits
     from trainables.schemes import get_scheme
     from trainables.trainer import needs_su_mask
 
-    config = TrialConfig.from_dict(with_overrides(base, overrides))
+    try:
+        config = TrialConfig.from_dict(with_overrides(base, overrides))
+    except ConfigError as err:
+        return None, [err]
+    problems: list[ConfigError] = []
+    data_ok = True
     if config.data.name != "digits":  # built in; every other data set must be on disk (or downloadable) before Ray starts
-        with _depending_on("data"):
-            check_dataset(config.data)
-    if config.model.num_classes is not None:
-        with _depending_on("data", "model.num_classes"):
-            found = _dataset_num_classes(config.data)
-        if found != config.model.num_classes:
-            where = f" at {config.data.root}" if config.data.root else ""
-            raise CombinationError(
-                "model.num_classes",
-                f"the model head has {config.model.num_classes} classes but data set {config.data.name!r}{where} has {found}",
-                ("data", "model.num_classes"),
-            )
+        try:
+            with _depending_on("data"):
+                check_dataset(config.data)
+        except ConfigError as err:
+            problems.append(err)
+            data_ok = False
+    if config.model.num_classes is not None and data_ok:
+        try:
+            with _depending_on("data", "model.num_classes"):
+                found = _dataset_num_classes(config.data)
+            if found != config.model.num_classes:
+                where = f" at {config.data.root}" if config.data.root else ""
+                raise CombinationError(
+                    "model.num_classes",
+                    f"the model head has {config.model.num_classes} classes but data set {config.data.name!r}{where} has {found}",
+                    ("data", "model.num_classes"),
+                )
+        except ConfigError as err:
+            problems.append(err)
     budget = config.budget
     if needs_su_mask(budget):
         scheme = get_scheme(budget.scheme) if budget.scheme else None
-        if scheme is None or scheme.su is None:
-            raise CombinationError(
-                "budget.scheme",
-                f"policy {budget.policy!r} with initialization {budget.initialization!r} needs a scheme with an SU part, got {budget.scheme!r}",
-                ("budget.policy", "budget.initialization", "budget.scheme"),
-            )
-        with _depending_on("budget.policy", "budget.initialization", "budget.scheme", "budget.unit", "model.name"):
-            check_scheme_fits(scheme, _conv_count_model(config.model.name), budget.unit)
-    with _depending_on("budget", "model.name", "data.image_size"):
-        _check_budget(budget, config.model.name, config.data.image_size)
-    return config
+        try:
+            if scheme is None or scheme.su is None:
+                raise CombinationError(
+                    "budget.scheme",
+                    f"policy {budget.policy!r} with initialization {budget.initialization!r} needs a scheme with an SU part, got {budget.scheme!r}",
+                    ("budget.policy", "budget.initialization", "budget.scheme"),
+                )
+            with _depending_on("budget.policy", "budget.initialization", "budget.scheme", "budget.unit", "model.name"):
+                check_scheme_fits(scheme, _conv_count_model(config.model.name), budget.unit)
+        except ConfigError as err:
+            problems.append(err)
+    try:
+        with _depending_on("budget", "model.name", "data.image_size"):
+            _check_budget(budget, config.model.name, config.data.image_size)
+    except ConfigError as err:
+        problems.append(err)
+    return config, problems
 
 
 @functools.cache
@@ -416,18 +450,24 @@ def _check_budget(budget: Any, model_name: str, image_size: int) -> None:
     _check_budget_cached(yaml.safe_dump(dataclasses.asdict(budget), sort_keys=True), model_name, image_size)
 
 
-def _check_written_values(base: dict[str, Any]) -> None:
-    """Refuse a bad value written in the trial sections, even one the search overrides.
+def _written_value_errors(base: dict[str, Any]) -> list[ConfigError]:
+    """The bad values written in the trial sections, even ones the search overrides, section by section.
 
     The base alone may be incomplete (the search supplies the scheme, say);
-    only errors about values actually written are raised here.
+    only errors about values actually written count. A section with several
+    problems (the model section reports all of its own) gives them all.
     """
     written = {f"{section}.{key}" for section, values in base.items() for key in values}
-    try:
-        TrialConfig.from_dict(base)
-    except ConfigError as err:
-        if err.key.split("[")[0] in written or (err.key.split(".")[0] in TRIAL_SECTIONS and err.message.startswith("unknown key")):
-            raise
+    hints = typing.get_type_hints(TrialConfig)
+    found: list[ConfigError] = []
+    for section in TRIAL_SECTIONS:
+        try:
+            from_mapping(hints[section], base.get(section) or {}, section)
+        except ConfigError as err:
+            for problem in getattr(err, "problems", [err]):
+                if problem.key.split("[")[0] in written or problem.message.startswith("unknown key"):
+                    found.append(problem)
+    return found
 
 
 def _absolute_paths(base: dict[str, Any], relative_to: Path) -> None:
@@ -441,18 +481,42 @@ def _absolute_paths(base: dict[str, Any], relative_to: Path) -> None:
 
 
 def build_space(
-    raw: Any, source: str, *, overrides: Sequence[tuple[str, Any]] = (), search_overrides: Mapping[str, Any] | None = None
+    raw: Any,
+    source: str,
+    *,
+    overrides: Sequence[tuple[str, Any]] = (),
+    search_overrides: Mapping[str, Any] | None = None,
+    problems: list[SpaceError] | None = None,
+    variant: str | None = None,
 ) -> Space:
-    """Validate a parsed space mapping (with command-line overrides applied)."""
+    """Validate a parsed space mapping (with a variant and command-line overrides applied).
+
+    Without ``problems`` the first problem is raised. With a list, the
+    problems of the trial values (written values, every combination: data
+    on disk, SU masks, class counts) are appended to it, each once, and the
+    space is returned all the same (a dry run reports them all); problems of
+    the file's structure and of the search section are still raised.
+    """
+
+    def found(err: ConfigError) -> None:
+        if problems is None:
+            raise SpaceError(source, err.key, err.message) from None
+        problem = SpaceError(source, err.key, err.message)
+        if str(problem) not in {str(p) for p in problems}:
+            problems.append(problem)
+
     if not isinstance(raw, Mapping):
         raise SpaceError(source, "", f"a space file must be a mapping of sections, got {type(raw).__name__}")
-    known = ("experiment", *TRIAL_SECTIONS, "search")
+    known = ("experiment", *TRIAL_SECTIONS, "search", "variants")
     for key in raw:
         if key not in known:
             raise SpaceError(source, str(key), f"unknown section; known sections: {', '.join(known)}")
     experiment = raw.get("experiment", Path(source).stem if source != "<default>" else "digits")
     if not isinstance(experiment, str) or not experiment or "/" in experiment:
         raise SpaceError(source, "experiment", f"expected a non-empty name without '/', got {experiment!r}")
+    fixed = _variant_values(raw.get("variants"), variant, source)
+    if variant is not None:
+        experiment = f"{experiment}-{variant}"
     base: dict[str, Any] = {}
     for section in TRIAL_SECTIONS:
         value = raw.get(section) or {}
@@ -461,7 +525,9 @@ def build_space(
         base[section] = dict(value)
     try:
         search_raw: dict[str, Any] = dict(raw.get("search") or {})
-        for key, value in overrides:
+        if fixed:
+            search_raw["params"] = {k: v for k, v in dict(search_raw.get("params") or {}).items() if k not in fixed}
+        for key, value in [*fixed.items(), *overrides]:
             if key.startswith("search."):
                 search_raw = with_overrides(search_raw, {key.removeprefix("search."): value})
             else:
@@ -470,19 +536,25 @@ def build_space(
         search = from_mapping(SearchConfig, search_raw, "search")
         _absolute_paths(base, Path.cwd())
         space = Space(experiment=experiment, base=base, search=search, source=source)
-        _check_written_values(base)
+        written_errors = _written_value_errors(base)
+        for problem in written_errors:
+            found(problem)
+        seen = {(written.key, written.message) for written in written_errors}
         for n, combination in enumerate(space.combinations()):
             if n >= MAX_CHECKED_COMBINATIONS:
                 break
-            try:
-                check_trial(combination, base)
-            except ConfigError as err:
+            for err in trial_problems(combination, base)[1]:
+                if (err.key, err.message) in seen or any(err.key == written.key for written in written_errors):
+                    continue  # one problem once, with the values of the first combination that has it
+                seen.add((err.key, err.message))
                 # Name the searched values only where they are part of the cause;
                 # a missing data set root says so plainly.
                 where = ", ".join(f"{k}={v}" for k, v in _searched_causes(err, combination).items())
                 message = f"{err.message} (with {where})" if where else err.message
                 key = f"search.params.{err.key}" if err.key.split("[")[0] in combination else err.key
-                raise ConfigError(key, message) from None
+                found(ConfigError(key, message))
+        if problems:
+            return space  # the trial configs are not all valid: ASHA's rungs cannot be checked against them
         if search.scheduler == "asha" and search.asha.grace_period > space.asha_max_epochs():
             raise ConfigError(
                 "search.asha.grace_period",
@@ -493,8 +565,30 @@ def build_space(
     return space
 
 
+def _variant_values(variants: Any, variant: str | None, source: str) -> dict[str, Any]:
+    """The dotted keys and values that ``variant`` fixes (empty without one).
+
+    Raises:
+        SpaceError: a malformed ``variants`` section, or a variant the file does not define.
+    """
+    if variants is not None and (not isinstance(variants, Mapping) or not all(isinstance(v, Mapping) for v in variants.values())):
+        raise SpaceError(source, "variants", "expected a mapping of variant names to mappings of dotted keys to values")
+    if variant is None:
+        return {}
+    defined: Mapping[str, Any] = variants or {}
+    if variant not in defined:
+        where = f"its variants: {', '.join(map(str, defined))}" if defined else "it has no variants section"
+        raise SpaceError(source, "variants", f"no variant {variant!r}; {where}")
+    return {str(key): value for key, value in defined[variant].items()}
+
+
 def load_space(
-    path: str | Path | None = None, *, overrides: Sequence[tuple[str, Any]] = (), search_overrides: Mapping[str, Any] | None = None
+    path: str | Path | None = None,
+    *,
+    overrides: Sequence[tuple[str, Any]] = (),
+    search_overrides: Mapping[str, Any] | None = None,
+    problems: list[SpaceError] | None = None,
+    variant: str | None = None,
 ) -> Space:
     """Read and validate a space file (``None``: the embedded digits default).
 
@@ -502,6 +596,9 @@ def load_space(
         path: the YAML file.
         overrides: ``(dotted key, value)`` pairs laid over the trial sections.
         search_overrides: values laid over the ``search`` section.
+        problems: collect the trial values' problems here instead of raising
+            the first (see :func:`build_space`).
+        variant: a variant of the file's ``variants`` section to apply.
 
     Raises:
         SpaceError: the first problem found, naming the file and the key.
@@ -512,4 +609,6 @@ def load_space(
         str(path) if path is not None else str(DEFAULT_SPACE.relative_to(Path(__file__).resolve().parent.parent)),
         overrides=overrides,
         search_overrides=search_overrides,
+        problems=problems,
+        variant=variant,
     )

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shlex
 import shutil
 import signal
 import socket
@@ -276,3 +277,64 @@ def test_a_node_lost_mid_trial_restarts_its_trial_on_the_head_from_its_checkpoin
         f"lost node: the trial went on on the head from epoch {restarted_at}, its first epoch there {moved_s:.0f} s after the raylet "
         f"was killed (the head's one CPU first finished the twin); search done {time.monotonic() - lost:.0f} s after the kill"
     )
+
+
+# --- the README's cluster commands, as written ------------------------------------------------------------------------
+README_MARKER = "<!-- cluster-commands: run as written by tests/test_cluster.py -->"
+README_DASHBOARD = "http://127.0.0.1:8265"
+
+
+def readme_cluster_commands() -> list[str]:
+    """The command lines of the README's tested cluster block, in order."""
+    text = (ROOT / "README.md").read_text()
+    block = text.split(README_MARKER, 1)[1].split("```sh\n", 1)[1].split("```", 1)[0]
+    return [line for line in block.splitlines() if line.strip()]
+
+
+def test_the_readmes_cluster_commands_work_as_written(tmp_path: Path) -> None:
+    """Activate the virtualenv, ``ray start --head``, ``ray job submit ... -- python run_search.py``, from a shell whose
+    PATH lacks the virtualenv (the system python there cannot run neqtune), with HOME in a temporary directory."""
+    activate, start, submit = readme_cluster_commands()
+    temp_dir = Path(tempfile.mkdtemp(prefix="nqr", dir="/tmp"))  # short: Ray's socket paths have a length limit
+    home = tmp_path / "home"
+    home.mkdir()
+    system_path = os.pathsep.join(p for p in os.environ.get("PATH", "").split(os.pathsep) if Path(p) != VENV_BIN)
+    shell_env = {key: value for key, value in os.environ.items() if not key.startswith(("RAY_", "NEQ_", "VIRTUAL_ENV"))}
+    shell_env.update(PATH=system_path, HOME=str(home), RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32), RAY_USAGE_STATS_ENABLED="0")
+    try:
+        # 1. the activation line, run as written; its environment is the head's and the submitting shell's
+        done = subprocess.run(["bash", "-c", f"{activate}\nenv -0"], env=shell_env, cwd=ROOT, capture_output=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        env = dict(item.split("=", 1) for item in done.stdout.decode().split("\0") if "=" in item)
+        assert env["PATH"].split(os.pathsep)[0] == str(ROOT / ".venv" / "bin")
+        # 2. `ray start --head` as written, plus this test's own ports and temporary directory
+        words = shlex.split(start, comments=True)
+        assert words == ["ray", "start", "--head"], start
+        ray = shutil.which("ray", path=env["PATH"])
+        assert ray is not None
+        _, dashboard, _ = start_node(
+            lambda gcs, dash, client: [ray, *words[1:], f"--port={gcs}", f"--dashboard-port={dash}", f"--ray-client-server-port={client}",
+                                       f"--temp-dir={temp_dir}", f"--node-ip-address={HOST}", "--num-cpus=2", "--disable-usage-stats",
+                                       *node_ports()],
+            env, temp_dir,
+        )  # fmt: skip
+        # 3. the job as written, at this head's dashboard
+        assert README_DASHBOARD in submit and "--storage" not in submit and "--results" not in submit
+        job = subprocess.run(
+            ["bash", "-c", submit.replace(README_DASHBOARD, f"http://127.0.0.1:{dashboard}")],
+            env=env, cwd=ROOT, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        log = job.stdout + job.stderr
+        assert job.returncode == 0, log
+        assert "neqtune: 2 trials (0 failed)" in log, log
+        durable = home / "neqtune-results"
+        assert f"results go to {durable} on this node instead" in log and "_ray_pkg_" in log
+        assert f"view the curves: tensorboard --logdir {durable}" in log
+        (experiment,) = durable.glob("digits-*")
+        trials = pd.read_parquet(experiment / "trials.parquet")
+        assert len(trials) == 2 and (trials.status == "TERMINATED").all()
+        assert (experiment / "optuna.db").is_file() and len(list((experiment / "tensorboard").iterdir())) == 2
+        assert "ModuleNotFoundError" not in log and "Token authentication is enabled" not in log
+    finally:
+        stop_cluster(str(temp_dir), shell_env)
+        shutil.rmtree(temp_dir, ignore_errors=True)

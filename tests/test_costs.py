@@ -217,3 +217,17 @@ def test_bad_memory_budgets_from_the_command_line(tmp_path: Path, capsys: pytest
     assert len(err.splitlines()) == 1, err
     assert err.startswith(f"error: {path}: {message}"), err
     assert not (tmp_path / "out").exists()
+
+
+def test_dry_run_names_the_memory_budgets(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    space = yaml.safe_load(DEFAULT_SPACE.read_text())
+    space["model"]["name"] = "mbv2-w0.35-zoo"
+    space["data"]["image_size"] = 128
+    space["budget"].update(policy="random", unit="input_channel")
+    space["search"]["params"] = {"budget.scheme": {"choice": ["mbv2-w0.35_scheme_1", "mbv2-w0.35_scheme_3"]}}
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump(space))
+    assert main(["--space", str(path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "scheme mbv2-w0.35_scheme_1 at 128 px: memory budget 27,946 elements per image (2.23% of 1,252,320; 109.2 kB)" in out
+    assert "scheme mbv2-w0.35_scheme_3 at 128 px: memory budget 66,592 elements per image" in out

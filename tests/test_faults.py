@@ -181,6 +181,19 @@ def test_a_driver_sigkilled_on_s3_storage_leaves_no_process_and_resumes_from_s3_
         lr = optuna.distributions.FloatDistribution(0.01, 0.3, log=True)
         expected = [study.ask({"training.lr": lr}).params["training.lr"] for _ in range(trials_n)]
         assert sorted(trials["training.lr"]) == pytest.approx(sorted(expected), rel=1e-12)
+        # optuna.db (in the local experiment directory, the tables being on S3) was reopened by the resumed driver and is
+        # current: each trial once, complete, with every epoch; a trial the killed driver had just started, unknown to
+        # Tune's saved state, is not left RUNNING.
+        stored = optuna.load_study(study_name="exp", storage=f"sqlite:///{tmp_path / 'results' / 'exp' / 'optuna.db'}").get_trials()
+        complete = [t for t in stored if t.state == optuna.trial.TrialState.COMPLETE]
+        assert sorted(t.user_attrs["tune_trial_id"] for t in complete) == sorted(trials.trial_id)
+        assert all(t.state == optuna.trial.TrialState.FAIL and "driver died" in t.user_attrs["fail_reason"] for t in stored if t not in complete)
+        by_id = trials.set_index("trial_id")
+        for frozen in complete:
+            curve = epochs[epochs.trial_id == frozen.user_attrs["tune_trial_id"]].sort_values("epoch")
+            assert frozen.intermediate_values == pytest.approx(dict(zip(curve.epoch, curve.best_val_top1, strict=True)))
+            assert frozen.value == pytest.approx(by_id.loc[frozen.user_attrs["tune_trial_id"], "best_val_top1"])
+            assert frozen.params["training.lr"] == pytest.approx(by_id.loc[frozen.user_attrs["tune_trial_id"], "training.lr"])
         # 4. The analysis reads the experiment straight from S3.
         analysis = subprocess.run(
             [sys.executable, "-m", "results.analyze", location, "-o", str(tmp_path / "analysis")],

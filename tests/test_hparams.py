@@ -17,7 +17,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins import base_plugin
 from tensorboard.plugins.hparams import api_pb2, backend_context, get_experiment, list_session_groups, metadata
 
-from search.hparams import hparam_values, hparams_summaries
+from search.hparams import hparam_values, hparams_summaries, run_name
 from search.recorder import FINAL_METRICS, ResultRecorder
 
 LAYERS = ["features.0.0", "features.1.conv.0.0", "classifier.conv"]
@@ -78,8 +78,15 @@ def hparams_backend(logdir: Path) -> backend_context.Context:
     return backend_context.Context(base_plugin.TBContext(logdir=str(logdir), data_provider=provider, multiplexer=multiplexer))
 
 
+A1_RUN = "velocity,mbv2-w0.35_scheme_3,init=random,seed=0,lr=0.05,trial=a1"
+
+
 def test_event_reader_sees_curves_layer_groups_and_hparams(logdir: Path) -> None:
-    events = EventAccumulator(str(logdir / "exp-a" / "tensorboard" / "a1"))
+    assert sorted(p.name for p in (logdir / "exp-a" / "tensorboard").iterdir()) == [
+        "random,mbv2-w0.35_scheme_3,init=random,seed=0,lr=0.2,trial=a2",
+        A1_RUN,
+    ]
+    events = EventAccumulator(str(logdir / "exp-a" / "tensorboard" / A1_RUN))
     events.Reload()
     scalars = events.Tags()["scalars"]
     assert {f"updated_pct_by_layer/{layer}" for layer in LAYERS} <= set(scalars)
@@ -89,7 +96,7 @@ def test_event_reader_sees_curves_layer_groups_and_hparams(logdir: Path) -> None
     content = events.PluginTagToContent(metadata.PLUGIN_NAME)
     assert set(content) == {metadata.EXPERIMENT_TAG, metadata.SESSION_START_INFO_TAG, metadata.SESSION_END_INFO_TAG}
     start = metadata.parse_session_start_info_plugin_data(content[metadata.SESSION_START_INFO_TAG])
-    assert start.group_name == "exp-a/a1"
+    assert start.group_name == f"exp-a/{A1_RUN}"
     assert start.hparams["budget.policy"].string_value == "velocity"
     assert start.hparams["training.lr"].number_value == pytest.approx(0.05)
     assert start.hparams["training.no_wd_keys"].string_value == "[norm, bias]"
@@ -105,12 +112,13 @@ def test_hparams_dashboard_compares_trials_of_several_experiments(logdir: Path) 
         allowed_statuses=[api_pb2.STATUS_SUCCESS, api_pb2.STATUS_FAILURE, api_pb2.STATUS_RUNNING, api_pb2.STATUS_UNKNOWN],
     )  # fmt: skip
     groups = list_session_groups.Handler(context.RequestContext(), backend, "", request).run()
-    by_name = {group.name: group for group in groups.session_groups}
-    assert set(by_name) == {"exp-a/a1", "exp-a/a2", "exp-b/b1"}
-    assert by_name["exp-b/b1"].hparams["budget.policy"].string_value == "su"
-    assert [s.status for s in by_name["exp-a/a2"].sessions] == [api_pb2.STATUS_FAILURE]
+    by_name = {group.name.rpartition("=")[2]: group for group in groups.session_groups}
+    assert set(by_name) == {"a1", "a2", "b1"}
+    assert by_name["b1"].name == "exp-b/su,mbv2-w0.35_scheme_3,init=random,seed=0,lr=0.1,trial=b1"
+    assert by_name["b1"].hparams["budget.policy"].string_value == "su"
+    assert [s.status for s in by_name["a2"].sessions] == [api_pb2.STATUS_FAILURE]
     trials = pd.read_parquet(logdir / "exp-a" / "trials.parquet").set_index("trial_id")
-    metrics = {m.name.tag: m.value for m in by_name["exp-a/a1"].metric_values}
+    metrics = {m.name.tag: m.value for m in by_name["a1"].metric_values}
     assert metrics["final/best_val_top1"] == pytest.approx(trials.loc["a1", "best_val_top1"])
     assert metrics["final/test_top1_at_best_val"] == pytest.approx(trials.loc["a1", "test_top1_at_best_val"])
     assert metrics["final/epochs_run"] == 2
@@ -120,6 +128,24 @@ def test_hparams_dashboard_compares_trials_of_several_experiments(logdir: Path) 
     assert names["training.lr"].type == api_pb2.DATA_TYPE_FLOAT64
     assert list(names["training.nesterov"].domain_discrete.values) != []  # booleans: a two-value domain
     assert {m.name.tag for m in experiment.metric_infos} == {f"final/{name}" for name in FINAL_METRICS}
+    # The searched keys are the ones that differ, listed first; constant ones (bn_update, an unset params) do not.
+    assert [info.name for info in experiment.hparam_infos[:2]] == ["budget.policy", "training.lr"]
+    assert names["budget.policy"].differs and names["training.lr"].differs
+    assert not any(names[key].differs for key in ("budget.bn_update", "budget.params", "budget.ratio", "model.name"))
+
+
+def test_run_names_say_policy_budget_first_mask_seed_and_searched_values() -> None:
+    config = {"budget.policy": "random", "budget.scheme": None, "budget.ratio": 0.125, "budget.params": None,
+              "budget.initialization": "su", "training.seed": 42, "training.lr": 0.0312345, "model.name": "mcunet-in1",
+              "data.root": "/data/my sets"}  # fmt: skip
+    assert run_name("t_00001", config, ["budget.policy", "training.lr", "model.name"]) == (
+        "random,ratio=0.125,init=su,seed=42,lr=0.03123,model=mcunet-in1,trial=t_00001"
+    )
+    assert run_name("t", {**config, "budget.params": 22_410}, ["data.root"]) == "random,params=22410,init=su,seed=42,root=_data_my_sets,trial=t"
+    full = {**config, "budget.policy": "full", "budget.ratio": None, "budget.initialization": "full"}
+    assert run_name("t", full) == "full,all,init=full,seed=42,trial=t"
+    channels = {**config, "budget.unit": "input_channel", "budget.ratio": None, "budget.memory": 15_936}
+    assert run_name("t", channels) == "random,unit=input_channel,memory=15936,init=su,seed=42,trial=t"
 
 
 def test_hparam_values_keep_scalars_and_drop_nulls() -> None:

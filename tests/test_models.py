@@ -294,8 +294,7 @@ def test_imagenet_weights_offline_give_one_clear_error(tmp_path: Path, monkeypat
     expected = tmp_path / "torch" / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
     assert err.value.key == "model.pretrained"
     assert str(expected) in str(err.value) and "put it at" in str(err.value) and "\n" not in str(err.value)
-    with pytest.raises(ConfigError, match=r"^model.pretrained: torchvision's ImageNet weights of resnet18 .* are not at "):
-        ModelConfig(name="resnet18", pretrained="imagenet").validate("model")  # refused when the space loads
+    ModelConfig(name="resnet18", pretrained="imagenet").validate("model")  # validating fetches nothing (a dry run)
     assert not expected.exists()
 
 

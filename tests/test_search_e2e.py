@@ -94,12 +94,16 @@ def test_tensorboard_events_hold_the_curves(grid_run: tuple[subprocess.Completed
     _, experiment = grid_run
     epochs = pd.read_parquet(experiment / "epochs.parquet")
     runs = sorted((experiment / "tensorboard").iterdir())
-    assert sorted(p.name for p in runs) == sorted(epochs.trial_id.unique())
+    trial_of = {run.name: run.name.rpartition(",trial=")[2] for run in runs}
+    assert sorted(trial_of.values()) == sorted(epochs.trial_id.unique())
+    policy_of = epochs.groupby("trial_id")["budget.policy"].first()
+    for run in runs:  # a legend tells the trials apart: policy, scheme, first mask, seed
+        assert run.name == f"{policy_of[trial_of[run.name]]},mbv2-w0.35_scheme_3,init=random,seed=0,trial={trial_of[run.name]}"
     for run in runs:
         events = EventAccumulator(str(run))
         events.Reload()
         tags = events.Tags()["scalars"]
-        expected = epochs[epochs.trial_id == run.name].sort_values("epoch")
+        expected = epochs[epochs.trial_id == trial_of[run.name]].sort_values("epoch")
         assert {"train_loss", "val_top1", "test_top1", "lr", "frozen_pct", "params_updated"} <= set(tags)
         assert "updated_pct_by_layer/features.0.0" in tags
         assert "flops_saved_by_layer/features.0.0" in tags

@@ -80,11 +80,13 @@ def test_bad_space_is_one_line_with_file_and_key(
     change, key = BAD_SPACES[case]
     path = write(tmp_path, edit(change))
     monkeypatch.chdir(tmp_path)
-    assert main(["--space", str(path), "--dry-run"]) == 2
+    assert main(["--space", str(path)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1, err
     assert err.startswith(f"error: {path}: {key}"), err
     assert not (tmp_path / "results").exists()
+    assert main(["--space", str(path), "--dry-run"]) == 2  # a dry run reports every problem, this one first
+    assert capsys.readouterr().err.strip().splitlines()[0] == err
 
 
 def test_malformed_yaml_names_the_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -119,7 +121,7 @@ def test_cli_exit_code_and_nothing_written(tmp_path: Path) -> None:
     )
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
-        f"error: {path}: budget.policy: unknown policy 'greedy'; known policies: full, random, su, velocity"
+        f"error: {path}: budget.policy: unknown policy 'greedy'; known policies: full, medyate, random, rgn, su, trady, velocity"
     ]
     assert not (tmp_path / "out").exists()
 

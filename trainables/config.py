@@ -177,24 +177,48 @@ class ModelConfig:
     num_classes: int | None = None
 
     def validate(self, path: str) -> None:
+        """Raise the first of :meth:`problems` (a :class:`ConfigProblems` that carries them all)."""
+        found = self.problems(path)
+        if found:
+            raise ConfigProblems(found)
+
+    def problems(self, path: str) -> list[ConfigError]:
+        """Every problem of this section, in key order; nothing is read from the network.
+
+        ``pretrained: imagenet`` is checked against the model's registry entry
+        (it must have ImageNet weights), never fetched: a dry run fetches
+        nothing, and a search fetches the weights of every model it can reach
+        before Ray starts (``search.weights.fetch_space_weights``), so a
+        run that cannot get them is still refused first.
+        """
         from pathlib import Path
 
         from trainables.models import model_names, model_spec
 
-        _require(self.name in model_names(), _join(path, "name"), f"unknown model {self.name!r}; known models: {', '.join(model_names())}")
-        if self.num_classes is not None:
-            _require(self.num_classes >= 2, _join(path, "num_classes"), f"must be >= 2, got {self.num_classes}")
+        if self.name not in model_names():
+            return [ConfigError(_join(path, "name"), f"unknown model {self.name!r}; known models: {', '.join(model_names())}")]
+        found: list[ConfigError] = []
+        if self.num_classes is not None and self.num_classes < 2:
+            found.append(ConfigError(_join(path, "num_classes"), f"must be >= 2, got {self.num_classes}"))
         spec = model_spec(self.name)
-        if self.pretrained == "imagenet":
-            from trainables.models import imagenet_weights_path
-
-            _require(spec.imagenet is not None, _join(path, "pretrained"), f"model {self.name!r} has no ImageNet weights")
-            imagenet_weights_path(self)  # refuse a run that cannot get its weights before it starts
-        elif self.pretrained is not None:
-            _require(Path(self.pretrained).expanduser().is_file(), _join(path, "pretrained"), f"no checkpoint file at {self.pretrained}")
+        if self.pretrained == "imagenet" and spec.imagenet is None:
+            found.append(ConfigError(_join(path, "pretrained"), f"model {self.name!r} has no ImageNet weights"))
+        elif self.pretrained is not None and self.pretrained != "imagenet" and not Path(self.pretrained).expanduser().is_file():
+            found.append(ConfigError(_join(path, "pretrained"), f"no checkpoint file at {self.pretrained}"))
         if self.net_config is not None:
-            _require(spec.source == "mcunet-zoo", _join(path, "net_config"), f"only MCUNet-zoo models take a net config, not {self.name!r}")
-            _require(Path(self.net_config).expanduser().is_file(), _join(path, "net_config"), f"no net config file at {self.net_config}")
+            if spec.source != "mcunet-zoo":
+                found.append(ConfigError(_join(path, "net_config"), f"only MCUNet-zoo models take a net config, not {self.name!r}"))
+            elif not Path(self.net_config).expanduser().is_file():
+                found.append(ConfigError(_join(path, "net_config"), f"no net config file at {self.net_config}"))
+        return found
+
+
+class ConfigProblems(ConfigError):
+    """Several problems of one section: reads as the first (key and message), carries all in ``problems``."""
+
+    def __init__(self, problems: list[ConfigError]) -> None:
+        super().__init__(problems[0].key, problems[0].message)
+        self.problems = list(problems)
 
 
 @dataclass
@@ -277,13 +301,24 @@ class BudgetConfig:
     fill: Literal["auto", "prefix", "skip"] = "auto"
     velocity_mu: float = 0.5
     bn_update: Literal["all", "selected"] = "all"
+    layers: dict[str, float] | list[int] | None = None
+    rgn_refresh: Literal["once", "epoch"] = "epoch"
+    ranking_batches: int = 10
 
     def validate(self, path: str) -> None:
-        from trainables.policies import policy_names
+        from trainables.lifecycle import budget_policy_names, get_budget_policy
         from trainables.schemes import scheme_names
 
-        known = [*policy_names(), "su"]
+        known = budget_policy_names()
         _require(self.policy in known, _join(path, "policy"), f"unknown policy {self.policy!r}; known policies: {', '.join(sorted(known))}")
+        policy = get_budget_policy(self.policy)
+        _require(
+            self.unit in policy.units,
+            _join(path, "unit"),
+            policy.unit_refusal or f"policy {self.policy!r} does not select {self.unit} channels; it needs unit {' or '.join(policy.units)}",
+        )
+        self._validate_layers(_join(path, "layers"), policy.preselects)
+        _require(self.ranking_batches >= 1, _join(path, "ranking_batches"), f"must be >= 1 batch, got {self.ranking_batches}")
         if self.ratio is not None:
             _require(0 < self.ratio <= 1, _join(path, "ratio"), f"must lie in (0, 1], got {self.ratio}")
         if self.params is not None:
@@ -308,12 +343,30 @@ class BudgetConfig:
             _join(path, "memory"),
             "is a budget of its own: give memory, or params / ratio, not both",
         )
-        _require(
-            not (self.policy == "velocity" and self.unit == "input_channel"),
-            _join(path, "unit"),
-            "policy 'velocity' measures output neurons; it needs unit neuron (give it a memory budget to bound its memory)",
-        )
         _require(0 <= self.velocity_mu <= 1, _join(path, "velocity_mu"), f"must lie in [0, 1], got {self.velocity_mu}")
+
+    def _validate_layers(self, key: str, preselects: bool) -> None:
+        """``layers``: null, ``{top_rgn_share: x}`` with x in (0, 1], ``{lara_alpha: a}`` with a > 0, or conv indices; only for preselecting policies."""
+        if self.layers is None:
+            return
+        _require(preselects, key, f"policy {self.policy!r} selects from every layer; layers applies to trady, rgn and medyate")
+        if isinstance(self.layers, list):
+            _require(bool(self.layers), key, "the list of conv indices is empty")
+            _require(all(i >= 0 for i in self.layers), key, f"conv indices must be >= 0, got {self.layers}")
+            _require(len(set(self.layers)) == len(self.layers), key, f"a conv index repeats: {self.layers}")
+            return
+        rules = ("top_rgn_share", "lara_alpha")
+        _require(
+            len(self.layers) == 1 and next(iter(self.layers)) in rules,
+            key,
+            f"give one of {{top_rgn_share: x}}, {{lara_alpha: a}} or a list of conv indices, got {self.layers}",
+        )
+        if "top_rgn_share" in self.layers:
+            share = self.layers["top_rgn_share"]
+            _require(0 < share <= 1, _join(key, "top_rgn_share"), f"must lie in (0, 1], got {share}")
+        else:
+            alpha = self.layers["lara_alpha"]
+            _require(alpha > 0, _join(key, "lara_alpha"), f"must be > 0, got {alpha}")
 
 
 @dataclass

@@ -73,6 +73,12 @@ METRICS: tuple[Metric, ...] = (
     Metric("layer_flops_saved", "list_mean"),
     Metric("epoch_time_s", "sum"),
     Metric("velocity_time_s", "sum"),
+    # the policy's own (trainables/lifecycle.py); null where a policy does not measure them, so repeats keep the first seed's
+    Metric("layers_selected"),  # conv indices the policy selects from (its preselection; every conv otherwise)
+    Metric("ranking_time_s", dtype="double"),  # the layer-ranking gradient pass at the start of the run
+    Metric("grad_norm_time_s", dtype="double"),  # this epoch's gradient-norm measurements (rgn, medyate)
+    Metric("grad_norm_overhead_pct", dtype="double"),  # the same, as a share of epoch_time_s
+    Metric("channels_seen_pct", dtype="double"),  # medyate: share of the preselected channels trained so far
 )
 
 ADAPTER_COLUMNS = ("node_id", "hostname", "pid")

@@ -10,6 +10,8 @@ search find it by name.
 ``model.pretrained`` is ``null`` (random init), ``imagenet`` (torchvision's
 ImageNet weights from the torch hub cache, or the MCUNet zoo's from the zoo
 cache; downloaded only when missing) or the path of a local state dict.
+:func:`imagenet_weights_source` says where the weights are and come from
+without fetching anything; :func:`imagenet_weights_path` fetches them.
 """
 
 from __future__ import annotations
@@ -24,13 +26,34 @@ from torch import nn
 
 from trainables.config import ConfigError, ModelConfig
 from trainables.registry import Registry
-from trainables.zoo import ZOO_NETS, build_zoo_model, fetch_weights, shipped_resolution, zoo_weights_path
+from trainables.zoo import RELEASE_URL, ZOO_NETS, build_zoo_model, fetch_weights, shipped_resolution, zoo_cache_dir
 
 ModelBuilder = Callable[[ModelConfig, int], nn.Module]
 """``(model config, number of classes) -> randomly initialised network``."""
 
-WeightsLocator = Callable[[ModelConfig], Path]
-"""``model config -> local file of the ImageNet state dict`` (fetched when missing)."""
+
+@dataclass(frozen=True)
+class WeightsSource:
+    """Where a model's ImageNet weights live and come from.
+
+    Attributes:
+        path: the local file (in the torch hub cache or the zoo cache).
+        url: where a run downloads it from when it is missing.
+        what: the weights in words, for messages.
+    """
+
+    path: Path
+    url: str
+    what: str
+
+    @property
+    def cached(self) -> bool:
+        """Whether the file is already there (nothing to download)."""
+        return self.path.is_file()
+
+
+WeightsLocator = Callable[[ModelConfig], WeightsSource]
+"""``model config -> where its ImageNet state dict is and comes from`` (nothing is fetched)."""
 
 
 @dataclass(frozen=True)
@@ -80,10 +103,10 @@ def model_spec(name: str) -> ModelSpec:
 def torchvision_weights(weights: torchvision.models.WeightsEnum) -> WeightsLocator:
     """Locator of torchvision ``weights`` in the torch hub cache (``$TORCH_HOME/hub/checkpoints``)."""
 
-    def locate(config: ModelConfig) -> Path:
+    def locate(config: ModelConfig) -> WeightsSource:
         url = weights.url
         path = Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
-        return fetch_weights(url, path, key="model.pretrained", what=f"torchvision's ImageNet weights of {config.name} ({weights})")
+        return WeightsSource(path, url, f"torchvision's ImageNet weights of {config.name} ({weights})")
 
     return locate
 
@@ -126,8 +149,9 @@ def resnet50(config: ModelConfig, num_classes: int) -> nn.Module:
 # --- MCUNet zoo ----------------------------------------------------------------
 
 
-def _zoo_weights(config: ModelConfig) -> Path:
-    return zoo_weights_path(config.name, config.zoo_dir)
+def _zoo_weights(config: ModelConfig) -> WeightsSource:
+    stem = ZOO_NETS[config.name]
+    return WeightsSource(zoo_cache_dir(config.zoo_dir) / f"{stem}.pth", RELEASE_URL + f"{stem}.pth", f"the ImageNet weights of {config.name}")
 
 
 def _register_zoo_model(name: str) -> None:
@@ -201,6 +225,18 @@ def ungrouped_conv_params(model: nn.Module) -> int:
     return total
 
 
+def imagenet_weights_source(config: ModelConfig) -> WeightsSource:
+    """Where the ImageNet weights of ``config``'s model are cached and come from; fetches nothing.
+
+    Raises:
+        ConfigError: (``model.pretrained``) the model has no ImageNet weights.
+    """
+    spec = model_spec(config.name)
+    if spec.imagenet is None:
+        raise ConfigError("model.pretrained", f"model {config.name!r} has no ImageNet weights")
+    return spec.imagenet(config)
+
+
 def imagenet_weights_path(config: ModelConfig) -> Path:
     """The local file of the ImageNet weights of ``config``'s model, fetched into its cache when missing.
 
@@ -208,10 +244,8 @@ def imagenet_weights_path(config: ModelConfig) -> Path:
         ConfigError: (``model.pretrained``) the model has no ImageNet weights,
             or they are neither cached nor downloadable (names the file).
     """
-    spec = model_spec(config.name)
-    if spec.imagenet is None:
-        raise ConfigError("model.pretrained", f"model {config.name!r} has no ImageNet weights")
-    return spec.imagenet(config)
+    source = imagenet_weights_source(config)
+    return fetch_weights(source.url, source.path, key="model.pretrained", what=source.what)
 
 
 def build_model(config: ModelConfig, num_classes: int) -> nn.Module:

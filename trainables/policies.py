@@ -202,14 +202,92 @@ def full_policy(scores: Scores | None, pricing: Pricing, budget: int, generator:
     return {name: torch.ones(p.numel(), dtype=torch.bool) for name, p in pricing.unit_cost.items()}
 
 
+def trady_policy(scores: Scores | None, pricing: Pricing, budget: int, generator: torch.Generator | None) -> Masks:
+    """TraDy's draw: the fill over a uniformly random permutation of the units priced.
+
+    The same draw as ``random``; TraDy differs by what it is given: the
+    pricing of its preselected layers only (:mod:`trainables.memory_policies`).
+    Like ``rgn_policy`` and ``medyate_policy``, it is not in the registry of
+    :func:`select_units` (that one stays the study's three), only the
+    lifecycle registry of :mod:`trainables.lifecycle` holds the policy.
+    """
+    return random_policy(scores, pricing, budget, generator)
+
+
+def rgn_policy(scores: Scores | None, pricing: Pricing, budget: int, generator: torch.Generator | None) -> Masks:
+    """Deterministic reweighted gradient norm: rank units by ``g / cost``, highest first, and fill.
+
+    ``scores`` hold each unit's gradient norm ``g``; the cost is the unit's
+    ranking cost (weight + input plane under a memory budget on input
+    channels). Ties keep the units' network order.
+    """
+    if scores is None:
+        raise ValueError("the rgn policy needs scores (the gradient norms)")
+    score = _flat_scores(scores, pricing) / pricing.flat_rank_cost()
+    return _split(fill_budget(torch.sort(score, descending=True, stable=True).indices, pricing, budget), pricing)
+
+
+def medyate_policy(scores: Scores | None, pricing: Pricing, budget: int, generator: torch.Generator | None) -> Masks:
+    """MeDyate's draw: units drawn without replacement with probability proportional to ``scores``, then the fill.
+
+    Without scores (its first epoch) the draw is uniform. A unit whose score
+    is 0 is never drawn (unless every score is 0: then uniform). The draw
+    without replacement is the exponential-keys one: unit ``i`` gets the key
+    ``E_i / w_i`` with ``E_i`` exponential, and units are taken in
+    increasing key order.
+    """
+    n = pricing.flat_unit_cost().numel()
+    if scores is None:
+        return random_policy(scores, pricing, budget, generator)
+    weight = _flat_scores(scores, pricing)
+    if bool((weight < 0).any()) or not bool(torch.isfinite(weight).all()):
+        raise ValueError("medyate scores must be finite and >= 0")
+    if not bool((weight > 0).any()):
+        return random_policy(None, pricing, budget, generator)
+    exponential = -torch.log1p(-torch.rand(n, generator=generator, dtype=torch.float64))
+    keys = exponential / weight
+    order = torch.sort(keys, stable=True).indices
+    order = order[weight[order] > 0]
+    return _split(fill_budget(order, pricing, budget), pricing)
+
+
+def _flat_scores(scores: Scores, pricing: Pricing) -> torch.Tensor:
+    """``scores`` concatenated in the pricing's conv order, float64 on the CPU; ValueError when they do not match."""
+    if list(scores) != list(pricing.unit_cost):
+        raise ValueError("scores and the pricing must hold the same convs in the same order")
+    flat = torch.cat([s.reshape(-1).detach().double().cpu() for s in scores.values()])
+    if flat.numel() != pricing.flat_unit_cost().numel():
+        raise ValueError("scores must hold one value per unit")
+    return flat
+
+
+def restrict_pricing(pricing: Pricing, names: Sequence[str]) -> Pricing:
+    """The pricing of the convs ``names`` only (in the pricing's order): what a policy over preselected layers sees."""
+    keep = [name for name in pricing.unit_cost if name in set(names)]
+    return Pricing(
+        unit_cost={name: pricing.unit_cost[name] for name in keep},
+        fill=pricing.fill,
+        group_cost=None if pricing.group_cost is None else {name: pricing.group_cost[name] for name in keep},
+        group_of=None if pricing.group_of is None else {name: pricing.group_of[name] for name in keep},
+    )
+
+
+def unit_norms(tensor: torch.Tensor, conv: nn.Conv2d, unit: Unit) -> torch.Tensor:
+    """L2 norm of every unit's slice of a weight-shaped ``tensor`` (a weight or its gradient): ``[c]`` per neuron, ``[:, c]`` per input channel.
+
+    Computed in float64 on the tensor's device.
+    """
+    values = tensor.detach().double()
+    if unit == "neuron":
+        norms: torch.Tensor = values.reshape(conv.out_channels, -1).norm(dim=1)
+        return norms
+    per_group = values.reshape(conv.groups, conv.out_channels // conv.groups, conv.in_channels // conv.groups, -1)
+    return per_group.pow(2).sum(dim=(1, 3)).sqrt().reshape(-1)
+
+
 def channel_norms(conv: nn.Conv2d, unit: Unit) -> torch.Tensor:
     """L2 norm of every unit's weight slice: ``W[c]`` per neuron, ``W[:, c]`` per input channel (float64, CPU)."""
-    weight = conv.weight.detach().double().cpu()
-    if unit == "neuron":
-        norms: torch.Tensor = weight.reshape(conv.out_channels, -1).norm(dim=1)
-        return norms
-    per_group = weight.reshape(conv.groups, conv.out_channels // conv.groups, conv.in_channels // conv.groups, -1)
-    return per_group.pow(2).sum(dim=(1, 3)).sqrt().reshape(-1)
+    return unit_norms(conv.weight.detach().cpu(), conv, unit)
 
 
 def su_update_mask(

@@ -1,10 +1,12 @@
 """The budgeted-update fine-tuning trainer, in plain PyTorch.
 
 ``train(config, report)`` runs the loop of the spec: a first mask from the
-initialization, epochs of masked updates, a velocity pass after each epoch,
-reselection for the dynamic policies, evaluation, and one metrics record per
-epoch handed to ``report``. It knows nothing about Ray; the Tune trainable in
-:mod:`trainables.tune_adapter` is a thin adapter around it.
+policy, epochs of masked updates, the policy's reselection after each epoch
+(a velocity pass, gradient norms, a redraw: the policy's lifecycle object of
+:mod:`trainables.lifecycle` decides; the trainer never looks at its name),
+evaluation, and one metrics record per epoch handed to ``report``. It knows
+nothing about Ray; the Tune trainable in :mod:`trainables.tune_adapter` is a
+thin adapter around it.
 """
 
 from __future__ import annotations
@@ -12,8 +14,8 @@ from __future__ import annotations
 import copy
 import random
 import time
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable, Mapping, Sized
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -21,16 +23,16 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from trainables.budgets import build_budget, scheme_su_mask
+from trainables.budgets import build_budget
 from trainables.config import BudgetConfig, TrainingConfig, TrialConfig
 from trainables.costs import mask_memory
 from trainables.cpu import prepare_cpu
 from trainables.engine import SparseUpdateEngine, parameter_masks
+from trainables.lifecycle import GradientNorms, PolicyContext, get_budget_policy, make_policy, policy_metric_names
 from trainables.models import build_model
-from trainables.neurons import Masks, conv_neuron_params, layer_flops, mask_stats, total_params
+from trainables.neurons import Masks, conv_layers, conv_neuron_params, layer_flops, mask_stats, total_params
 from trainables.optim import MaskedAdam, MaskedSGD, cosine_lr
-from trainables.policies import select_units
-from trainables.velocity import VelocityTracker
+from trainables.policies import unit_norms
 
 Metrics = dict[str, Any]
 StateFn = Callable[[], dict[str, Any]]
@@ -53,9 +55,8 @@ def seed_everything(seed: int) -> None:
 
 
 def needs_su_mask(budget: BudgetConfig) -> bool:
-    """Whether the run uses the scheme's static SU mask (policy or first mask)."""
-    dynamic = budget.policy not in ("su", "full")
-    return budget.policy == "su" or (dynamic and budget.initialization == "su")
+    """Whether the run uses the scheme's static SU mask (policy or first mask); the policy's lifecycle class says."""
+    return get_budget_policy(budget.policy).needs_scheme_mask(budget)
 
 
 def parameter_groups(model: nn.Module, config: TrainingConfig) -> list[dict[str, Any]]:
@@ -148,47 +149,93 @@ class BudgetedRun:
         self.val_loader = self._eval_loader(self.data.val)
         self.test_loader = self._eval_loader(self.data.test)
         self.steps_per_epoch = len(self.train_loader)
-        self.tracker = VelocityTracker(self.model, budget.velocity_mu) if budget.policy == "velocity" else None
-        self.masks = self.initial_masks()
-        self.apply_masks()
         self.epoch = 0
         self.best_val_top1 = float("nan")
         self.best_epoch = 0
         self.test_top1_at_best_val = float("nan")
         self.best_model_state: dict[str, torch.Tensor] | None = None
-        if self.tracker is not None:
-            self.tracker.observe(self.velocity_loader)
+        self.policy = make_policy(PolicyContext(budget, self.model, self.budget, self.policy_generator))
+        self.masks: Masks = {}  # none yet: the policy's first measurements run on the whole network
+        self.masks = self.policy.start(self)
+        self.apply_masks()
 
     def _eval_loader(self, dataset: Dataset[Any]) -> DataLoader[Any]:
         return DataLoader(dataset, batch_size=self.config.data.eval_batch_size, shuffle=False)
 
+    # --- what a policy may ask for (trainables.lifecycle.Probe) --------------
+    def velocity_batches(self) -> DataLoader[Any]:
+        """The velocity split, in order."""
+        return self.velocity_loader
+
+    def ranking_batches(self) -> DataLoader[Any]:
+        """The first ``budget.ranking_batches`` batches of the training split, the same ones at every call (own fixed shuffle)."""
+        size = self.config.data.batch_size
+        images = len(cast(Sized, self.data.train))
+        count = min(images, self.config.budget.ranking_batches * size)
+        order = torch.randperm(images, generator=torch.Generator().manual_seed(self.config.training.seed + 2))[:count]
+        return DataLoader(torch.utils.data.Subset(self.data.train, order.tolist()), batch_size=size, shuffle=False)
+
+    def gradient_norms(self, masks: Masks) -> GradientNorms:
+        """Weight-gradient norms of the units True in ``masks``, over :meth:`ranking_batches`, without changing the run.
+
+        The engine is switched to ``masks``, so only those units' weight
+        gradients are computed and the backward stops at the deepest conv
+        measured (every other parameter is frozen for the pass). The model
+        runs in train mode as in training; its buffers (normalisation
+        statistics) and the gradients are restored afterwards, and the
+        run's masks are put back.
+        """
+        started = time.perf_counter()
+        unit = self.config.budget.unit
+        convs = conv_layers(self.model)
+        buffers = {name: b.detach().clone() for name, b in self.model.named_buffers()}
+        flags = {param: param.requires_grad for param in self.model.parameters()}
+        for param in self.model.parameters():
+            param.requires_grad_(False)
+        self.engine.set_masks(masks)  # the measured convs' weights (and biases) require gradients again
+        sums = {name: torch.zeros(len(mask), dtype=torch.float64) for name, mask in masks.items()}
+        layer_sums = dict.fromkeys(masks, 0.0)
+        batches = 0
+        was_training = self.model.training
+        self.model.train()
+        for inputs, labels in self.ranking_batches():
+            self.model.zero_grad(set_to_none=True)
+            loss = F.cross_entropy(self.model(inputs.to(self.device)), labels.to(self.device))
+            loss.backward()
+            for name, conv in convs.items():
+                if conv.weight.grad is None:
+                    continue
+                norms = unit_norms(conv.weight.grad, conv, unit).cpu() * masks[name].double()
+                sums[name] += norms
+                layer_sums[name] += float(norms.pow(2).sum().sqrt())
+            batches += 1
+        self.model.zero_grad(set_to_none=True)
+        self.model.train(was_training)
+        with torch.no_grad():
+            for name, buffer in self.model.named_buffers():
+                buffer.copy_(buffers[name])
+        for param, flag in flags.items():
+            param.requires_grad_(flag)
+        if self.masks:
+            self.apply_masks()
+        batches = max(batches, 1)
+        return GradientNorms(
+            {name: total / batches for name, total in sums.items()},
+            {name: total / batches for name, total in layer_sums.items()},
+            time.perf_counter() - started,
+        )
+
     # --- masks -------------------------------------------------------------
-    def select(self, policy: str, scores: Masks | None = None) -> Masks:
-        """The masks ``policy`` picks under the run's budget."""
-        return select_units(policy, scores=scores, pricing=self.budget.pricing, budget=self.budget.amount, generator=self.policy_generator)
-
-    def initial_masks(self) -> Masks:
-        """The mask of the first epoch: SU for the su policy, else from the initialization."""
-        budget = self.config.budget
-        if budget.policy == "full" or (budget.policy != "su" and budget.initialization == "full"):
-            return self.select("full")
-        if needs_su_mask(budget):
-            return scheme_su_mask(self.model, budget, self.budget)
-        return self.select("random")
-
     def next_masks(self) -> float:
-        """Reselect the masks after an epoch (velocity, random); SU and full keep theirs.
+        """The policy's reselection after an epoch (it keeps its masks where it returns None).
 
         Returns:
-            Seconds spent on the velocity pass.
+            Seconds spent reselecting (the velocity pass, gradient norms, the draw).
         """
-        policy = self.config.budget.policy
         started = time.perf_counter()
-        if policy == "velocity":
-            assert self.tracker is not None
-            self.masks = self.select("velocity", self.tracker.observe(self.velocity_loader))
-        elif policy == "random":
-            self.masks = self.select("random")
+        chosen = self.policy.reselect(self)
+        if chosen is not None:
+            self.masks = chosen
         self.apply_masks()
         return time.perf_counter() - started
 
@@ -227,6 +274,7 @@ class BudgetedRun:
             logits = self.model(inputs)
             loss = F.cross_entropy(logits, labels)
             loss.backward()
+            self.policy.observe_step()
             self.optimizer.step()
             loss_sum += float(loss.detach()) * labels.numel()
             correct += int((logits.argmax(dim=1) == labels).sum())
@@ -255,7 +303,7 @@ class BudgetedRun:
                 "model": self.model.state_dict(),
                 "optimizer": self.optimizer.state_dict(),
                 "masks": self.masks,
-                "tracker": self.tracker.state_dict() if self.tracker else None,
+                "policy": self.policy.state_dict(),
                 "rng": {
                     "torch": torch.get_rng_state(),
                     "shuffle": self.shuffle_generator.get_state(),
@@ -279,8 +327,7 @@ class BudgetedRun:
         self.optimizer.load_state_dict(state["optimizer"])
         self.masks = dict(state["masks"])
         self.apply_masks()
-        if self.tracker is not None and state["tracker"] is not None:
-            self.tracker.load_state_dict(state["tracker"])
+        self.policy.load_state_dict(state["policy"])
         rng = state["rng"]
         torch.set_rng_state(rng["torch"])
         self.shuffle_generator.set_state(rng["shuffle"])
@@ -310,6 +357,8 @@ def run_epoch(run: BudgetedRun) -> Metrics:
     velocity_time = run.next_masks()
     val_top1, test_top1 = run.evaluate() if run.should_evaluate() else (float("nan"), float("nan"))
     run.epoch += 1
+    epoch_time = time.perf_counter() - started
+    own = dict.fromkeys(policy_metric_names()) | run.policy.epoch_metrics(epoch_time)  # null where the policy has not got one
     return {
         "epoch": run.epoch,
         "train_loss": train_loss,
@@ -339,8 +388,10 @@ def run_epoch(run: BudgetedRun) -> Metrics:
         "layer_frozen_pct": used.layer_frozen_pct,
         "layer_flops_saved": used.layer_flops_saved,
         "layer_names": run.layer_names(),
-        "epoch_time_s": time.perf_counter() - started,
+        "epoch_time_s": epoch_time,
         "velocity_time_s": velocity_time,
+        "layers_selected": run.policy.layers_selected(),
+        **own,
     }
 
 

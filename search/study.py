@@ -1,0 +1,238 @@
+"""Every trial of a search in an Optuna RDB storage: ``optuna.db`` (SQLite) in the experiment directory.
+
+Ray Tune's Optuna searcher keeps its study in memory and a grid has none, so
+a driver-side Tune callback, :class:`StudyRecorder`, writes one Optuna study
+per experiment (named after it) with Optuna's own storage API as the search
+runs: a trial is created ``RUNNING`` with its searched values when it starts,
+gets the first objective of every epoch as an intermediate value (step =
+epoch), and ends ``COMPLETE`` with its objective values (``PRUNED`` when a
+scheduler stopped it early, ``FAIL`` when it crashed). Each write is
+committed at once, so the file is current while the search runs. On
+``--resume`` the same file is opened again: trials are found by their Tune
+trial id (user attribute ``tune_trial_id``), epochs that resumed trials
+report again overwrite their values, and trials the dead driver never saw
+end are completed from Tune's restored state; a trial the dead driver had
+just started but Tune's saved state never recorded ends ``FAIL`` (the
+resumed search runs another in its place).
+
+Optuna's tools then work on the file::
+
+    optuna-dashboard sqlite:///results/<experiment>/optuna.db
+    study = optuna.load_study(study_name=None, storage="sqlite:///results/<experiment>/optuna.db")
+    optuna.importance.get_param_importances(study)
+
+The searched keys are the parameters, with distributions from the space
+(``choice``: categorical, ``uniform`` / ``loguniform``: float, ``randint``:
+int, upper bound excluded as in Tune).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.trial import TrialState
+from ray.tune import Callback
+from ray.tune.experiment import Trial
+
+from search.space import ParamSpec
+from trainables.tune_adapter import resolve_trial_config
+
+OPTUNA_DB = "optuna.db"
+TUNE_TRIAL_ID = "tune_trial_id"
+# SQLite waits this long for a reader (optuna-dashboard, a notebook) to release the file before a write fails.
+SQLITE_TIMEOUT_S = 30
+Categorical = None | bool | int | float | str
+
+
+def storage_url(experiment_dir: Path) -> str:
+    """The SQLAlchemy URL of the experiment's ``optuna.db`` (absolute, so it works from any directory)."""
+    return f"sqlite:///{experiment_dir.resolve() / OPTUNA_DB}"
+
+
+def open_storage(url: str) -> optuna.storages.RDBStorage:
+    """Optuna's RDB storage at ``url``, waiting for readers of a SQLite file instead of failing at once."""
+    return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": SQLITE_TIMEOUT_S}})
+
+
+def _categorical(value: Any) -> Categorical:
+    """A choice as Optuna stores it: None, bool, int, float and str as they are, anything else (a list) as its text."""
+    return value if value is None or isinstance(value, bool | int | float | str) else str(value)
+
+
+def param_distributions(params: Mapping[str, ParamSpec]) -> dict[str, BaseDistribution]:
+    """The Optuna distribution of every searched key."""
+    distributions: dict[str, BaseDistribution] = {}
+    for key, spec in params.items():
+        if spec.choice is not None:
+            distributions[key] = CategoricalDistribution([_categorical(v) for v in spec.choice])
+        elif spec.uniform is not None:
+            distributions[key] = FloatDistribution(float(spec.uniform[0]), float(spec.uniform[1]))
+        elif spec.loguniform is not None:
+            distributions[key] = FloatDistribution(float(spec.loguniform[0]), float(spec.loguniform[1]), log=True)
+        else:
+            assert spec.randint is not None
+            distributions[key] = IntDistribution(int(spec.randint[0]), int(spec.randint[1]) - 1)
+    return distributions
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+class StudyRecorder(Callback):  # type: ignore[misc]
+    """A Tune callback that mirrors the search's trials into an Optuna study in ``optuna.db``.
+
+    Args:
+        experiment_dir: the local experiment directory (``optuna.db`` goes there,
+            also when the tables go to a URI).
+        experiment: the study's name.
+        params: the searched keys and their distributions in the space.
+        metrics: the objectives (the first one's value per epoch is the
+            intermediate value).
+        modes: ``max`` / ``min`` per objective.
+        base: the space's nested trial config; with a trial's sampled values
+            it gives the epochs the trial plans to run (one that ran fewer
+            ended early: ``PRUNED``).
+    """
+
+    def __init__(
+        self,
+        experiment_dir: Path,
+        experiment: str,
+        *,
+        params: Mapping[str, ParamSpec],
+        metrics: Sequence[str],
+        modes: Sequence[str],
+        base: Mapping[str, Any],
+    ) -> None:
+        self.url = storage_url(experiment_dir)
+        self.experiment = experiment
+        self.distributions = param_distributions(params)
+        self.metrics = list(metrics)
+        self.modes = list(modes)
+        self.base = dict(base)
+        self._storage: optuna.storages.RDBStorage | None = None
+        self._study_id = -1
+        self._trial_ids: dict[str, int] = {}
+        self._last: dict[str, dict[str, Any]] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Tune saves its callbacks with the experiment; a database connection does not pickle.
+        return {**self.__dict__, "_storage": None, "_trial_ids": {}}
+
+    # --- the study ---------------------------------------------------------
+    def _open(self) -> optuna.storages.RDBStorage:
+        """The storage, with the study created or found and the known trials mapped by Tune trial id."""
+        if self._storage is not None:
+            return self._storage
+        optuna.logging.set_verbosity(optuna.logging.WARNING)  # not a line per study created
+        storage = open_storage(self.url)
+        directions = [optuna.study.StudyDirection.MAXIMIZE if mode == "max" else optuna.study.StudyDirection.MINIMIZE for mode in self.modes]
+        study = optuna.create_study(storage=storage, study_name=self.experiment, directions=directions, load_if_exists=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(self.metrics)
+        self._study_id = storage.get_study_id_from_name(self.experiment)
+        for frozen in storage.get_all_trials(self._study_id, deepcopy=False):
+            tune_id = frozen.user_attrs.get(TUNE_TRIAL_ID)
+            if isinstance(tune_id, str):
+                self._trial_ids[tune_id] = storage.get_trial_id_from_study_id_trial_number(self._study_id, frozen.number)
+        self._storage = storage
+        return storage
+
+    def _trial_id(self, trial: Trial) -> int:
+        """The Optuna trial of a Tune trial, created ``RUNNING`` with its searched values when new."""
+        storage = self._open()
+        if trial.trial_id not in self._trial_ids:
+            template = optuna.trial.create_trial(
+                state=TrialState.RUNNING,
+                params={key: self._param(key, trial.config.get(key)) for key in self.distributions},
+                distributions=self.distributions,
+                user_attrs={TUNE_TRIAL_ID: trial.trial_id},
+            )
+            self._trial_ids[trial.trial_id] = storage.create_new_trial(self._study_id, template_trial=template)
+        return self._trial_ids[trial.trial_id]
+
+    def _param(self, key: str, value: Any) -> Any:
+        if isinstance(self.distributions[key], CategoricalDistribution):
+            return _categorical(value)
+        return value
+
+    def _is_finished(self, trial_id: int) -> bool:
+        return self._open().get_trial(trial_id).state.is_finished()
+
+    def _finish(self, trial: Trial, state: TrialState) -> None:
+        trial_id = self._trial_id(trial)
+        if self._is_finished(trial_id):
+            return
+        storage = self._open()
+        last = self._last.get(trial.trial_id) or dict(trial.last_result or {})
+        values = [last.get(metric) for metric in self.metrics]
+        if "epoch" in last:
+            storage.set_trial_user_attr(trial_id, "epochs_run", int(last["epoch"]))
+        if state == TrialState.COMPLETE and not all(_finite(v) for v in values):
+            storage.set_trial_user_attr(trial_id, "fail_reason", f"objective values {values} are not finite numbers")
+            state = TrialState.FAIL
+        complete = state == TrialState.COMPLETE
+        storage.set_trial_state_values(trial_id, state=state, values=[float(v) for v in values if v is not None] if complete else None)
+
+    def _ended_state(self, trial: Trial) -> TrialState:
+        """``COMPLETE`` for a trial that ran all its epochs, ``PRUNED`` for one stopped early."""
+        last = self._last.get(trial.trial_id) or dict(trial.last_result or {})
+        ran = int(last.get("epoch", 0) or 0)
+        planned = resolve_trial_config(self.base, dict(trial.config)).training.total_epochs
+        return TrialState.PRUNED if ran < planned else TrialState.COMPLETE
+
+    # --- Tune callback hooks -----------------------------------------------
+    def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        self._trial_id(trial)
+
+    def on_trial_result(self, iteration: int, trials: list[Trial], trial: Trial, result: dict[str, Any], **info: Any) -> None:
+        if "epoch" not in result:
+            return
+        self._last[trial.trial_id] = result
+        trial_id = self._trial_id(trial)
+        value = result.get(self.metrics[0])
+        if isinstance(value, int | float) and _finite(value) and not self._is_finished(trial_id):
+            self._open().set_trial_intermediate_value(trial_id, int(result["epoch"]), float(value))
+
+    def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        self._finish(trial, self._ended_state(trial))
+
+    def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        self._finish(trial, TrialState.FAIL)
+
+    def on_experiment_end(self, trials: list[Trial], **info: Any) -> None:
+        # Trials that ended while no driver watched (a resumed search) or that a search budget
+        # stopped end here with the state Tune restored for them.
+        for trial in trials:
+            if trial.status == Trial.TERMINATED:
+                self._finish(trial, self._ended_state(trial))
+            elif trial.status == Trial.ERROR:
+                self._finish(trial, TrialState.FAIL)
+        self._fail_unknown(trials)
+        if self._storage is not None:
+            self._storage.remove_session()
+
+    def _fail_unknown(self, trials: list[Trial]) -> None:
+        """Mark ``FAIL`` the running trials of the study that Tune does not know.
+
+        A driver killed right after a trial started leaves it ``RUNNING`` here
+        while the experiment state Tune saved before never heard of it; the
+        resumed search runs a new trial instead, and the old one would stay
+        ``RUNNING`` for ever.
+        """
+        storage = self._open()
+        known = {trial.trial_id for trial in trials}
+        for tune_id, trial_id in self._trial_ids.items():
+            if tune_id not in known and not self._is_finished(trial_id):
+                storage.set_trial_user_attr(
+                    trial_id, "fail_reason", "its driver died before Tune's experiment state recorded it; the resumed search ran another"
+                )
+                storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
