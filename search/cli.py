@@ -78,7 +78,7 @@ def build_parser(prog: str = "run_search.py") -> argparse.ArgumentParser:
         "--resume",
         default=None,
         metavar="EXPERIMENT_DIR",
-        help="continue the search in results/<experiment> (or a URI) whose driver died; other options but --address are ignored",
+        help="continue the search in results/<experiment> (or a URI) whose driver died or stopped (Ctrl-C, a full disk); other options but --address are ignored",
     )
     parser.add_argument("--num-samples", type=int, default=None, help="trials (optuna) or grid repeats (grid)")
     parser.add_argument(
