@@ -713,7 +713,9 @@ def resume_search(
         # The recorder saved with the experiment belongs to the dead driver; supply the callbacks again.
         internal = tuner._local_tuner  # Tuner has no public setter for the restored run config
         assert internal is not None, "resuming through Ray Client is not supported"
-        internal.get_run_config().callbacks = tune_callbacks(recorder, study_recorder(space, experiment_dir, experiment))
+        study = study_recorder(space, experiment_dir, experiment)
+        study.backfill(location)  # the last results of trials that ended just before the driver died
+        internal.get_run_config().callbacks = tune_callbacks(recorder, study)
         budget = internal.get_run_config().stop
         if isinstance(budget, TrialEpochBudget):  # the budget counts what the dead driver's trials spent
             budget.spent = reported_epochs(location)

@@ -11,7 +11,8 @@ committed at once, so the file is current while the search runs. On
 ``--resume`` the same file is opened again: trials are found by their Tune
 trial id (user attribute ``tune_trial_id``), epochs that resumed trials
 report again overwrite their values, and trials the dead driver never saw
-end are completed from Tune's restored state; a trial the dead driver had
+end are completed from Tune's restored state and their ``result.json`` logs
+(:meth:`StudyRecorder.backfill`); a trial the dead driver had
 just started but Tune's saved state never recorded ends ``FAIL`` (the
 resumed search runs another in its place).
 
@@ -40,7 +41,9 @@ from optuna.trial import TrialState
 from ray.tune import Callback
 from ray.tune.experiment import Trial
 
+from search.recorder import read_results
 from search.space import ParamSpec
+from search.tables import EPOCHS_TABLE, join_location, read_table
 from trainables.tune_adapter import resolve_trial_config
 
 OPTUNA_DB = "optuna.db"
@@ -121,6 +124,7 @@ class StudyRecorder(Callback):  # type: ignore[misc]
         self._study_id = -1
         self._trial_ids: dict[str, int] = {}
         self._last: dict[str, dict[str, Any]] = {}
+        self._logged: dict[str, dict[int, float]] = {}  # epochs from the result logs of a resumed search
 
     def __getstate__(self) -> dict[str, Any]:
         # Tune saves its callbacks with the experiment; a database connection does not pickle.
@@ -172,6 +176,10 @@ class StudyRecorder(Callback):  # type: ignore[misc]
         if self._is_finished(trial_id):
             return
         storage = self._open()
+        known = storage.get_trial(trial_id).intermediate_values
+        for epoch, value in self._logged.get(trial.trial_id, {}).items():
+            if epoch not in known:
+                storage.set_trial_intermediate_value(trial_id, epoch, value)
         last = self._last.get(trial.trial_id) or dict(trial.last_result or {})
         values = [last.get(metric) for metric in self.metrics]
         if "epoch" in last:
@@ -188,6 +196,30 @@ class StudyRecorder(Callback):  # type: ignore[misc]
         ran = int(last.get("epoch", 0) or 0)
         planned = resolve_trial_config(self.base, dict(trial.config)).training.total_epochs
         return TrialState.PRUNED if ran < planned else TrialState.COMPLETE
+
+    # --- resume --------------------------------------------------------------
+    def backfill(self, location: str) -> None:
+        """Read what the trials reported from their ``result.json`` logs and the epochs table under ``location``.
+
+        For a resumed search. A trial that ended just before its driver was
+        killed is ``TERMINATED`` in Tune's restored state, but Tune hands the
+        new driver neither its last result nor its end; the logs and the table
+        (which may hold an epoch the log lost) give its objective values and
+        any epoch the study lacks, written when the trial is finished here.
+        """
+        table = read_table(join_location(location, EPOCHS_TABLE), columns=["experiment", "trial_id", "epoch", *self.metrics])
+        # A killed driver may have written an epoch's row before Ray's log reached the disk with it.
+        rows = [r for r in table.to_pylist() if r.get("experiment") == self.experiment] if table is not None else []
+        for result in [*read_results(location), *rows]:
+            trial_id, epoch = result.get("trial_id"), result.get("epoch")
+            if not isinstance(trial_id, str) or not isinstance(epoch, int):
+                continue
+            last = self._last.get(trial_id)
+            if last is None or int(last.get("epoch", 0)) <= epoch:
+                self._last[trial_id] = result
+            value = result.get(self.metrics[0])
+            if isinstance(value, int | float) and _finite(value):
+                self._logged.setdefault(trial_id, {})[epoch] = float(value)
 
     # --- Tune callback hooks -----------------------------------------------
     def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:

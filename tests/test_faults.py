@@ -186,7 +186,8 @@ def test_a_driver_sigkilled_on_s3_storage_leaves_no_process_and_resumes_from_s3_
         # Tune's saved state, is not left RUNNING.
         stored = optuna.load_study(study_name="exp", storage=f"sqlite:///{tmp_path / 'results' / 'exp' / 'optuna.db'}").get_trials()
         complete = [t for t in stored if t.state == optuna.trial.TrialState.COMPLETE]
-        assert sorted(t.user_attrs["tune_trial_id"] for t in complete) == sorted(trials.trial_id)
+        states = {t.user_attrs["tune_trial_id"]: (t.state.name, t.user_attrs.get("epochs_run")) for t in stored}
+        assert sorted(t.user_attrs["tune_trial_id"] for t in complete) == sorted(trials.trial_id), states
         assert all(t.state == optuna.trial.TrialState.FAIL and "driver died" in t.user_attrs["fail_reason"] for t in stored if t not in complete)
         by_id = trials.set_index("trial_id")
         for frozen in complete:

@@ -8,6 +8,7 @@ after it ends, with Optuna's API, its fANOVA importances and its plotting functi
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -26,6 +27,7 @@ from optuna.trial import TrialState
 
 from search.space import ParamSpec
 from search.study import OPTUNA_DB, param_distributions
+from search.tables import EPOCHS_TABLE, rows_to_table, write_atomic
 
 matplotlib.use("Agg")
 ROOT = Path(__file__).resolve().parent.parent
@@ -184,18 +186,32 @@ def test_a_resumed_recorder_reopens_the_study_and_fails_the_trials_tune_forgot(t
         )  # fmt: skip
 
     first = recorder()
-    a, b = stub("a", 0.05), stub("b", 0.1)
+    a, b, c = stub("a", 0.05), stub("b", 0.1), stub("c", 0.2)
     first.on_trial_start(0, [a], a)
     first.on_trial_result(0, [a], a, {"epoch": 1, "best_val_top1": 40.0})
-    first.on_trial_start(0, [a, b], b)  # the driver dies here; Tune's saved state knows only a
+    first.on_trial_start(0, [a, c], c)
+    first.on_trial_result(0, [a, c], c, {"epoch": 1, "best_val_top1": 30.0})  # c's epoch 2 reaches only its result.json
+    first.on_trial_start(0, [a, b, c], b)  # the driver dies here; Tune's saved state knows a and c, and c as ended
+    logs = tmp_path / "location" / "trial_c"
+    logs.mkdir(parents=True)
+    (logs / "result.json").write_text(
+        "\n".join(json.dumps({"trial_id": "c", "epoch": e, "best_val_top1": v}) for e, v in ((1, 30.0), (2, 35.0))) + "\n"
+    )
+    # ... and its epoch 3 only the epochs table (written before the log caught up).
+    write_atomic(
+        rows_to_table([{"experiment": "exp", "trial_id": "c", "epoch": 3, "best_val_top1": 36.0}]), tmp_path / "location" / EPOCHS_TABLE
+    )
     resumed = pickle.loads(pickle.dumps(recorder()))  # Tune pickles its callbacks with the experiment
+    resumed.backfill(str(tmp_path / "location"))
     resumed.on_trial_result(0, [a], a, {"epoch": 1, "best_val_top1": 41.0})  # a resumed trial reports epoch 1 again
     resumed.on_trial_result(0, [a], a, {"epoch": 2, "best_val_top1": 45.0})
-    a.status = Trial.TERMINATED
-    resumed.on_trial_complete(0, [a], a)
-    resumed.on_experiment_end([a])
+    a.status = c.status = Trial.TERMINATED
+    resumed.on_trial_complete(0, [a, c], a)
+    resumed.on_experiment_end([a, c])  # Tune never hands c's end to the resumed driver
     trials = {t.user_attrs["tune_trial_id"]: t for t in load(tmp_path / OPTUNA_DB).get_trials()}
-    assert set(trials) == {"a", "b"}
+    assert set(trials) == {"a", "b", "c"}
+    assert trials["c"].state == TrialState.COMPLETE and trials["c"].value == 36.0
+    assert trials["c"].intermediate_values == {1: 30.0, 2: 35.0, 3: 36.0}
     assert trials["a"].state == TrialState.COMPLETE and trials["a"].value == 45.0
     assert trials["a"].intermediate_values == {1: 41.0, 2: 45.0} and trials["a"].params == {"training.lr": 0.05}
     assert trials["b"].state == TrialState.FAIL and "driver died" in trials["b"].user_attrs["fail_reason"]
