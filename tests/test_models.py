@@ -102,7 +102,11 @@ def test_seed_totals_are_shipped_with_the_schemes() -> None:
 def test_shipped_schemes_match_the_seed_file() -> None:
     seed = yaml.safe_load(SEED_SCHEMES.read_text())
     shipped = yaml.safe_load(SCHEMES_FILE.read_text())
+    # the shipped file adds TraDy's printed memory budgets (per model and image size) to nine schemes; the rest is the seed's
+    printed = {name: entry.pop("memory") for name, entry in shipped["schemes"].items() if "memory" in entry}
     assert shipped["schemes"] == seed["schemes"]
+    assert sorted(printed) == sorted(f"{family}_scheme_{n}" for family in ("mbv2-w0.35", "mcunet-in1", "proxyless-w0.3") for n in (1, 3, 5))
+    assert printed["mbv2-w0.35_scheme_1"] == {"mbv2-w0.35-zoo": {128: 27946}}
     assert shipped["reference_total_conv_params"] == seed["total_conv_params"]
 
 
