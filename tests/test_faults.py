@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import optuna
 import pandas as pd
@@ -39,7 +40,7 @@ from search_procs import (
 )
 
 from search.tables import join_location, read_table
-from trainables.tune_adapter import CHECKSUM_FILE, STATE_FILE, load_state, restore_state, save_state
+from trainables.tune_adapter import CHECKSUM_FILE, STATE_FILE, checkpoint_reports, load_state, restore_state, save_state, write_reports
 
 ROOT = Path(__file__).resolve().parent.parent
 # Metrics that must not depend on the process, the wall clock or a restart.
@@ -75,6 +76,11 @@ def test_sigkilled_trial_worker_restarts_from_its_checkpoint_and_ends_like_an_un
     other = epochs[epochs.trial_id != victim].sort_values("epoch")
     for column in EXACT_COLUMNS:
         assert restarted[column].map(plain).tolist() == other[column].map(plain).tolist(), column
+    # Each trial's newest checkpoint carries all its reports (what a resume recovers when the driver died before logging them).
+    for trial_id, rows in epochs.groupby("trial_id"):
+        carried = checkpoint_reports(pafs.LocalFileSystem(), str(experiment / f"trial_{trial_id}"))
+        assert [r["epoch"] for r in carried] == [1, 2, 3] and {r["trial_id"] for r in carried} == {trial_id}
+        assert [r["train_loss"] for r in carried] == rows.sort_values("epoch").train_loss.tolist()
 
 
 def s3_objects(fs: pafs.FileSystem, prefix: str) -> list[str]:
@@ -259,26 +265,63 @@ def test_the_next_search_ends_what_a_dead_drivers_ray_left_and_only_that(tmp_pat
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
     (dead / OWNER_FILE).write_text(json.dumps({"pid": int(gone.stdout), "start": "0"}))  # its driver has exited
     (alive / OWNER_FILE).write_text(json.dumps({"pid": os.getpid(), "start": process_start(os.getpid())}))
-    sleeper = [sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print(flush=True); time.sleep(120)"]
+    (dead / "session_1" / "logs").mkdir(parents=True)
+    log = dead / "session_1" / "logs" / "dashboard_agent.log"
+    sleeper = [sys.executable, "-c", "import signal, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+               "f = open(sys.argv[1]) if len(sys.argv) > 1 else None; print(flush=True); time.sleep(120)"]  # fmt: skip
+    unmarked = {k: v for k, v in os.environ.items() if k != MARK}
 
-    def start(env: dict[str, str]) -> subprocess.Popen[str]:
-        proc = subprocess.Popen(sleeper, env=env, stdout=subprocess.PIPE, text=True)
+    def start(env: dict[str, str], *args: str, stderr: Any = None) -> subprocess.Popen[str]:
+        proc = subprocess.Popen([*sleeper, *args], env=env, stdout=subprocess.PIPE, stderr=stderr, text=True)
         assert proc.stdout is not None and proc.stdout.readline() == "\n"  # its SIGTERM handler is in place
         return proc
 
     orphan = start({**os.environ, MARK: str(dead)})  # ignores SIGTERM, like Ray's agents
+    # An agent whose mark setproctitle wiped from /proc/PID/environ: its stderr goes to its log in the dead instance's directory.
+    with log.open("w") as stderr:
+        agent = start(unmarked, stderr=stderr)
     keeper = start({**os.environ, MARK: str(alive)})
-    stranger = start(dict(os.environ))
+    stranger = start(unmarked)
+    reader = start(unmarked, str(log))  # someone's ``tail -f`` of that log: not Ray's
     try:
         ended = sweep_dead_instances(tmp_path)
-        assert ended == [orphan.pid]
-        assert orphan.wait(timeout=10) == -signal.SIGKILL
-        assert keeper.poll() is None and stranger.poll() is None
+        assert sorted(ended) == sorted([orphan.pid, agent.pid])
+        assert orphan.wait(timeout=10) == -signal.SIGKILL and agent.wait(timeout=10) == -signal.SIGKILL
+        assert keeper.poll() is None and stranger.poll() is None and reader.poll() is None
         assert not dead.exists() and alive.is_dir()
     finally:
-        for proc in (orphan, keeper, stranger):
+        for proc in (orphan, agent, keeper, stranger, reader):
             proc.kill()
             proc.wait()
+
+
+def test_the_watchdog_keeps_on_record_the_children_of_the_instance_that_lost_the_mark(tmp_path: Path) -> None:
+    """What Ray's agents look like once the driver and the raylet died: an orphan without the mark, its output a pipe."""
+    from search.reaper import MARK, instance_processes
+
+    ray_dir = str(tmp_path / "neqtune-ray-x")
+    code = (
+        "import os, subprocess, sys, time; env = {k: v for k, v in os.environ.items() if k != sys.argv[1]}; "
+        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'], env=env, stdout=subprocess.PIPE); "
+        "print(child.pid, flush=True); time.sleep(120)"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", code, MARK], env={**os.environ, MARK: ray_dir}, stdout=subprocess.PIPE, text=True)
+    assert parent.stdout is not None
+    child = int(parent.stdout.readline())
+    try:
+        known = instance_processes(ray_dir)
+        assert list(known) == sorted([parent.pid, child])
+        parent.kill()
+        parent.wait()
+        assert instance_processes(ray_dir) == {}  # by mark or log alone, the orphan is a stranger
+        assert list(instance_processes(ray_dir, known)) == [child]  # on the record, it is the instance's
+        assert instance_processes(ray_dir, {child: "0"}) == {}  # a pid of the record reused by another process is not
+    finally:
+        parent.kill()
+        try:
+            os.kill(child, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def test_resume_backfills_the_epochs_a_dead_driver_never_wrote(tmp_path: Path) -> None:
@@ -333,6 +376,39 @@ def test_resume_takes_a_trials_last_epoch_from_the_table_when_the_log_lost_it(tm
     last = resumed._last["t1"]
     assert (last["epoch"], last["best_val_top1"], last["best_epoch"]) == (3, 30.0, 3)
     assert resumed._epoch_times["t1"] == {1: 0.5, 2: 0.5, 3: 0.5}
+
+
+def test_resume_recovers_the_epochs_only_a_stored_checkpoint_carries(tmp_path: Path) -> None:
+    """The worker stored epoch 3's checkpoint, the driver died before logging epoch 2 or 3: the checkpoint's reports fill them.
+
+    Only for a trial that the saved experiment state names.
+    """
+    from search.recorder import ResultRecorder, read_results
+    from search.space import load_space
+
+    experiment = tmp_path / "exp"
+    trial = experiment / "trial_t1"
+    config = {"training.lr": 0.02}
+    reports = [{"epoch": e, "train_loss": 1.0 / e, "epoch_time_s": 0.5, "best_val_top1": float("nan") if e == 2 else 10.0 * e} for e in (1, 2, 3)]
+    write_checkpoint(trial / "checkpoint_000000", epoch=1)
+    write_reports(trial / "checkpoint_000000", "t1", config, reports[:1])
+    write_checkpoint(trial / "checkpoint_000002", epoch=3)
+    write_reports(trial / "checkpoint_000002", "t1", config, reports)
+    (trial / "checkpoint_000003").mkdir()  # being written when the driver died: no reports yet
+    (trial / "result.json").write_text(json.dumps({**reports[0], "trial_id": "t1", "config": config}) + "\n")
+    # t2 was started by the dying driver after it last saved the experiment state: Tune will not continue it.
+    write_checkpoint(experiment / "trial_t2" / "checkpoint_000000", epoch=1)
+    write_reports(experiment / "trial_t2" / "checkpoint_000000", "t2", config, reports[:1])
+    (experiment / "experiment_state-2026-12-01_10-00-00.json").write_text(json.dumps({"trial_data": []}))
+    state = {"trial_data": [[json.dumps({"trial_id": "t1"}), "{}"]]}
+    (experiment / "experiment_state-2026-12-01_10-00-05.json").write_text(json.dumps(state))  # the newest
+    assert [(r["trial_id"], r["epoch"], r["config"]) for r in read_results(str(experiment))] == [("t1", e, config) for e in (1, 2, 3)]
+    recorder = ResultRecorder(experiment, "exp", load_space(None).base, searched=[], echo=lambda _: None)
+    assert recorder.backfill(str(experiment)) == 3
+    recorder.flush()
+    rows = pd.read_parquet(experiment / "epochs.parquet")
+    assert rows.epoch.tolist() == [1, 2, 3] and rows.train_loss.tolist() == [1.0, 0.5, 1.0 / 3] and (rows["training.lr"] == 0.02).all()
+    assert math.isnan(rows.best_val_top1[1]) and recorder._last["t1"]["epoch"] == 3
 
 
 def test_storage_root_and_space_file_under_a_uri(tmp_path: Path) -> None:
