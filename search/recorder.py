@@ -55,7 +55,7 @@ from trainables.config import TrialConfig, flatten
 from trainables.metrics import ADAPTER_COLUMNS, fixed_dtypes, metric_names
 from trainables.repeats import SEED_KEYS as REPEAT_SEED_KEYS
 from trainables.repeats import STD_KEYS as REPEAT_STD_KEYS
-from trainables.tune_adapter import resolve_trial_config
+from trainables.tune_adapter import checkpoint_reports, resolve_trial_config
 
 # What the trainer and the adapter report, in table order (see README, "Result tables").
 METRIC_COLUMNS = (*metric_names(), *ADAPTER_COLUMNS)
@@ -417,8 +417,27 @@ def _short(value: Any) -> str:
     return str(value)
 
 
+def saved_trials(fs: Any, root: str) -> set[str]:
+    """The ids of the trials that the newest ``experiment_state-*.json`` under ``root`` names (what ``Tuner.restore`` continues)."""
+    import pyarrow.fs as pafs
+
+    states = sorted(
+        info.path
+        for info in fs.get_file_info(pafs.FileSelector(root))
+        if info.type == pafs.FileType.File and info.base_name.startswith("experiment_state-") and info.base_name.endswith(".json")
+    )
+    if not states:
+        return set()
+    try:
+        with fs.open_input_stream(states[-1]) as stream:
+            data = json.loads(stream.read().decode())
+        return {str(json.loads(trial)["trial_id"]) for trial, _ in data.get("trial_data", [])}
+    except (OSError, ValueError, KeyError, TypeError):
+        return set()
+
+
 def read_results(location: str) -> Iterator[dict[str, Any]]:
-    """Every result line of the ``trial_*/result.json`` files under ``location``."""
+    """What the trials under ``location`` reported: their ``trial_*/result.json`` lines, then the reports their newest checkpoint carries that the log lacks."""
     import pyarrow.fs as pafs
 
     fs, root = resolve_location(location)
@@ -426,16 +445,26 @@ def read_results(location: str) -> Iterator[dict[str, Any]]:
         fs, root = pafs.LocalFileSystem(), root
     if fs.get_file_info(root).type != pafs.FileType.Directory:
         return
+    saved: set[str] | None = None
     for info in fs.get_file_info(pafs.FileSelector(root)):
         if info.type != pafs.FileType.Directory or not info.base_name.startswith("trial_"):
             continue
+        logged: set[Any] = set()
         path = f"{info.path}/result.json"
-        if fs.get_file_info(path).type != pafs.FileType.File:
-            continue
-        with fs.open_input_stream(path) as stream:
-            text = stream.read().decode()
-        for line in text.splitlines():
-            try:
-                yield json.loads(line)
-            except json.JSONDecodeError:
-                continue  # the line being written when the driver died
+        if fs.get_file_info(path).type == pafs.FileType.File:
+            with fs.open_input_stream(path) as stream:
+                text = stream.read().decode()
+            for line in text.splitlines():
+                try:
+                    result = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # the line being written when the driver died
+                logged.add(result.get("epoch"))
+                yield result
+        # Epochs whose checkpoint was stored but whose report the killed driver never logged; only of trials that
+        # Tune's saved state names (a trial the driver had just started is not continued, hence not recorded).
+        if saved is None:
+            saved = saved_trials(fs, root)
+        for result in checkpoint_reports(fs, info.path):
+            if result.get("epoch") not in logged and result["trial_id"] in saved:
+                yield result

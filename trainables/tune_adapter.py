@@ -7,6 +7,13 @@ passed since the last save, the report carries a checkpoint of the full run
 state, so a restarted trial continues exactly from there; the epochs it
 repeats report the same numbers again.
 
+A checkpoint also carries every report the trial made up to it
+(``reports.json``, with the trial's id and sampled config): the driver
+records an epoch only when its report arrives, after the worker stored the
+checkpoint, so a driver killed in between would otherwise lose the epochs
+that the resumed trial does not run again (see
+:func:`checkpoint_reports`).
+
 A checkpoint holds the state and its CRC-32. A restarted trial whose newest
 checkpoint is unreadable (truncated, or not what was written) goes back to
 an older checkpoint of the trial if one is kept, else starts from scratch,
@@ -16,6 +23,7 @@ and its first report says so (``resume_note``), which the driver prints.
 from __future__ import annotations
 
 import io
+import json
 import os
 import socket
 import sys
@@ -39,6 +47,9 @@ STATE_FILE = "state.pt"
 CHECKSUM_FILE = "state.crc32"
 CONFIG_FILE = "resolved_config.yaml"
 CHECKPOINT_PREFIX = "checkpoint_"
+REPORTS_FILE = "reports.json"
+# The key of the run state under which the trial's reports so far travel (taken out before the trainer sees the state).
+REPORTS_KEY = "tune_reports"
 
 
 class UnreadableCheckpoint(ValueError):
@@ -124,6 +135,45 @@ def restore_state(checkpoint: tune.Checkpoint | None) -> tuple[dict[str, Any] | 
     return None, f"{problems[0]}{older}: restarted from scratch"
 
 
+def _plain(value: Any) -> Any:
+    """A JSON value for a metric that json does not know (a NumPy or torch scalar or array)."""
+    for method in ("tolist", "item"):
+        if hasattr(value, method):
+            return getattr(value, method)()
+    return str(value)
+
+
+def write_reports(directory: Path, trial_id: str, config: dict[str, Any], reports: list[dict[str, Any]]) -> None:
+    """``reports.json`` of a checkpoint: the trial's id, its sampled config and its reports so far."""
+    data = {"trial_id": trial_id, "config": config, "reports": reports}
+    (directory / REPORTS_FILE).write_text(json.dumps(data, default=_plain, allow_nan=True))
+
+
+def checkpoint_reports(fs: Any, trial_path: str) -> list[dict[str, Any]]:
+    """The reports carried by the newest checkpoint under ``trial_path`` (on pyarrow filesystem ``fs``) that has readable ones.
+
+    Each comes with ``trial_id`` and ``config`` as in Tune's ``result.json``
+    lines. Empty when the trial has no such checkpoint.
+    """
+    import pyarrow.fs as pafs
+
+    found = []
+    for info in fs.get_file_info(pafs.FileSelector(trial_path, allow_not_found=True)):
+        index = checkpoint_index(info.base_name)
+        if info.type == pafs.FileType.Directory and index is not None:
+            found.append((index, info.path))
+    for _, path in sorted(found, reverse=True):
+        try:
+            with fs.open_input_stream(f"{path}/{REPORTS_FILE}") as stream:
+                data = json.loads(stream.read().decode())
+            reports = data["reports"]
+            extra = {"trial_id": str(data["trial_id"]), "config": dict(data["config"])}
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # written before checkpoints carried reports, or cut short
+        return [{**report, **extra} for report in reports if isinstance(report, dict)]
+    return []
+
+
 def resolve_trial_config(base: dict[str, Any], sampled: dict[str, Any]) -> TrialConfig:
     """The trial's config: ``base`` with Tune's dotted-key samples applied, validated."""
     return TrialConfig.from_dict(with_overrides(base, sampled))
@@ -168,6 +218,8 @@ def budgeted_trainable(
     placement = {"node_id": ray.get_runtime_context().get_node_id(), "hostname": socket.gethostname(), "pid": os.getpid()}
 
     resume, note = restore_state(tune.get_checkpoint())
+    history: list[dict[str, Any]] = list(resume.pop(REPORTS_KEY, [])) if resume is not None else []
+    trial_id = tune.get_context().get_trial_id()
     if note is not None:
         print(f"neqtune: {note}", file=sys.stderr, flush=True)  # the worker's log; the driver prints it from the report
         placement["resume_note"] = note
@@ -175,12 +227,15 @@ def budgeted_trainable(
     clock = CheckpointClock(checkpoint_interval_s)
 
     def report(metrics: Metrics, state: StateFn) -> None:
+        sent = {**metrics, **placement}
+        history.append(sent)
         if not clock.due():
-            tune.report({**metrics, **placement})
+            tune.report(sent)
         else:
             with tempfile.TemporaryDirectory() as directory:
-                save_state(state(), Path(directory))
-                tune.report({**metrics, **placement}, checkpoint=tune.Checkpoint.from_directory(directory))
+                save_state({**state(), REPORTS_KEY: history}, Path(directory))
+                write_reports(Path(directory), trial_id, dict(config), history)
+                tune.report(sent, checkpoint=tune.Checkpoint.from_directory(directory))
         placement.pop("resume_note", None)  # said once
 
     if repeats > 1:
