@@ -233,8 +233,10 @@ def guarded(search: Callable[[], SearchOutcome], stop: Any) -> SearchOutcome:
     try:
         return search()
     except SearchInterrupted as interrupted:
-        shutdown_ray()
-        print(f"neqtune: search interrupted; every epoch reported so far is in the tables; {resume_hint(interrupted.location)}")
+        if shutdown_ray():
+            print(f"neqtune: search interrupted; every epoch reported so far is in the tables; {resume_hint(interrupted.location)}")
+        else:  # the second Ctrl-C came while Ray shut down
+            print(f"neqtune: search interrupted (forced); the tables are whole; {resume_hint(interrupted.location)}")
         raise SearchStopped(EXIT_INTERRUPTED) from None
     except KeyboardInterrupt:
         shutdown_ray()
@@ -246,12 +248,20 @@ def guarded(search: Callable[[], SearchOutcome], stop: Any) -> SearchOutcome:
         raise SearchStopped(EXIT_STORAGE) from None
 
 
-def shutdown_ray() -> None:
-    """Stop this driver's Ray (for a local instance: its processes; the watchdog ends any that linger)."""
+def shutdown_ray() -> bool:
+    """Stop this driver's Ray (for a local instance: its processes; the watchdog ends any that linger).
+
+    A Ctrl-C during the shutdown cuts it short (the watchdog ends what is
+    left when the driver exits); returns False then.
+    """
     import ray
 
-    if ray.is_initialized():
-        ray.shutdown()
+    try:
+        if ray.is_initialized():
+            ray.shutdown()
+    except KeyboardInterrupt:
+        return False
+    return True
 
 
 def report_outcome(outcome: SearchOutcome, *, searched: list[str]) -> int:

@@ -216,6 +216,9 @@ def node_id_of(raylet_marker: str) -> tuple[int, str]:
     raise AssertionError(f"no raylet under {raylet_marker}")
 
 
+LOST_NODE_EPOCHS = 12
+
+
 def test_a_node_lost_mid_trial_restarts_its_trial_on_the_head_from_its_checkpoint(
     cluster: tuple[str, dict[str, str], Path, str], tmp_path: Path
 ) -> None:
@@ -224,7 +227,9 @@ def test_a_node_lost_mid_trial_restarts_its_trial_on_the_head_from_its_checkpoin
     _, head_id = node_id_of(str(temp_dir / "h"))
     worker_raylet, worker_id = node_id_of(str(temp_dir / "w"))
     # Two trials of the very same config (seed 0 twice): one per node (each has one CPU); the worker's is the victim.
-    space = tiny_space(5, {"algorithm": "grid", "num_samples": 1, "params": {"training.seed": {"choice": [0, 0]}}, "max_concurrent": 2})
+    # 12 epochs: the table shows the worker's first epoch up to a flush (10 s) after it ran, and the trial must still be running then.
+    space = tiny_space(LOST_NODE_EPOCHS, {"algorithm": "grid", "num_samples": 1, "params": {"training.seed": {"choice": [0, 0]}}, "max_concurrent": 2})
+    space["training"]["lr"] = 0.02  # 0.1 diverges within 12 epochs
     (tmp_path / "space.yaml").write_text(yaml.safe_dump(space))
     storage = tmp_path / "storage"
     table = storage / "lost-node" / "epochs.parquet"
@@ -261,7 +266,7 @@ def test_a_node_lost_mid_trial_restarts_its_trial_on_the_head_from_its_checkpoin
     trials = pd.read_parquet(storage / "lost-node" / "trials.parquet")
     assert len(trials) == 2 and (trials.status == "TERMINATED").all(), out
     assert not epochs.duplicated(["trial_id", "epoch"]).any()
-    assert epochs.groupby("trial_id").epoch.apply(sorted).tolist() == [[1, 2, 3, 4, 5]] * 2, (out, epochs[["trial_id", "epoch", "node_id"]])
+    assert epochs.groupby("trial_id").epoch.apply(sorted).tolist() == [list(range(1, LOST_NODE_EPOCHS + 1))] * 2, (out, epochs[["trial_id", "epoch", "node_id"]])
     victim = epochs[epochs.node_id == worker_id].trial_id.unique()
     assert len(victim) == 1, (out, epochs[["trial_id", "epoch", "node_id"]])
     moved = epochs[epochs.trial_id == victim[0]].sort_values("epoch")

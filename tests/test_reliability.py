@@ -25,6 +25,9 @@ from search.tables import StorageError, read_table
 
 TRIALS = 2
 EPOCHS = 6
+# Trials long enough that a resumed search still has work left when the test presses Ctrl-C (a table flush may
+# come 10 s after an epoch, when 6 epochs of these trials are nearly over).
+CTRL_C_EPOCHS = 14
 
 
 def rows(table: Path | str) -> int:
@@ -32,18 +35,18 @@ def rows(table: Path | str) -> int:
     return 0 if found is None else found.num_rows
 
 
-def check_complete(experiment: Path | str) -> pd.DataFrame:
+def check_complete(experiment: Path | str, epochs_n: int = EPOCHS) -> pd.DataFrame:
     """The search's epochs table (a path or a URI) holds every trial-epoch exactly once."""
     table = read_table(f"{experiment}/epochs.parquet")
     assert table is not None
     epochs = table.to_pandas()
     assert not epochs.duplicated(["trial_id", "epoch"]).any()
-    assert epochs.groupby("trial_id")["epoch"].apply(sorted).tolist() == [list(range(1, EPOCHS + 1))] * TRIALS
+    assert epochs.groupby("trial_id")["epoch"].apply(sorted).tolist() == [list(range(1, epochs_n + 1))] * TRIALS
     return epochs
 
 
 def test_ctrl_c_stops_the_search_in_order_a_second_forces_it_and_resume_finishes_it(tmp_path: Path) -> None:
-    space = tiny_space(EPOCHS, {"algorithm": "optuna", "sampler": "random", "num_samples": TRIALS, "seed": 3,
+    space = tiny_space(CTRL_C_EPOCHS, {"algorithm": "optuna", "sampler": "random", "num_samples": TRIALS, "seed": 3,
                                 "params": {"training.lr": {"loguniform": [0.01, 0.3]}}})  # fmt: skip
     (tmp_path / "space.yaml").write_text(yaml.safe_dump(space))
     experiment = tmp_path / "results" / "exp"
@@ -63,7 +66,7 @@ def test_ctrl_c_stops_the_search_in_order_a_second_forces_it_and_resume_finishes
         assert "Tuner.restore" not in out and "Traceback" not in out, out
         assert wait_gone(mark, 10) == [], "processes of the stopped search are still running"
         first = read_table(table).to_pandas()  # type: ignore[union-attr]
-        assert 2 <= len(first) < TRIALS * EPOCHS and not first.duplicated(["trial_id", "epoch"]).any()
+        assert 2 <= len(first) < TRIALS * CTRL_C_EPOCHS and not first.duplicated(["trial_id", "epoch"]).any()
 
         # 2. The resumed search, stopped by two Ctrl-C in a row: the second does not wait for the orderly stop.
         resumed = run_search(["--resume", str(experiment)], cwd=tmp_path, mark=mark)
@@ -81,7 +84,7 @@ def test_ctrl_c_stops_the_search_in_order_a_second_forces_it_and_resume_finishes
 
         # 3. Resumed again, it finishes with every trial-epoch once.
         out = finish(run_search(["--resume", str(experiment)], cwd=tmp_path, mark=mark), 240, mark)
-        epochs = check_complete(experiment)
+        epochs = check_complete(experiment, CTRL_C_EPOCHS)
         trials = pd.read_parquet(experiment / "trials.parquet")
         assert len(trials) == TRIALS and (trials.status == "TERMINATED").all(), out
         assert set(first.trial_id) <= set(epochs.trial_id)
