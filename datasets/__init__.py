@@ -9,12 +9,12 @@ that :func:`check_dataset` runs when a space is loaded. Directories come from
 
 from __future__ import annotations
 
-from datasets import cifar as _cifar  # noqa: F401  (registers "c10", "c100")
-from datasets import digits as _digits  # noqa: F401  (registers "digits")
-from datasets import fashion_mnist as _fashion_mnist  # noqa: F401  (registers "fashion-mnist")
-from datasets import images as _images  # noqa: F401  (registers "flowers", "food", "pets", "cub")
-from datasets import vww as _vww  # noqa: F401  (registers "vww")
-from datasets.registry import (
+from neqtune_datasets import cifar as _cifar  # noqa: F401  (registers "c10", "c100")
+from neqtune_datasets import digits as _digits  # noqa: F401  (registers "digits")
+from neqtune_datasets import fashion_mnist as _fashion_mnist  # noqa: F401  (registers "fashion-mnist")
+from neqtune_datasets import images as _images  # noqa: F401  (registers "flowers", "food", "pets", "cub")
+from neqtune_datasets import vww as _vww  # noqa: F401  (registers "vww")
+from neqtune_datasets.registry import (
     DatasetError,
     DataSplits,
     build_dataset,
@@ -24,7 +24,7 @@ from datasets.registry import (
     register_dataset,
     split_train,
 )
-from datasets.roots import ENV_VAR, dataset_root
+from neqtune_datasets.roots import ENV_VAR, dataset_root
 
 __all__ = [
     "ENV_VAR",

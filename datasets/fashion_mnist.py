@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from datasets.registry import DatasetError, DataSplits, register_check, register_dataset
-from datasets.roots import dataset_root, download_lock, require
-from datasets.samples import ArraySource, SplitSettings, official_splits
+from neqtune_datasets.registry import DatasetError, DataSplits, register_check, register_dataset
+from neqtune_datasets.roots import dataset_root, download_lock, require
+from neqtune_datasets.samples import ArraySource, SplitSettings, official_splits
 
 if TYPE_CHECKING:
     from trainables.config import DataConfig

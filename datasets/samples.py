@@ -20,7 +20,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import transforms as T
 
-from datasets.registry import DatasetError, DataSplits, split_train
+from neqtune_datasets.registry import DatasetError, DataSplits, split_train
 
 if TYPE_CHECKING:
     from trainables.config import DataConfig
@@ -140,7 +140,7 @@ class SplitSettings:
 def official_splits(train: SampleSource, test: SampleSource, classes: Sequence[str], settings: SplitSettings) -> DataSplits:
     """Velocity and validation carved out of the official train split; the official test split kept.
 
-    The carving is :func:`datasets.registry.split_train` seeded by
+    The carving is :func:`neqtune_datasets.registry.split_train` seeded by
     ``split_seed``; the train split gets the training transform, the others
     the evaluation transform.
     """

@@ -21,9 +21,9 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from datasets.registry import DatasetError, DataSplits, register_check, register_dataset
-from datasets.roots import dataset_root, require
-from datasets.samples import FileSource, SplitSettings, official_splits
+from neqtune_datasets.registry import DatasetError, DataSplits, register_check, register_dataset
+from neqtune_datasets.roots import dataset_root, require
+from neqtune_datasets.samples import FileSource, SplitSettings, official_splits
 
 if TYPE_CHECKING:
     from trainables.config import DataConfig

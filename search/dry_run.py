@@ -73,8 +73,8 @@ INPUT_ERRORS = (ConfigError, OSError, ValueError, RuntimeError)
 
 def describe_data(space: Space, problems: Problems) -> Iterator[str]:
     """One line per data set of the space: classes and split sizes (reads the data; never downloads)."""
-    from datasets import build_dataset
-    from datasets.registry import check_dataset
+    from neqtune_datasets import build_dataset
+    from neqtune_datasets.registry import check_dataset
 
     for name in choices(space, "data.name"):
         values = _section(space, "data", {"name": name})

@@ -316,7 +316,7 @@ def _dataset_num_classes(data: Any) -> int:
     """The class count of the data set ``data`` (a DataConfig) names, read once per distinct config."""
     key = yaml.safe_dump(dataclasses.asdict(data), sort_keys=True)
     if key not in _CLASS_COUNTS:
-        from datasets import build_dataset
+        from neqtune_datasets import build_dataset
 
         _CLASS_COUNTS[key] = build_dataset(data).num_classes
     return _CLASS_COUNTS[key]
@@ -383,7 +383,7 @@ def trial_problems(overrides: Mapping[str, Any], base: Mapping[str, Any]) -> tup
     """One combination's config and every problem found: a bad value (its section validates it), else each of
     the cross-section checks, as a :class:`CombinationError` naming the keys it depends on (data on disk, the
     model head's class count, the SU mask of the scheme)."""
-    from datasets import check_dataset
+    from neqtune_datasets import check_dataset
     from trainables.budgets import check_scheme_fits
     from trainables.schemes import get_scheme
     from trainables.trainer import needs_su_mask

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-HEAVY = ("torch", "ray", "optuna", "pyarrow", "trainables", "datasets", "search.space", "search.experiment")
+HEAVY = ("torch", "ray", "optuna", "pyarrow", "trainables", "neqtune_datasets", "search.space", "search.experiment")
 
 
 def imported_after(argv: list[str]) -> tuple[int, list[str], str]:

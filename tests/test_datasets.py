@@ -25,10 +25,10 @@ from data_fixtures import (
     write_pets_release,
 )
 
-from datasets import DatasetError, build_dataset, check_dataset, dataset_names, dataset_root
-from datasets.cifar import read_cifar
-from datasets.samples import SplitView
-from datasets.split import main as split_main
+from neqtune_datasets import DatasetError, build_dataset, check_dataset, dataset_names, dataset_root
+from neqtune_datasets.cifar import read_cifar
+from neqtune_datasets.samples import SplitView
+from neqtune_datasets.split import main as split_main
 from search.cli import main as cli_main
 from trainables.config import ConfigError, DataConfig
 
@@ -415,7 +415,7 @@ def test_a_trial_on_a_fixture_repeats_under_its_seed(data_root: Path, monkeypatc
 
 
 def test_the_benchmark_compares_cold_and_cached_builds(data_root: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from datasets.benchmark import main as benchmark_main
+    from neqtune_datasets.benchmark import main as benchmark_main
 
     assert benchmark_main(["pets", "--root", str(data_root / "pets"), "--repeats", "2", "--batch", "8"]) == 0
     out = capsys.readouterr().out

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from data_fixtures import write_fixture
 
-from datasets import build_dataset, check_dataset, dataset_names, register_check, register_dataset
+from neqtune_datasets import build_dataset, check_dataset, dataset_names, register_check, register_dataset
 from trainables import model_names, policy_names, register_model, register_policy
 from trainables.config import ConfigError, DataConfig, ModelConfig
 from trainables.models import build_model, classifier_name, load_checkpoint, model_spec

@@ -141,7 +141,7 @@ class DataConfig:
     download: bool = False
 
     def validate(self, path: str) -> None:
-        from datasets import dataset_names
+        from neqtune_datasets import dataset_names
 
         _require(
             self.name in dataset_names(),

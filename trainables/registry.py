@@ -6,7 +6,7 @@ errors read the same everywhere::
     unknown policy 'vgg'; known policies: full, random, velocity
     policy 'random' is already registered
 
-This module imports nothing from the project, so any package (``datasets``
+This module imports nothing from the project, so any package (``neqtune_datasets``
 too) may import it at load time.
 """
 

@@ -121,8 +121,8 @@ class BudgetedRun:
             prepare_cpu()  # denormals flushed, freed memory kept for reuse (trainables/cpu.py)
         seed_everything(training.seed)
         # Imported here, not at the top: ``import datasets`` loads this package
-        # (datasets.registry uses trainables.registry) and would be found half-done.
-        from datasets import build_dataset
+        # (neqtune_datasets.registry uses trainables.registry) and would be found half-done.
+        from neqtune_datasets import build_dataset
 
         self.data = build_dataset(config.data)
         self.model = build_model(config.model, self.data.num_classes).to(self.device)
