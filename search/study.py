@@ -30,6 +30,7 @@ int, upper bound excluded as in Tune).
 from __future__ import annotations
 
 import math
+import time
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -50,6 +51,8 @@ OPTUNA_DB = "optuna.db"
 TUNE_TRIAL_ID = "tune_trial_id"
 # SQLite waits this long for a reader (optuna-dashboard, a notebook) to release the file before a write fails.
 SQLITE_TIMEOUT_S = 30
+# Opening a new optuna.db while another process creates its schema fails once; so many tries in all.
+OPEN_ATTEMPTS = 5
 Categorical = None | bool | int | float | str
 
 
@@ -58,9 +61,24 @@ def storage_url(experiment_dir: Path) -> str:
     return f"sqlite:///{experiment_dir.resolve() / OPTUNA_DB}"
 
 
-def open_storage(url: str) -> optuna.storages.RDBStorage:
-    """Optuna's RDB storage at ``url``, waiting for readers of a SQLite file instead of failing at once."""
-    return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": SQLITE_TIMEOUT_S}})
+def open_storage(url: str, attempts: int = OPEN_ATTEMPTS) -> optuna.storages.RDBStorage:
+    """Optuna's RDB storage at ``url``, waiting for readers of a SQLite file instead of failing at once.
+
+    Whoever opens a new file first creates Optuna's schema in it; two
+    opening it at the same moment (the driver, and optuna-dashboard or a
+    notebook watching for the file) race, and the loser's insert of the
+    schema version fails. It then opens the file again, now complete.
+    """
+    from sqlalchemy.exc import IntegrityError, OperationalError
+
+    for attempt in range(1, attempts + 1):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": SQLITE_TIMEOUT_S}})
+        except (IntegrityError, OperationalError):
+            if attempt == attempts:
+                raise
+            time.sleep(0.2 * attempt)
+    raise AssertionError("unreachable")
 
 
 def _categorical(value: Any) -> Categorical:

@@ -215,3 +215,31 @@ def test_a_resumed_recorder_reopens_the_study_and_fails_the_trials_tune_forgot(t
     assert trials["a"].state == TrialState.COMPLETE and trials["a"].value == 45.0
     assert trials["a"].intermediate_values == {1: 41.0, 2: 45.0} and trials["a"].params == {"training.lr": 0.05}
     assert trials["b"].state == TrialState.FAIL and "driver died" in trials["b"].user_attrs["fail_reason"]
+
+
+def test_openers_racing_to_create_a_new_database_all_get_it(tmp_path: Path) -> None:
+    """The driver and a watcher (optuna-dashboard, a notebook) opening a new optuna.db at the same moment."""
+    import threading
+
+    from search.study import open_storage
+
+    failures: list[BaseException] = []
+    for n in range(8):
+        url = f"sqlite:///{tmp_path / f'race{n}.db'}"
+        start = threading.Barrier(4)
+
+        def open_it(url: str = url, start: threading.Barrier = start) -> None:
+            start.wait()
+            try:
+                storage = open_storage(url)
+                optuna.create_study(storage=storage, study_name="s", load_if_exists=True)
+            except BaseException as err:  # collected: a thread's exception would not fail the test
+                failures.append(err)
+
+        threads = [threading.Thread(target=open_it) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert [s.study_name for s in optuna.get_all_study_summaries(open_storage(url))] == ["s"]
+    assert failures == []
