@@ -97,20 +97,25 @@ def checkpoint_index(name: str) -> int | None:
     return int(digits) if name.startswith(CHECKPOINT_PREFIX) and digits.isdigit() else None
 
 
-def older_checkpoints(checkpoint: tune.Checkpoint) -> list[tune.Checkpoint]:
-    """The trial's checkpoints older than ``checkpoint`` still in storage, newest first."""
+def checkpoint_dirs(fs: Any, trial_path: str) -> list[tuple[int, str]]:
+    """``(index, path)`` of the ``checkpoint_NNNNNN`` directories under ``trial_path`` on pyarrow filesystem ``fs``, newest first."""
     import pyarrow.fs as pafs
 
+    found = []
+    for info in fs.get_file_info(pafs.FileSelector(trial_path, allow_not_found=True)):
+        index = checkpoint_index(info.base_name)
+        if info.type == pafs.FileType.Directory and index is not None:
+            found.append((index, info.path))
+    return sorted(found, reverse=True)
+
+
+def older_checkpoints(checkpoint: tune.Checkpoint) -> list[tune.Checkpoint]:
+    """The trial's checkpoints older than ``checkpoint`` still in storage, newest first."""
     parent, _, name = checkpoint.path.rstrip("/").rpartition("/")
     newest = checkpoint_index(name)
     if newest is None or checkpoint.filesystem is None:
         return []
-    found = []
-    for info in checkpoint.filesystem.get_file_info(pafs.FileSelector(parent, allow_not_found=True)):
-        index = checkpoint_index(info.base_name)
-        if info.type == pafs.FileType.Directory and index is not None and index < newest:
-            found.append((index, tune.Checkpoint(info.path, filesystem=checkpoint.filesystem)))
-    return [cp for _, cp in sorted(found, key=lambda item: item[0], reverse=True)]
+    return [tune.Checkpoint(path, filesystem=checkpoint.filesystem) for index, path in checkpoint_dirs(checkpoint.filesystem, parent) if index < newest]
 
 
 def restore_state(checkpoint: tune.Checkpoint | None) -> tuple[dict[str, Any] | None, str | None]:
@@ -155,14 +160,7 @@ def checkpoint_reports(fs: Any, trial_path: str) -> list[dict[str, Any]]:
     Each comes with ``trial_id`` and ``config`` as in Tune's ``result.json``
     lines. Empty when the trial has no such checkpoint.
     """
-    import pyarrow.fs as pafs
-
-    found = []
-    for info in fs.get_file_info(pafs.FileSelector(trial_path, allow_not_found=True)):
-        index = checkpoint_index(info.base_name)
-        if info.type == pafs.FileType.Directory and index is not None:
-            found.append((index, info.path))
-    for _, path in sorted(found, reverse=True):
+    for _, path in checkpoint_dirs(fs, trial_path):
         try:
             with fs.open_input_stream(f"{path}/{REPORTS_FILE}") as stream:
                 data = json.loads(stream.read().decode())
