@@ -25,9 +25,9 @@ from search.tables import StorageError, read_table
 
 TRIALS = 2
 EPOCHS = 6
-# Trials long enough that a resumed search still has work left when the test presses Ctrl-C (a table flush may
-# come 10 s after an epoch, when 6 epochs of these trials are nearly over).
-CTRL_C_EPOCHS = 14
+# Trials long enough that a search still has work left when the test presses Ctrl-C or fills the disk on seeing
+# rows in the table (a table flush may come 10 s after an epoch, when 6 epochs of these trials are nearly over).
+LONG_EPOCHS = 14
 
 
 def rows(table: Path | str) -> int:
@@ -46,7 +46,7 @@ def check_complete(experiment: Path | str, epochs_n: int = EPOCHS) -> pd.DataFra
 
 
 def test_ctrl_c_stops_the_search_in_order_a_second_forces_it_and_resume_finishes_it(tmp_path: Path) -> None:
-    space = tiny_space(CTRL_C_EPOCHS, {"algorithm": "optuna", "sampler": "random", "num_samples": TRIALS, "seed": 3,
+    space = tiny_space(LONG_EPOCHS, {"algorithm": "optuna", "sampler": "random", "num_samples": TRIALS, "seed": 3,
                                 "params": {"training.lr": {"loguniform": [0.01, 0.3]}}})  # fmt: skip
     (tmp_path / "space.yaml").write_text(yaml.safe_dump(space))
     experiment = tmp_path / "results" / "exp"
@@ -66,7 +66,7 @@ def test_ctrl_c_stops_the_search_in_order_a_second_forces_it_and_resume_finishes
         assert "Tuner.restore" not in out and "Traceback" not in out, out
         assert wait_gone(mark, 10) == [], "processes of the stopped search are still running"
         first = read_table(table).to_pandas()  # type: ignore[union-attr]
-        assert 2 <= len(first) < TRIALS * CTRL_C_EPOCHS and not first.duplicated(["trial_id", "epoch"]).any()
+        assert 2 <= len(first) < TRIALS * LONG_EPOCHS and not first.duplicated(["trial_id", "epoch"]).any()
 
         # 2. The resumed search, stopped by two Ctrl-C in a row: the second does not wait for the orderly stop.
         resumed = run_search(["--resume", str(experiment)], cwd=tmp_path, mark=mark)
@@ -84,7 +84,7 @@ def test_ctrl_c_stops_the_search_in_order_a_second_forces_it_and_resume_finishes
 
         # 3. Resumed again, it finishes with every trial-epoch once.
         out = finish(run_search(["--resume", str(experiment)], cwd=tmp_path, mark=mark), 240, mark)
-        epochs = check_complete(experiment, CTRL_C_EPOCHS)
+        epochs = check_complete(experiment, LONG_EPOCHS)
         trials = pd.read_parquet(experiment / "trials.parquet")
         assert len(trials) == TRIALS and (trials.status == "TERMINATED").all(), out
         assert set(first.trial_id) <= set(epochs.trial_id)
@@ -143,7 +143,7 @@ def test_a_read_only_disk_fails_a_flush_cleanly_and_the_table_stays_whole(tmp_pa
 
 
 def test_a_disk_that_fills_up_mid_search_stops_it_with_one_line_and_resume_finishes_it(tmp_path: Path) -> None:
-    space = tiny_space(EPOCHS, {"algorithm": "optuna", "sampler": "random", "num_samples": TRIALS, "seed": 5,
+    space = tiny_space(LONG_EPOCHS, {"algorithm": "optuna", "sampler": "random", "num_samples": TRIALS, "seed": 5,
                                 "params": {"training.lr": {"loguniform": [0.01, 0.3]}}})  # fmt: skip
     (tmp_path / "space.yaml").write_text(yaml.safe_dump(space))
     mark = new_mark()
@@ -166,7 +166,7 @@ def test_a_disk_that_fills_up_mid_search_stops_it_with_one_line_and_resume_finis
             assert before is not None and before.num_rows >= 2
             (disk / "filler").unlink()
             out = finish(run_search(["--resume", str(experiment)], cwd=tmp_path, mark=mark), 240, mark)
-            check_complete(experiment)
+            check_complete(experiment, LONG_EPOCHS)
             trials = pd.read_parquet(experiment / "trials.parquet")
             assert len(trials) == TRIALS and (trials.status == "TERMINATED").all(), out
             print(f"full disk: the search stopped {stop_s:.1f} s after the disk filled, with {before.num_rows} epoch rows whole")
