@@ -27,8 +27,10 @@ continues once there is room.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -211,6 +213,7 @@ class ResultRecorder(Callback):
 
     def _writer(self, trial_id: str) -> SummaryWriter:
         if trial_id not in self._writers:
+            quiet_event_writer_storage_errors()
             self._writers[trial_id] = SummaryWriter(log_dir=str(self.experiment_dir / "tensorboard" / self._run_name(trial_id)))
         return self._writers[trial_id]
 
@@ -409,6 +412,34 @@ def _trial_exception(trial: Trial) -> BaseException | str | None:
     except Exception:  # no local trial directory (a trial never scheduled), or an error class that does not unpickle here
         pass
     return trial.get_error()
+
+
+STORAGE_ERRNOS = (errno.ENOSPC, errno.EROFS, errno.EDQUOT)
+
+
+def quiet_event_writer_storage_errors() -> None:
+    """Drop the traceback of TensorBoard's event-writer thread when the disk is full or read-only.
+
+    TensorBoard writes event files from a thread of its own, which dies on
+    such an error with a traceback on stderr. The recorder's next table write
+    meets the same error and stops the search with its one line (see
+    :class:`search.tables.StorageError`), so the thread's traceback is noise.
+    Every other exception, of that thread or another, keeps the hook that was
+    in place. Installed once per process.
+    """
+    previous = threading.excepthook
+    if getattr(previous, "neqtune", False):
+        return
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        error, thread = args.exc_value, args.thread
+        from_tensorboard = thread is not None and type(thread).__module__.startswith("tensorboard.")
+        if from_tensorboard and isinstance(error, OSError) and error.errno in STORAGE_ERRNOS:
+            return
+        previous(args)
+
+    hook.neqtune = True  # type: ignore[attr-defined]
+    threading.excepthook = hook
 
 
 def _short(value: Any) -> str:

@@ -172,3 +172,29 @@ def test_a_disk_that_fills_up_mid_search_stops_it_with_one_line_and_resume_finis
             print(f"full disk: the search stopped {stop_s:.1f} s after the disk filled, with {before.num_rows} epoch rows whole")
         finally:
             end_marked(mark)
+
+
+def test_tensorboards_writer_thread_dies_quietly_on_a_full_disk_and_other_errors_still_show(monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    from search.recorder import quiet_event_writer_storage_errors
+
+    shown: list[str] = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: shown.append(f"{type(args.thread).__module__}: {args.exc_value}"))
+
+    def raising(error: BaseException, module: str) -> None:
+        def run(self: threading.Thread) -> None:
+            raise error
+
+        thread = type("_AsyncWriterThread", (threading.Thread,), {"__module__": module, "run": run})()
+        thread.start()
+        thread.join()
+
+    quiet_event_writer_storage_errors()
+    quiet_event_writer_storage_errors()  # installed once
+    raising(OSError(errno.ENOSPC, "No space left on device"), "tensorboard.summary.writer.event_file_writer")
+    raising(OSError(errno.EROFS, "Read-only file system"), "tensorboard.summary.writer.event_file_writer")
+    assert shown == []  # the table write that follows says it, once
+    raising(OSError(errno.ENOSPC, "No space left on device"), "someone.else")
+    raising(ValueError("a real bug"), "tensorboard.summary.writer.event_file_writer")
+    assert shown == ["someone.else: [Errno 28] No space left on device", "tensorboard.summary.writer.event_file_writer: a real bug"]
