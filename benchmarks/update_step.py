@@ -79,10 +79,9 @@ from trainables.cpu import prepare_cpu
 from trainables.engine import SparseUpdateEngine, parameter_masks
 from trainables.models import build_model, model_names
 from trainables.neurons import Masks, conv_layers, conv_neuron_params, layer_flops, total_params
-from trainables.optim import MaskedAdam, MaskedSGD
+from trainables.optim import MaskedAdam, MaskedSGD, build_optimizer
 from trainables.policies import select_neurons, select_units, su_update_mask
 from trainables.schemes import get_scheme
-from trainables.trainer import build_optimizer
 from trainables.velocity import VelocityTracker
 
 SCHEMES: dict[str, dict[str, str]] = {

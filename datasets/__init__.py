@@ -1,7 +1,7 @@
 """Data sets by name: each builder returns the train / val / velocity / test splits.
 
 Register a builder with ``@register_dataset("name")``; it takes a
-:class:`~trainables.config.DataConfig` and returns :class:`DataSplits`.
+:class:`~neqtune_datasets.config.DataConfig` and returns :class:`DataSplits`.
 A data set read from disk also registers a cheap ``@register_check("name")``
 that :func:`check_dataset` runs when a space is loaded. Directories come from
 ``data.root`` or ``$NEQ_DATA/<name>`` (:func:`dataset_root`).
@@ -14,11 +14,13 @@ from neqtune_datasets import digits as _digits  # noqa: F401  (registers "digits
 from neqtune_datasets import fashion_mnist as _fashion_mnist  # noqa: F401  (registers "fashion-mnist")
 from neqtune_datasets import images as _images  # noqa: F401  (registers "flowers", "food", "pets", "cub")
 from neqtune_datasets import vww as _vww  # noqa: F401  (registers "vww")
+from neqtune_datasets.config import DataConfig
 from neqtune_datasets.registry import (
     DatasetError,
     DataSplits,
     build_dataset,
     check_dataset,
+    data_problems,
     dataset_names,
     register_check,
     register_dataset,
@@ -28,10 +30,12 @@ from neqtune_datasets.roots import ENV_VAR, dataset_root
 
 __all__ = [
     "ENV_VAR",
+    "DataConfig",
     "DataSplits",
     "DatasetError",
     "build_dataset",
     "check_dataset",
+    "data_problems",
     "dataset_names",
     "dataset_root",
     "register_check",

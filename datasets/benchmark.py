@@ -23,10 +23,11 @@ from torch.utils.data import DataLoader
 
 from neqtune_datasets import build_dataset, check_dataset, dataset_names
 from neqtune_datasets.cifar import read_cifar
+from neqtune_datasets.config import DataConfig
 from neqtune_datasets.fashion_mnist import read_fashion_mnist
 from neqtune_datasets.images import read_image_folder, read_release
+from neqtune_datasets.parsing import ConfigError
 from neqtune_datasets.vww import read_vww_annotations
-from trainables.config import ConfigError, DataConfig
 
 CACHES: tuple[Callable[[], None], ...] = (
     read_cifar.cache_clear,

@@ -14,16 +14,14 @@ import functools
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
+from neqtune_datasets.config import DataConfig
 from neqtune_datasets.registry import DatasetError, DataSplits, register_check, register_dataset
 from neqtune_datasets.roots import dataset_root, download_lock, require
 from neqtune_datasets.samples import ArraySource, SplitSettings, official_splits
-
-if TYPE_CHECKING:
-    from trainables.config import DataConfig
 
 URL = "https://www.cs.toronto.edu/~kriz/cifar.html"
 

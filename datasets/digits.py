@@ -10,17 +10,15 @@ then carved out of the rest (:func:`neqtune_datasets.registry.split_train`).
 from __future__ import annotations
 
 import functools
-from typing import TYPE_CHECKING, cast
+from typing import cast
 
 import torch
 import torch.nn.functional as F
 from sklearn.datasets import load_digits
 from torch.utils.data import Dataset, Subset, TensorDataset
 
+from neqtune_datasets.config import DataConfig
 from neqtune_datasets.registry import DataSplits, register_dataset, split_train
-
-if TYPE_CHECKING:
-    from trainables.config import DataConfig
 
 
 @functools.cache

@@ -13,16 +13,13 @@ import functools
 import gzip
 import struct
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
+from neqtune_datasets.config import DataConfig
 from neqtune_datasets.registry import DatasetError, DataSplits, register_check, register_dataset
 from neqtune_datasets.roots import dataset_root, download_lock, require
 from neqtune_datasets.samples import ArraySource, SplitSettings, official_splits
-
-if TYPE_CHECKING:
-    from trainables.config import DataConfig
 
 URL = "https://github.com/zalandoresearch/fashion-mnist (or: apt-get install dataset-fashion-mnist)"
 FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")

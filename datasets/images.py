@@ -28,14 +28,12 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from neqtune_datasets.config import DataConfig
 from neqtune_datasets.registry import DatasetError, DataSplits, register_check, register_dataset
 from neqtune_datasets.roots import dataset_root, download_lock, require
 from neqtune_datasets.samples import IMAGE_EXTENSIONS, FileSource, SplitSettings, official_splits
-
-if TYPE_CHECKING:
-    from trainables.config import DataConfig
 
 
 @dataclass(frozen=True)

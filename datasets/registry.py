@@ -4,15 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 from torch.utils.data import Dataset
 
-from trainables.registry import Registry
-
-if TYPE_CHECKING:
-    from trainables.config import DataConfig
+from neqtune_datasets.config import DataConfig
+from neqtune_datasets.names import Registry
+from neqtune_datasets.parsing import ConfigError, join
 
 
 @dataclass(frozen=True)
@@ -40,8 +38,8 @@ class DataSplits:
         return len(self.classes)
 
 
-DatasetBuilder = Callable[["DataConfig"], DataSplits]
-DatasetCheck = Callable[["DataConfig"], None]
+DatasetBuilder = Callable[[DataConfig], DataSplits]
+DatasetCheck = Callable[[DataConfig], None]
 
 _DATASETS: Registry[DatasetBuilder] = Registry("data set", "data sets")
 _CHECKS: Registry[DatasetCheck] = Registry("data set check", "data set checks", duplicate="data set {name} already has a check")
@@ -60,7 +58,7 @@ def register_check(name: str) -> Callable[[DatasetCheck], DatasetCheck]:
     """Decorator that registers the cheap load-time check of data set ``name``.
 
     The check looks only at files and directories (no image is read) and
-    raises :class:`~trainables.config.ConfigError` naming ``data.root``.
+    raises :class:`~neqtune_datasets.parsing.ConfigError` naming ``data.root``.
     """
     return _CHECKS.register(name)
 
@@ -71,12 +69,19 @@ def check_dataset(config: DataConfig) -> None:
     Data sets without a registered check (the built-in ``digits``) pass.
 
     Raises:
-        trainables.config.ConfigError: the data set is missing or malformed
+        neqtune_datasets.parsing.ConfigError: the data set is missing or malformed
             (key ``data.root``), or cannot be downloaded (``data.download``).
     """
     check = _CHECKS.find(config.name)
     if check is not None:
         check(config)
+
+
+def data_problems(config: DataConfig, path: str = "data") -> list[ConfigError]:
+    """Whether ``config.name`` is a registered data set (its files are :func:`check_dataset`'s)."""
+    if config.name in _DATASETS:
+        return []
+    return [ConfigError(join(path, "name"), f"unknown data set {config.name!r}; known data sets: {', '.join(dataset_names())}")]
 
 
 def dataset_names() -> list[str]:

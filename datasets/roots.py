@@ -14,13 +14,9 @@ import fcntl
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from trainables.config import DataConfig
-
-# trainables.config is imported inside the functions: importing it here would
-# import the trainer (trainables/__init__), which imports this package.
+from neqtune_datasets.config import DataConfig
+from neqtune_datasets.parsing import ConfigError
 
 ENV_VAR = "NEQ_DATA"
 
@@ -37,8 +33,6 @@ def dataset_root(config: DataConfig) -> Path:
     Raises:
         ConfigError: (``data.root``) none of them is set.
     """
-    from trainables.config import ConfigError
-
     if config.root:
         return Path(config.root).expanduser()
     env = os.environ.get(ENV_VAR)
@@ -71,7 +65,5 @@ def download_lock(root: Path) -> Iterator[None]:
 
 def require(condition: bool, message: str, key: str = "data.root") -> None:
     """Raise ``ConfigError(key, message)`` unless ``condition``."""
-    from trainables.config import ConfigError
-
     if not condition:
         raise ConfigError(key, message)

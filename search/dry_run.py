@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from search.space import Space, SpaceError, load_space
-from trainables.config import BudgetConfig, ConfigError, DataConfig, ModelConfig, from_mapping
+from trainables.config import BudgetConfig, ConfigError, ConfigProblems, DataConfig, ModelConfig, from_mapping
 
 
 @dataclass(frozen=True)
@@ -96,6 +96,7 @@ def describe_data(space: Space, problems: Problems) -> Iterator[str]:
 def budget_lines(space: Space, model: Any, total: int) -> list[BudgetLine]:
     """Every budget the space reaches for ``model`` (``total`` conv parameters)."""
     from trainables.budgets import resolve_budget
+    from trainables.checks import budget_problems
     from trainables.schemes import get_scheme
 
     lines = []
@@ -105,7 +106,9 @@ def budget_lines(space: Space, model: Any, total: int) -> list[BudgetLine]:
         try:
             budget.validate("budget")
         except ConfigError:
-            continue  # an unknown scheme or a ratio out of range: reported when the space loaded
+            continue  # a ratio out of range: reported when the space loaded
+        if budget_problems(budget):
+            continue  # an unknown scheme: reported when the space loaded
         parts = [
             f"scheme {scheme_name}" if scheme_name else "",
             f"ratio {ratio}" if ratio is not None else "",
@@ -138,6 +141,7 @@ def weights_line(config: ModelConfig) -> str:
 
 def describe_models(space: Space, problems: Problems) -> Iterator[str]:
     """Per model: its source, convs and conv parameters, its ImageNet weights, then every budget in parameters."""
+    from trainables.checks import model_problems
     from trainables.models import build_model, model_names, model_spec, ungrouped_conv_params
     from trainables.neurons import conv_neuron_params, total_params
 
@@ -150,6 +154,9 @@ def describe_models(space: Space, problems: Problems) -> Iterator[str]:
         spec = model_spec(name)
         try:
             config = from_mapping(ModelConfig, {**values, "pretrained": None}, "model")
+            found = model_problems(config)
+            if found:
+                raise ConfigProblems(found)
             model = build_model(config, num_classes=10)  # random init: the weights are neither loaded nor fetched
         except INPUT_ERRORS as err:
             for problem in getattr(err, "problems", [err]):

@@ -385,13 +385,17 @@ def trial_problems(overrides: Mapping[str, Any], base: Mapping[str, Any]) -> tup
     model head's class count, the SU mask of the scheme)."""
     from neqtune_datasets import check_dataset
     from trainables.budgets import check_scheme_fits
+    from trainables.checks import config_problems
+    from trainables.lifecycle import needs_su_mask
     from trainables.schemes import get_scheme
-    from trainables.trainer import needs_su_mask
 
     try:
         config = TrialConfig.from_dict(with_overrides(base, overrides))
     except ConfigError as err:
         return None, [err]
+    checked = config_problems(config)  # registered names and files, section by section
+    if checked:
+        return None, checked
     problems: list[ConfigError] = []
     data_ok = True
     if config.data.name != "digits":  # built in; every other data set must be on disk (or downloadable) before Ray starts
@@ -460,13 +464,14 @@ def _written_value_errors(base: dict[str, Any]) -> list[ConfigError]:
     written = {f"{section}.{key}" for section, values in base.items() for key in values}
     hints = typing.get_type_hints(TrialConfig)
     found: list[ConfigError] = []
+    from trainables.checks import section_problems
+
     for section in TRIAL_SECTIONS:
         try:
-            from_mapping(hints[section], base.get(section) or {}, section)
+            problems = section_problems(section, from_mapping(hints[section], base.get(section) or {}, section))
         except ConfigError as err:
-            for problem in getattr(err, "problems", [err]):
-                if problem.key.split("[")[0] in written or problem.message.startswith("unknown key"):
-                    found.append(problem)
+            problems = getattr(err, "problems", [err])
+        found.extend(p for p in problems if p.key.split("[")[0] in written or p.message.startswith("unknown key"))
     return found
 
 

@@ -17,6 +17,7 @@ from search.cli import main
 from search.space import DEFAULT_SPACE
 from trainables import channel_costs, select_units
 from trainables.budgets import build_budget, scheme_su_mask
+from trainables.checks import budget_problems
 from trainables.config import BudgetConfig, ConfigError, from_mapping
 from trainables.costs import Pricing, budget_pricing, mask_memory, network_memory
 from trainables.neurons import conv_neuron_params
@@ -155,7 +156,12 @@ def test_velocity_under_a_memory_budget_ranks_by_memory_share() -> None:
 
 
 def budget_of(**values: Any) -> BudgetConfig:
-    return from_mapping(BudgetConfig, values, "budget")
+    """Parsed (types and ranges) and checked (the policy's registry entry), as a trial is before it runs."""
+    budget = from_mapping(BudgetConfig, values, "budget")
+    found = budget_problems(budget)
+    if found:
+        raise found[0]
+    return budget
 
 
 @pytest.mark.parametrize(

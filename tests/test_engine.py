@@ -15,8 +15,8 @@ from trainables.config import ModelConfig, TrainingConfig
 from trainables.engine import SparseUpdateEngine, row_plan
 from trainables.models import build_model
 from trainables.neurons import Masks, conv_layers, conv_neuron_params
+from trainables.optim import build_optimizer
 from trainables.schemes import get_scheme
-from trainables.trainer import build_optimizer
 
 BUDGET = get_scheme("mbv2-w0.35_scheme_1").budget_params(0)  # 22,410 parameters
 

@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 from search.cli import main
 from search.space import DEFAULT_SPACE
 from trainables import TrialConfig, train
-from trainables.config import BudgetConfig, ConfigError, from_mapping
+from trainables.checks import check_config
+from trainables.config import ConfigError
 from trainables.costs import Pricing
 from trainables.lifecycle import budget_policy_names, get_budget_policy, policy_metric_names
 from trainables.memory_policies import lara_layers, top_share_layers
@@ -236,8 +237,9 @@ def test_medyate_sees_more_channels_every_epoch(straight_runs: dict[str, tuple[l
     ],
 )
 def test_bad_policy_values(values: dict[str, Any], key: str, message: str) -> None:
+    """Ranges are refused when the section parses, what the policy accepts when a trial is checked."""
     with pytest.raises(ConfigError) as caught:
-        from_mapping(BudgetConfig, values, "budget")
+        check_config(TrialConfig.from_dict({"budget": values}))
     assert caught.value.key == key and message in caught.value.message, caught.value
 
 

@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from trainables.config import ConfigError, ModelConfig
+from trainables.checks import check_config
+from trainables.config import ConfigError, ModelConfig, TrialConfig
 from trainables.models import build_model, classifier_name, model_names, model_spec, ungrouped_conv_params
 from trainables.neurons import conv_layers, conv_neuron_params, total_params
 from trainables.policies import su_update_mask
@@ -316,9 +317,9 @@ def test_imagenet_weights_from_the_torch_hub_cache_are_loaded(tmp_path: Path, mo
 
 def test_imagenet_for_a_model_without_imagenet_weights_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match=r"model.pretrained: model 'mbv2-w0.35' has no ImageNet weights"):
-        ModelConfig(name="mbv2-w0.35", pretrained="imagenet").validate("model")
+        check_config(TrialConfig(model=ModelConfig(name="mbv2-w0.35", pretrained="imagenet")))
     with pytest.raises(ConfigError, match=r"model.net_config: only MCUNet-zoo models take a net config"):
-        ModelConfig(name="resnet18", net_config=str(SHIPPED_CONFIGS / "mcunet-5fps_imagenet.json")).validate("model")
+        check_config(TrialConfig(model=ModelConfig(name="resnet18", net_config=str(SHIPPED_CONFIGS / "mcunet-5fps_imagenet.json"))))
 
 
 def _offline(url: str, dst: str, *args: object, **kwargs: object) -> None:

@@ -11,7 +11,8 @@ from data_fixtures import write_fixture
 
 from neqtune_datasets import build_dataset, check_dataset, dataset_names, register_check, register_dataset
 from trainables import model_names, policy_names, register_model, register_policy
-from trainables.config import ConfigError, DataConfig, ModelConfig
+from trainables.checks import check_config
+from trainables.config import ConfigError, DataConfig, ModelConfig, TrialConfig
 from trainables.models import build_model, classifier_name, load_checkpoint, model_spec
 from trainables.policies import get_policy
 from trainables.registry import Registry
@@ -48,7 +49,7 @@ def test_a_checkpoint_of_another_model_is_refused(tmp_path: Path) -> None:
 
 def test_a_missing_checkpoint_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"model.pretrained: no checkpoint file at"):
-        ModelConfig(name="mbv2", pretrained=str(tmp_path / "missing.pt")).validate("model")
+        check_config(TrialConfig(model=ModelConfig(name="mbv2", pretrained=str(tmp_path / "missing.pt"))))
 
 
 @pytest.mark.parametrize("name", dataset_names())
@@ -118,3 +119,22 @@ def test_the_project_registries_keep_their_messages() -> None:
         register_check("c10")(check_dataset)
     assert policy_names() == ["full", "random", "velocity"]
     assert "digits" in dataset_names() and "mbv2-w0.35" in model_names()
+
+
+def test_parsing_looks_nothing_up_and_checking_does() -> None:
+    """A config parses without its registries (names unknown to them pass); the check, as a trial is built, refuses them."""
+    config = TrialConfig.from_dict({"data": {"name": "nope"}, "model": {"name": "vgg"}, "budget": {"policy": "oracle", "ratio": 0.1}})
+    with pytest.raises(ConfigError) as caught:
+        check_config(config)
+    keys = [p.key for p in caught.value.problems]  # type: ignore[attr-defined]
+    assert keys == ["data.name", "model.name", "budget.policy"]
+    assert "known data sets: " in caught.value.message
+
+
+def test_the_data_sets_import_nothing_from_the_layers_above() -> None:
+    """Layers run one way: datasets, then trainables, then search; the data sets are imported alone in a fresh interpreter."""
+    import subprocess
+    import sys
+
+    probe = "import sys, neqtune_datasets; print(sorted({m.split('.')[0] for m in sys.modules} & {'trainables', 'search', 'ray'}))"
+    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.strip() == "[]"

@@ -192,6 +192,11 @@ def get_budget_policy(name: str) -> type[BudgetPolicy]:
     return _BUDGET_POLICIES.get(name)
 
 
+def needs_su_mask(budget: BudgetConfig) -> bool:
+    """Whether the run uses the scheme's static SU mask (policy or first mask); the policy's lifecycle class says."""
+    return get_budget_policy(budget.policy).needs_scheme_mask(budget)
+
+
 def policy_metric_names() -> list[str]:
     """The policies' own metric names, every registered policy's together (each declared in :mod:`trainables.metrics`)."""
     _load_builtin()

@@ -40,6 +40,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch import nn
+
+from trainables.config import TrainingConfig
 
 
 @dataclass(frozen=True)
@@ -327,3 +330,37 @@ def cosine_lr(
     decay_steps = max(total_steps - warmup_steps, 1)
     progress = min((step - warmup_steps) / decay_steps, 1.0)
     return final_lr + 0.5 * (base_lr - final_lr) * (1 + math.cos(math.pi * progress))
+
+
+def parameter_groups(model: nn.Module, config: TrainingConfig) -> list[dict[str, Any]]:
+    """Split parameters into weight-decayed and not, by ``no_wd_keys``.
+
+    ``norm`` matches every parameter of a normalisation layer, ``bias`` every
+    bias; any other key matches as a substring of the parameter's name.
+    """
+    norm_types = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
+    for module_name, module in model.named_modules():
+        for param_name, param in module.named_parameters(recurse=False):
+            name = f"{module_name}.{param_name}" if module_name else param_name
+            skip = any(
+                (key == "norm" and isinstance(module, norm_types)) or (key == "bias" and param_name == "bias") or key in name
+                for key in config.no_wd_keys
+            )
+            (no_decay if skip else decay).append(param)
+    return [
+        {"params": decay, "weight_decay": config.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def build_optimizer(model: nn.Module, config: TrainingConfig) -> MaskedSGD | MaskedAdam:
+    """The masked optimizer named in ``config`` (SGD or Adam); row-sparse steps with the sparse-update engine."""
+    groups = parameter_groups(model, config)
+    row_sparse = config.update_engine == "sparse"
+    if config.optimizer == "sgd":
+        return MaskedSGD(
+            groups, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov, weight_decay=config.weight_decay, row_sparse=row_sparse
+        )
+    return MaskedAdam(groups, lr=config.lr, weight_decay=config.weight_decay, row_sparse=row_sparse)

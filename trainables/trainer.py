@@ -23,15 +23,17 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from neqtune_datasets import build_dataset
 from trainables.budgets import build_budget
-from trainables.config import BudgetConfig, TrainingConfig, TrialConfig
+from trainables.checks import check_config, resolve_device
+from trainables.config import TrialConfig
 from trainables.costs import mask_memory
 from trainables.cpu import prepare_cpu
 from trainables.engine import SparseUpdateEngine, parameter_masks
-from trainables.lifecycle import GradientNorms, PolicyContext, get_budget_policy, make_policy, policy_metric_names
+from trainables.lifecycle import GradientNorms, PolicyContext, make_policy, policy_metric_names
 from trainables.models import build_model
 from trainables.neurons import Masks, conv_layers, conv_neuron_params, layer_flops, mask_stats, total_params
-from trainables.optim import MaskedAdam, MaskedSGD, cosine_lr
+from trainables.optim import build_optimizer, cosine_lr
 from trainables.policies import unit_norms
 
 Metrics = dict[str, Any]
@@ -40,57 +42,11 @@ Reporter = Callable[[Metrics, StateFn], None]
 """``report(metrics, state)``: called after every epoch; ``state()`` builds a resumable checkpoint."""
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` means CUDA when available, else CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch (CPU and CUDA)."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def needs_su_mask(budget: BudgetConfig) -> bool:
-    """Whether the run uses the scheme's static SU mask (policy or first mask); the policy's lifecycle class says."""
-    return get_budget_policy(budget.policy).needs_scheme_mask(budget)
-
-
-def parameter_groups(model: nn.Module, config: TrainingConfig) -> list[dict[str, Any]]:
-    """Split parameters into weight-decayed and not, by ``no_wd_keys``.
-
-    ``norm`` matches every parameter of a normalisation layer, ``bias`` every
-    bias; any other key matches as a substring of the parameter's name.
-    """
-    norm_types = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
-    decay: list[nn.Parameter] = []
-    no_decay: list[nn.Parameter] = []
-    for module_name, module in model.named_modules():
-        for param_name, param in module.named_parameters(recurse=False):
-            name = f"{module_name}.{param_name}" if module_name else param_name
-            skip = any(
-                (key == "norm" and isinstance(module, norm_types)) or (key == "bias" and param_name == "bias") or key in name
-                for key in config.no_wd_keys
-            )
-            (no_decay if skip else decay).append(param)
-    return [
-        {"params": decay, "weight_decay": config.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-
-
-def build_optimizer(model: nn.Module, config: TrainingConfig) -> MaskedSGD | MaskedAdam:
-    """The masked optimizer named in ``config`` (SGD or Adam); row-sparse steps with the sparse-update engine."""
-    groups = parameter_groups(model, config)
-    row_sparse = config.update_engine == "sparse"
-    if config.optimizer == "sgd":
-        return MaskedSGD(
-            groups, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov, weight_decay=config.weight_decay, row_sparse=row_sparse
-        )
-    return MaskedAdam(groups, lr=config.lr, weight_decay=config.weight_decay, row_sparse=row_sparse)
 
 
 @torch.no_grad()
@@ -117,13 +73,10 @@ class BudgetedRun:
         self.config = config
         training, budget = config.training, config.budget
         self.device = resolve_device(training.device)
+        check_config(config, device=self.device)  # registered names, files, the precision on this device
         if self.device.type == "cpu":
             prepare_cpu()  # denormals flushed, freed memory kept for reuse (trainables/cpu.py)
         seed_everything(training.seed)
-        # Imported here, not at the top: ``import datasets`` loads this package
-        # (neqtune_datasets.registry uses trainables.registry) and would be found half-done.
-        from neqtune_datasets import build_dataset
-
         self.data = build_dataset(config.data)
         self.model = build_model(config.model, self.data.num_classes).to(self.device)
         self.neuron_params = conv_neuron_params(self.model)

@@ -1,0 +1,112 @@
+"""What a trial's config is checked for once it has parsed: registered names, files, the device.
+
+Parsing (:mod:`trainables.config`) checks types and ranges and imports no
+registry. The checks here look names up in the registries (data sets,
+models, policies, schemes) and look at files, and fetch nothing: a dry run
+fetches nothing, and a search fetches the ImageNet weights of every model it
+can reach before Ray starts (``search.weights.fetch_space_weights``). They
+run when a space's trials are checked (``search.space``) and when a trial is
+built (:class:`trainables.trainer.BudgetedRun`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from neqtune_datasets import data_problems
+from neqtune_datasets.parsing import join
+from trainables.config import BudgetConfig, ConfigError, ConfigProblems, ModelConfig, TrainingConfig, TrialConfig
+from trainables.lifecycle import budget_policy_names, get_budget_policy
+from trainables.models import model_names, model_spec
+from trainables.schemes import scheme_names
+
+
+def model_problems(model: ModelConfig, path: str = "model") -> list[ConfigError]:
+    """The model's name, its ImageNet weights (in the registry entry, not fetched), its checkpoint and net-config files."""
+    if model.name not in model_names():
+        return [ConfigError(join(path, "name"), f"unknown model {model.name!r}; known models: {', '.join(model_names())}")]
+    found: list[ConfigError] = []
+    spec = model_spec(model.name)
+    if model.pretrained == "imagenet" and spec.imagenet is None:
+        found.append(ConfigError(join(path, "pretrained"), f"model {model.name!r} has no ImageNet weights"))
+    elif model.pretrained is not None and model.pretrained != "imagenet" and not Path(model.pretrained).expanduser().is_file():
+        found.append(ConfigError(join(path, "pretrained"), f"no checkpoint file at {model.pretrained}"))
+    if model.net_config is not None:
+        if spec.source != "mcunet-zoo":
+            found.append(ConfigError(join(path, "net_config"), f"only MCUNet-zoo models take a net config, not {model.name!r}"))
+        elif not Path(model.net_config).expanduser().is_file():
+            found.append(ConfigError(join(path, "net_config"), f"no net config file at {model.net_config}"))
+    return found
+
+
+def budget_problems(budget: BudgetConfig, path: str = "budget") -> list[ConfigError]:
+    """The policy and scheme names, and what the policy accepts (its units, layer preselection)."""
+    known = budget_policy_names()
+    if budget.policy not in known:
+        return [ConfigError(join(path, "policy"), f"unknown policy {budget.policy!r}; known policies: {', '.join(sorted(known))}")]
+    found: list[ConfigError] = []
+    policy = get_budget_policy(budget.policy)
+    if budget.unit not in policy.units:
+        refusal = policy.unit_refusal or f"policy {budget.policy!r} does not select {budget.unit} channels; it needs unit {' or '.join(policy.units)}"
+        found.append(ConfigError(join(path, "unit"), refusal))
+    if budget.layers is not None and not policy.preselects:
+        found.append(
+            ConfigError(join(path, "layers"), f"policy {budget.policy!r} selects from every layer; layers applies to trady, rgn and medyate")
+        )
+    if budget.scheme is not None and budget.scheme not in scheme_names():
+        found.append(ConfigError(join(path, "scheme"), f"unknown scheme {budget.scheme!r}; known schemes: {', '.join(scheme_names())}"))
+    return found
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` means CUDA when available, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def training_problems(training: TrainingConfig, path: str = "training", *, device: torch.device | None = None) -> list[ConfigError]:
+    """Whether the precision runs on the trial's device (``device``: where it runs, when known; else ``training.device``).
+
+    fp16 autocast needs CUDA. With ``device: auto`` and no device given,
+    nothing is refused: the trial may well run on a GPU the checking process
+    does not have (a driver without a GPU, workers with one).
+    """
+    if device is None and training.device == "auto":
+        return []
+    where = device if device is not None else resolve_device(training.device)
+    if training.precision == "fp16" and where.type != "cuda":
+        return [ConfigError(join(path, "precision"), f"fp16 needs a CUDA device; this trial runs on {where.type} (use fp32 or bf16)")]
+    return []
+
+
+def section_problems(section: str, values: Any) -> list[ConfigError]:
+    """The checks of one parsed section (``data``, ``model``, ``training`` or ``budget``), keys under the section's name."""
+    checks: dict[str, Callable[[Any], list[ConfigError]]] = {
+        "data": data_problems,
+        "model": model_problems,
+        "training": training_problems,
+        "budget": budget_problems,
+    }
+    return checks[section](values)
+
+
+def config_problems(config: TrialConfig, *, device: torch.device | None = None) -> list[ConfigError]:
+    """Every problem of a parsed config, section by section (nothing is fetched)."""
+    return [
+        *data_problems(config.data),
+        *model_problems(config.model),
+        *training_problems(config.training, device=device),
+        *budget_problems(config.budget),
+    ]
+
+
+def check_config(config: TrialConfig, *, device: torch.device | None = None) -> None:
+    """Raise the first of :func:`config_problems` (a :class:`ConfigProblems` carrying them all)."""
+    found = config_problems(config, device=device)
+    if found:
+        raise ConfigProblems(found)
