@@ -48,6 +48,7 @@ from torch import nn
 from trainables.costs import UNITS, Unit
 from trainables.neurons import Masks, conv_layers
 from trainables.optim import AxisMask, UpdateMask
+from trainables.precision import autocast_dtype
 
 BnUpdate = Literal["all", "selected"]
 NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
@@ -66,6 +67,37 @@ def _group_input_channels(selected: torch.Tensor, weight: torch.Tensor, groups: 
     in_per_group = weight.shape[1]
     first_input = (selected // out_per_group) * in_per_group
     return (first_input.unsqueeze(1) + torch.arange(in_per_group, device=selected.device)).flatten()
+
+
+def _autocast_operands(
+    ctx: Any, inputs: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The conv's operands in autocast's dtype (as autocast's own conv2d would cast them), their dtypes kept on ``ctx``.
+
+    Backward then computes in that dtype from what forward saved (low-precision
+    inputs hold half the memory), and :func:`_in_dtypes` hands the gradients
+    back in the dtypes of the operands as given: float32 for the weights.
+    """
+    ctx.dtypes = (inputs.dtype, weight.dtype)
+    dtype = autocast_dtype(inputs.device.type)
+    if dtype is None:
+        return inputs, weight, bias
+    return inputs.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype)
+
+
+def _in_dtypes(backward: Callable[..., tuple[torch.Tensor | None, ...]]) -> Callable[..., tuple[torch.Tensor | None, ...]]:
+    """Wrap a conv Function's backward so its input, weight and bias gradients come back in their operands' dtypes."""
+
+    def wrapped(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        grads = list(backward(ctx, grad_out))
+        input_dtype, param_dtype = ctx.dtypes
+        for i, dtype in enumerate((input_dtype, param_dtype, param_dtype)):
+            grad = grads[i]
+            if grad is not None:
+                grads[i] = grad.to(dtype)
+        return tuple(grads)
+
+    return wrapped
 
 
 DENSE_FRACTION = 0.5
@@ -138,6 +170,7 @@ class _RowSparseConv(torch.autograd.Function):
         ctx.plan, ctx.conf, ctx.groups, ctx.has_bias = plan, conf, groups, bias is not None
         ctx.input_shape = inputs.shape
         needs_weight_grad = weight.requires_grad
+        inputs, weight, bias = _autocast_operands(ctx, inputs, weight, bias)
         kept = inputs
         if needs_weight_grad and plan.group_inputs is not None and not plan.dense:
             kept = inputs.index_select(1, plan.group_inputs)
@@ -146,6 +179,7 @@ class _RowSparseConv(torch.autograd.Function):
         return F.conv2d(inputs, weight, bias, stride, padding, dilation, groups)
 
     @staticmethod
+    @_in_dtypes
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         kept, weight = ctx.saved_tensors
         groups, plan = ctx.groups, ctx.plan
@@ -339,13 +373,16 @@ class _ColumnSparseConv(torch.autograd.Function):
         ctx.plan, ctx.conf, ctx.groups, ctx.has_bias = plan, conf, groups, bias is not None
         ctx.input_shape = inputs.shape
         kept = None
-        if weight.requires_grad:
+        needs_weight_grad = weight.requires_grad
+        inputs, weight, bias = _autocast_operands(ctx, inputs, weight, bias)
+        if needs_weight_grad:
             kept = inputs if plan.frozen is not None else inputs.index_select(1, plan.selected)
         ctx.save_for_backward(kept, weight)
         stride, padding, dilation = conf
         return F.conv2d(inputs, weight, bias, stride, padding, dilation, groups)
 
     @staticmethod
+    @_in_dtypes
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         kept, weight = ctx.saved_tensors
         plan: ColumnPlan = ctx.plan
@@ -390,11 +427,13 @@ class _FrozenConv(torch.autograd.Function):
         ctx: Any, inputs: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, conf: tuple[Any, ...], groups: int
     ) -> torch.Tensor:
         ctx.conf, ctx.groups, ctx.input_shape = conf, groups, inputs.shape
+        inputs, weight, bias = _autocast_operands(ctx, inputs, weight, bias)
         ctx.save_for_backward(weight)
         stride, padding, dilation = conf
         return F.conv2d(inputs, weight, bias, stride, padding, dilation, groups)
 
     @staticmethod
+    @_in_dtypes
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         (weight,) = ctx.saved_tensors
         return _input_gradient(grad_out, ctx.input_shape, weight, ctx.conf, ctx.groups), None, None, None, None

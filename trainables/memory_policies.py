@@ -235,6 +235,7 @@ class MedyatePolicy(PreselectingPolicy):
         self.steps = 0
         self.epochs_done = 0
         self._convs = conv_layers(context.model)
+        self._trained: list[str] = []  # the layers with a trained channel under the current masks
 
     @property
     def reselects_every_epoch(self) -> bool:
@@ -244,14 +245,21 @@ class MedyatePolicy(PreselectingPolicy):
         self.preselect(probe)
         return self.draw(medyate_policy)
 
+    def draw(self, policy: SelectionFn, scores: Mapping[str, torch.Tensor] | None = None) -> Masks:
+        masks = super().draw(policy, scores)
+        self._trained = [name for name in self.layer_names() if bool(masks[name].any())]
+        return masks
+
     def observe_step(self) -> None:
+        """Add up the trained channels' gradient norms where the gradients are (on the device; read after the epoch)."""
         started = time.perf_counter()
-        for name in self.layer_names():
-            mask = self.current[name]
+        for name in self._trained:
             grad = self._convs[name].weight.grad
-            if grad is None or not bool(mask.any()):
+            if grad is None:
                 continue
-            self.sums[name] += unit_norms(grad, self._convs[name], "input_channel").cpu()
+            if self.sums[name].device != grad.device:
+                self.sums[name] = self.sums[name].to(grad.device)
+            self.sums[name] += unit_norms(grad, self._convs[name], "input_channel")
         self.steps += 1
         self.grad_norm_time_s += time.perf_counter() - started
 
@@ -261,7 +269,7 @@ class MedyatePolicy(PreselectingPolicy):
         for name in self.layer_names():
             trained = self.current[name]
             if self.steps:
-                self.norms[name][trained] = self.sums[name][trained] / self.steps
+                self.norms[name][trained] = self.sums[name].cpu()[trained] / self.steps
             self.seen[name] |= trained
             self.sums[name].zero_()
         self.steps = 0
@@ -290,6 +298,7 @@ class MedyatePolicy(PreselectingPolicy):
         self.sums = {k: v.clone() for k, v in state["sums"].items()}
         self.steps = int(state["steps"])
         self.epochs_done = int(state["epochs_done"])
+        self._trained = [name for name in self.layer_names() if bool(self.current[name].any())]
 
     def epoch_metrics(self, epoch_time_s: float) -> dict[str, Any]:
         names = self.layer_names()

@@ -11,10 +11,11 @@ thin adapter around it.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import random
 import time
-from collections.abc import Callable, Mapping, Sized
+from collections.abc import Callable, Iterable, Mapping, Sized
 from typing import Any, cast
 
 import numpy as np
@@ -35,6 +36,7 @@ from trainables.models import build_model
 from trainables.neurons import Masks, conv_layers, conv_neuron_params, layer_flops, mask_stats, total_params
 from trainables.optim import build_optimizer, cosine_lr
 from trainables.policies import unit_norms
+from trainables.precision import MixedPrecision
 
 Metrics = dict[str, Any]
 StateFn = Callable[[], dict[str, Any]]
@@ -50,17 +52,22 @@ def seed_everything(seed: int) -> None:
 
 
 @torch.no_grad()
-def top1(model: nn.Module, loader: DataLoader[Any], device: torch.device) -> float:
-    """Top-1 accuracy of ``model`` on ``loader``, in percent."""
+def top1(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], device: torch.device, precision: MixedPrecision | None = None) -> float:
+    """Top-1 accuracy of ``model`` on ``batches``, in percent.
+
+    The count stays on the device and is read once at the end: no batch waits for the host.
+    """
     was_training = model.training
     model.eval()
-    correct = total = 0
-    for inputs, labels in loader:
-        logits = model(inputs.to(device))
-        correct += int((logits.argmax(dim=1).cpu() == labels).sum())
-        total += labels.numel()
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    total = 0
+    with precision.autocast() if precision is not None else contextlib.nullcontext():
+        for inputs, labels in batches:
+            logits = model(inputs.to(device, non_blocking=True))
+            correct += (logits.argmax(dim=1) == labels.to(device, non_blocking=True)).sum()
+            total += labels.numel()
     model.train(was_training)
-    return 100.0 * correct / max(total, 1)
+    return 100.0 * int(correct) / max(total, 1)
 
 
 class BudgetedRun:
@@ -79,6 +86,9 @@ class BudgetedRun:
         seed_everything(training.seed)
         self.data = build_dataset(config.data)
         self.model = build_model(config.model, self.data.num_classes).to(self.device)
+        if training.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.precision = MixedPrecision(training.precision, self.device)
         self.neuron_params = conv_neuron_params(self.model)
         self.total_params = total_params(self.neuron_params)
         self.budget = build_budget(budget, self.model, model_name=config.model.name, image_size=config.data.image_size)
@@ -207,8 +217,10 @@ class BudgetedRun:
         training = self.config.training
         total_steps = training.total_epochs * self.steps_per_epoch
         self.model.train()
-        loss_sum = 0.0
-        correct = seen = 0
+        # loss and correct counts add up on the device and are read once, after the epoch: no batch waits for the host
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        correct = torch.zeros((), dtype=torch.long, device=self.device)
+        seen = 0
         lr = training.lr
         for batch, (inputs, labels) in enumerate(self.train_loader):
             step = self.epoch * self.steps_per_epoch + batch
@@ -222,24 +234,31 @@ class BudgetedRun:
             )
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
-            inputs, labels = inputs.to(self.device), labels.to(self.device)
+            inputs, labels = self.on_device(inputs), labels.to(self.device, non_blocking=True)
             self.optimizer.zero_grad(set_to_none=True)
-            logits = self.model(inputs)
-            loss = F.cross_entropy(logits, labels)
-            loss.backward()
+            with self.precision.autocast():
+                logits = self.model(inputs)
+                loss = F.cross_entropy(logits, labels)
+            self.precision.backward(loss, self.optimizer)
             self.policy.observe_step()
-            self.optimizer.step()
-            loss_sum += float(loss.detach()) * labels.numel()
-            correct += int((logits.argmax(dim=1) == labels).sum())
+            self.precision.step(self.optimizer)
+            loss_sum += loss.detach().double() * labels.numel()
+            correct += (logits.argmax(dim=1) == labels).sum()
             seen += labels.numel()
-        return loss_sum / seen, 100.0 * correct / seen, lr
+        return float(loss_sum) / seen, 100.0 * int(correct) / seen, lr
+
+    def on_device(self, inputs: torch.Tensor) -> torch.Tensor:
+        """A batch of images on the run's device (an asynchronous copy from pinned memory), in the model's layout."""
+        inputs = inputs.to(self.device, non_blocking=True)
+        return inputs.contiguous(memory_format=torch.channels_last) if self.config.training.channels_last else inputs
 
     def evaluate(self) -> tuple[float, float]:
         """Validation and test top-1 (percent); keeps the best epoch by validation."""
-        val, test = top1(self.model, self.val_loader, self.device), top1(self.model, self.test_loader, self.device)
+        val = top1(self.model, self.val_loader, self.device, self.precision)
+        test = top1(self.model, self.test_loader, self.device, self.precision)
         if not val <= self.best_val_top1:  # also true while best is NaN
             self.best_val_top1, self.best_epoch, self.test_top1_at_best_val = val, self.epoch + 1, test
-            self.best_model_state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+            self.best_model_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}  # on the device: no wait
         return val, test
 
     def should_evaluate(self) -> bool:
@@ -257,6 +276,7 @@ class BudgetedRun:
                 "optimizer": self.optimizer.state_dict(),
                 "masks": self.masks,
                 "policy": self.policy.state_dict(),
+                "grad_scaler": self.precision.state_dict(),
                 "rng": {
                     "torch": torch.get_rng_state(),
                     "shuffle": self.shuffle_generator.get_state(),
@@ -281,6 +301,7 @@ class BudgetedRun:
         self.masks = dict(state["masks"])
         self.apply_masks()
         self.policy.load_state_dict(state["policy"])
+        self.precision.load_state_dict(state.get("grad_scaler", {}))
         rng = state["rng"]
         torch.set_rng_state(rng["torch"])
         self.shuffle_generator.set_state(rng["shuffle"])
