@@ -14,13 +14,13 @@ from neqtune_datasets import digits as _digits  # noqa: F401  (registers "digits
 from neqtune_datasets import fashion_mnist as _fashion_mnist  # noqa: F401  (registers "fashion-mnist")
 from neqtune_datasets import images as _images  # noqa: F401  (registers "flowers", "food", "pets", "cub")
 from neqtune_datasets import vww as _vww  # noqa: F401  (registers "vww")
+from neqtune_datasets.checks import data_problems
 from neqtune_datasets.config import DataConfig
 from neqtune_datasets.registry import (
     DatasetError,
     DataSplits,
     build_dataset,
     check_dataset,
-    data_problems,
     dataset_names,
     register_check,
     register_dataset,

@@ -10,7 +10,6 @@ from torch.utils.data import Dataset
 
 from neqtune_datasets.config import DataConfig
 from neqtune_datasets.names import Registry
-from neqtune_datasets.parsing import ConfigError, join
 
 
 @dataclass(frozen=True)
@@ -75,13 +74,6 @@ def check_dataset(config: DataConfig) -> None:
     check = _CHECKS.find(config.name)
     if check is not None:
         check(config)
-
-
-def data_problems(config: DataConfig, path: str = "data") -> list[ConfigError]:
-    """Whether ``config.name`` is a registered data set (its files are :func:`check_dataset`'s)."""
-    if config.name in _DATASETS:
-        return []
-    return [ConfigError(join(path, "name"), f"unknown data set {config.name!r}; known data sets: {', '.join(dataset_names())}")]
 
 
 def dataset_names() -> list[str]:

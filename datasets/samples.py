@@ -10,14 +10,14 @@ validation and test splits the evaluation transform.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
 from torchvision import transforms as T
 
 from neqtune_datasets.config import DataConfig
@@ -78,22 +78,62 @@ class ArraySource:
         image = Image.fromarray(self.images[index])
         return image.convert("RGB"), int(self.labels[index])
 
+    def arrays(self, indices: Sequence[int]) -> np.ndarray:
+        """The ``uint8`` images at ``indices``, stacked (one gather: they share a size)."""
+        return self.images[np.asarray(indices, dtype=np.int64)]
+
 
 class SplitView(Dataset[tuple[torch.Tensor, int]]):
-    """Some samples of a source, seen through a transform (picklable, for Ray)."""
+    """Some samples of a source, seen through a transform (picklable, for Ray and loader workers).
 
-    def __init__(self, source: SampleSource, indices: Sequence[int], transform: T.Compose) -> None:
+    An item is asked for by position, or by ``(position, seed)``: then the
+    transform draws its randomness from its own generator seeded by ``seed``
+    (:class:`SeededSampler` hands out one per sample and epoch), so the
+    augmentation of a run is the same whether its samples are loaded in the
+    trial's process or in any number of workers, and a resumed run sees the
+    same crops as one that never stopped. ``square_resize``: the transforms
+    are VWW's (a resize to a square), for the batched path to match.
+    """
+
+    def __init__(self, source: SampleSource, indices: Sequence[int], transform: T.Compose, *, square_resize: bool = False) -> None:
         self.source = source
         self.indices = list(indices)
         self.transform = transform
+        self.square_resize = square_resize
 
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitem__(self, position: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
+        position, seed = key if isinstance(key, tuple) else (key, None)
         image, label = self.source.load(self.indices[position])
-        tensor: torch.Tensor = self.transform(image)
+        if seed is None:
+            tensor: torch.Tensor = self.transform(image)
+            return tensor, label
+        with torch.random.fork_rng(devices=[]):  # torchvision's transforms draw from torch's global generator
+            torch.manual_seed(seed)
+            tensor = self.transform(image)
         return tensor, label
+
+
+class SeededSampler(Sampler[tuple[int, int]]):
+    """Every position of a split once per epoch, shuffled, each with the seed of its augmentation.
+
+    Both the order and the seeds come from ``generator`` (the run's shuffle
+    generator, saved in its checkpoint).
+    """
+
+    def __init__(self, length: int, generator: torch.Generator) -> None:
+        self.length = length
+        self.generator = generator
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        order = torch.randperm(self.length, generator=self.generator).tolist()
+        seeds = torch.randint(0, 2**62, (self.length,), generator=self.generator).tolist()
+        return iter(zip(order, seeds, strict=True))
 
 
 def train_transform(image_size: int, *, square_resize: bool) -> T.Compose:
@@ -147,10 +187,11 @@ def official_splits(train: SampleSource, test: SampleSource, classes: Sequence[s
     )
     augment = train_transform(settings.image_size, square_resize=settings.square_resize)
     plain = eval_transform(settings.image_size, square_resize=settings.square_resize)
+    square = settings.square_resize
     return DataSplits(
-        train=SplitView(train, train_idx, augment),
-        val=SplitView(train, val_idx, plain),
-        velocity=SplitView(train, velocity_idx, plain),
-        test=SplitView(test, range(len(test)), plain),
+        train=SplitView(train, train_idx, augment, square_resize=square),
+        val=SplitView(train, val_idx, plain, square_resize=square),
+        velocity=SplitView(train, velocity_idx, plain, square_resize=square),
+        test=SplitView(test, range(len(test)), plain, square_resize=square),
         classes=list(classes),
     )

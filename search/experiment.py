@@ -20,6 +20,7 @@ import optuna
 import yaml
 from ray.tune.stopper import Stopper
 
+from search.dry_run import choices
 from search.local_ray import LocalRay, start_local_ray
 from search.pareto import PARETO_TABLE, pareto_front
 from search.recorder import ResultRecorder, read_results
@@ -408,22 +409,83 @@ def estimate_trial_memory(space: Space) -> int:
     ``BYTES_PER_PARAMETER`` per parameter of the largest searched model plus
     ``ACTIVATION_BYTES_PER_PIXEL`` per pixel of a training batch.
     """
+    data = space.base.get("data", {})
+    params = largest_model_params(space)
+    pixels = int(data.get("batch_size", 32)) * int(data.get("image_size", 32)) ** 2
+    return TRIAL_BASE_MEMORY_BYTES + BYTES_PER_PARAMETER * params + ACTIVATION_BYTES_PER_PIXEL * pixels
+
+
+def auto_concurrency(
+    *, cpus: float, cpus_per_trial: float, memory_bytes: float, trial_memory_bytes: int, num_trials: int, gpus: float = 0.0, gpus_per_trial: float = 0.0
+) -> int:
+    """Trials to run at once: as many as the CPUs, the GPU slots and the memory allow, at least 1, at most ``num_trials``."""
+    by_cpu = int(cpus // cpus_per_trial)
+    by_memory = int(memory_bytes // trial_memory_bytes)
+    by_gpu = int(round(gpus / gpus_per_trial, 6)) if gpus_per_trial > 0 else by_cpu  # 1 / 0.25 slots: rounding, not flooring 3.9999
+    return max(1, min(by_cpu, by_memory, by_gpu, num_trials))
+
+
+SMALL_MODEL_PARAMS = 5_000_000
+"""Models up to this many parameters share a GPU under ``gpus_per_trial: auto`` (:data:`TRIALS_PER_GPU` of them)."""
+TRIALS_PER_GPU = 4
+
+
+def auto_gpus_per_trial(*, cluster_gpus: float, model_params: int) -> float:
+    """``gpus_per_trial: auto``: 0 without GPUs; else 1 / :data:`TRIALS_PER_GPU` for small models, a whole GPU for the rest.
+
+    The study's networks (MobileNetV2-w0.35 to MCUNet, 0.4-3.5 M
+    parameters, 128-160 px, batch 32-64) leave most of a modern GPU idle in
+    one trial: at batch 32 and 128 px an mbv2-w0.35 step is about 0.6 GFLOP
+    forward and backward, microseconds of an H200's compute, so a trial is
+    bound by kernel launches and its input, and four trials on one GPU overlap
+    what one leaves idle. ResNet-18/50 (11.7 M / 25.6 M parameters) get a GPU
+    each. ``python -m benchmarks.gpu_check`` measures 1 against 4 trials on
+    one GPU (trials per hour) where a GPU is at hand.
+    """
+    if cluster_gpus <= 0:
+        return 0.0
+    return 1.0 / TRIALS_PER_GPU if model_params <= SMALL_MODEL_PARAMS else 1.0
+
+
+def largest_model_params(space: Space) -> int:
+    """Parameters of the largest model the space searches (built at 10 classes, random init)."""
     from trainables.config import ModelConfig
     from trainables.models import build_model
 
     models = set(space.search.params["model.name"].choice or []) if "model.name" in space.search.params else set()
     models.add(space.base.get("model", {}).get("name", ModelConfig().name))
-    data = space.base.get("data", {})
-    params = max(sum(p.numel() for p in build_model(ModelConfig(name=name), num_classes=10).parameters()) for name in models)
-    pixels = int(data.get("batch_size", 32)) * int(data.get("image_size", 32)) ** 2
-    return TRIAL_BASE_MEMORY_BYTES + BYTES_PER_PARAMETER * params + ACTIVATION_BYTES_PER_PIXEL * pixels
+    return max(sum(p.numel() for p in build_model(ModelConfig(name=name), num_classes=10).parameters()) for name in models)
 
 
-def auto_concurrency(*, cpus: float, cpus_per_trial: float, memory_bytes: float, trial_memory_bytes: int, num_trials: int) -> int:
-    """Trials to run at once: as many as the CPUs and the memory allow, at least 1, at most ``num_trials``."""
-    by_cpu = int(cpus // cpus_per_trial)
-    by_memory = int(memory_bytes // trial_memory_bytes)
-    return max(1, min(by_cpu, by_memory, num_trials))
+def node_gpus() -> list[float]:
+    """The GPUs of every alive node of the running Ray cluster."""
+    import ray
+
+    return [float(node.get("Resources", {}).get("GPU", 0.0)) for node in ray.nodes() if node.get("Alive")]
+
+
+def resolve_gpus(space: Space, *, echo: Any = print) -> float:
+    """``search.gpus_per_trial`` on the running cluster: ``auto`` resolved and printed, a number checked against its nodes.
+
+    Raises:
+        ClusterError: naming ``search.gpus_per_trial`` (more GPUs per trial
+            than any node has) or ``training.precision`` (fp16 trials that
+            would get no GPU), before anything is written.
+    """
+    search = space.search
+    per_node = node_gpus()
+    most = max(per_node, default=0.0)
+    if search.gpus_per_trial == "auto":
+        gpus = auto_gpus_per_trial(cluster_gpus=sum(per_node), model_params=largest_model_params(space))
+        share = f"{round(1 / gpus)} trials per GPU" if 0 < gpus < 1 else f"{gpus:g} GPU per trial"
+        echo(f"neqtune: gpus_per_trial auto = {gpus:g} ({share}; {sum(per_node):g} GPUs in the cluster, {len(per_node)} nodes)")
+    else:
+        gpus = float(search.gpus_per_trial)
+        if gpus > most:
+            raise ClusterError(f"{space.source}: search.gpus_per_trial: {gpus:g} GPUs per trial, but no node of the cluster has that many (most: {most:g})")
+    if gpus == 0 and "fp16" in choices(space, "training.precision"):
+        raise ClusterError(f"{space.source}: training.precision: fp16 needs a CUDA device, but the trials get no GPU (gpus_per_trial {gpus:g}); use fp32 or bf16")
+    return gpus
 
 
 def available_memory() -> int:
@@ -437,11 +499,11 @@ def available_memory() -> int:
     return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
 
 
-def resolve_concurrency(space: Space, *, local: bool, echo: Any = print) -> int:
+def resolve_concurrency(space: Space, *, local: bool, gpus_per_trial: float = 0.0, echo: Any = print) -> int:
     """``search.max_concurrent``, or for ``auto`` :func:`auto_concurrency` on the running Ray cluster.
 
-    CPUs are the cluster's; memory is this machine's available memory for a
-    local Ray, else the cluster's ``memory`` resource.
+    CPUs and GPUs are the cluster's; memory is this machine's available
+    memory for a local Ray, else the cluster's ``memory`` resource.
     """
     search = space.search
     if search.max_concurrent != "auto":
@@ -457,9 +519,12 @@ def resolve_concurrency(space: Space, *, local: bool, echo: Any = print) -> int:
         memory_bytes=memory,
         trial_memory_bytes=trial_memory,
         num_trials=space.num_trials(),
+        gpus=float(resources.get("GPU", 0.0)),
+        gpus_per_trial=gpus_per_trial,
     )
+    gpu_part = f"GPUs {resources.get('GPU', 0):g} / {gpus_per_trial:g} per trial; " if gpus_per_trial > 0 else ""
     echo(
-        f"neqtune: max_concurrent auto = {chosen} (CPUs {resources.get('CPU', 0):g} / {search.cpus_per_trial:g} per trial; "
+        f"neqtune: max_concurrent auto = {chosen} (CPUs {resources.get('CPU', 0):g} / {search.cpus_per_trial:g} per trial; {gpu_part}"
         f"memory {memory / 2**30:.1f} GiB / {trial_memory / 2**30:.2f} GiB estimated per trial)"
     )
     return chosen
@@ -498,8 +563,8 @@ def write_text(location: str, text: str) -> None:
         stream.write(text.encode())
 
 
-def build_trainable(space: Space) -> Any:
-    """The Tune trainable of ``space``: the budgeted trainable with its base config and resources."""
+def build_trainable(space: Space, gpus_per_trial: float) -> Any:
+    """The Tune trainable of ``space``: the budgeted trainable with its base config and resources (``gpus_per_trial`` resolved)."""
     from ray import tune
 
     search = space.search
@@ -511,7 +576,7 @@ def build_trainable(space: Space) -> Any:
             repeats=search.repeats,
             checkpoint_interval_s=search.checkpoint_interval_s,
         ),
-        {"cpu": search.cpus_per_trial, "gpu": search.gpus_per_trial},
+        {"cpu": search.cpus_per_trial, "gpu": gpus_per_trial},
     )
 
 
@@ -580,7 +645,8 @@ def _run_search(
     )
     start_ray(address)
     check_cluster_storage(root, shared_storage)
-    max_concurrent = resolve_concurrency(space, local=_local_ray(address), echo=echo)
+    gpus_per_trial = resolve_gpus(space, echo=echo)
+    max_concurrent = resolve_concurrency(space, local=_local_ray(address), gpus_per_trial=gpus_per_trial, echo=echo)
     experiment_dir.mkdir(parents=True, exist_ok=True)
     write_text(join_location(location, SPACE_FILE), yaml.safe_dump(space.to_dict(), sort_keys=False))
 
@@ -588,7 +654,7 @@ def _run_search(
     param_space = {key: tune_domain(spec, grid=grid) for key, spec in search.params.items()}
     recorder = ResultRecorder(experiment_dir, experiment, space.base, searched=list(search.params), echo=echo, tables_dir=location)
     tuner = tune.Tuner(
-        build_trainable(space),
+        build_trainable(space, gpus_per_trial),
         param_space=param_space,
         tune_config=tune.TuneConfig(
             search_alg=build_searcher(search),  # the searcher and the scheduler carry their own metrics
@@ -709,7 +775,7 @@ def resume_search(
         added = recorder.backfill(location)
         echo(f"neqtune: {len(recorder.epochs.previous_keys())} trial-epochs in the tables, {added} recovered from the trials' result logs")
         filled = fill_missing_checkpoints(location)
-        tuner = tune.Tuner.restore(location, trainable=build_trainable(space), resume_unfinished=True, resume_errored=False)
+        tuner = tune.Tuner.restore(location, trainable=build_trainable(space, resolve_gpus(space, echo=echo)), resume_unfinished=True, resume_errored=False)
         # The recorder saved with the experiment belongs to the dead driver; supply the callbacks again.
         internal = tuner._local_tuner  # Tuner has no public setter for the restored run config
         assert internal is not None, "resuming through Ray Client is not supported"

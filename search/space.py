@@ -145,7 +145,10 @@ class SearchConfig:
     ``sampler``: ``tpe`` (multi-objective TPE when there are several
     objectives), ``nsga2`` (NSGA-II, ``population_size`` per generation) or
     ``random``. ``max_concurrent: auto`` runs as many trials at once as the
-    CPUs and the memory allow (see :func:`search.experiment.auto_concurrency`);
+    CPUs, the GPUs and the memory allow (see :func:`search.experiment.auto_concurrency`);
+    ``gpus_per_trial``: a fraction shares a GPU (0.25: four trials on one),
+    ``auto`` uses the cluster's GPUs where it has any, with the packing rule
+    of :func:`search.experiment.auto_gpus_per_trial` (0 without GPUs);
     ``max_failures``: restarts of a failed trial from its last checkpoint.
     ``max_trial_epochs``: a budget for the whole search; once its trials ran
     that many epochs in total (each reported epoch counts), running trials
@@ -170,7 +173,7 @@ class SearchConfig:
     max_trial_epochs: int | None = None
     checkpoint_interval_s: float = 10.0
     cpus_per_trial: float = 1.0
-    gpus_per_trial: float = 0.0
+    gpus_per_trial: float | Literal["auto"] = 0.0
     seed: int = 0
     metric: str | list[str] = "best_val_top1"
     mode: Mode | list[Mode] = "max"
@@ -225,8 +228,11 @@ class SearchConfig:
             raise ConfigError(f"{path}.checkpoint_interval_s", f"must be >= 0 seconds, got {self.checkpoint_interval_s}")
         if self.cpus_per_trial <= 0:
             raise ConfigError(f"{path}.cpus_per_trial", f"must be > 0, got {self.cpus_per_trial}")
-        if self.gpus_per_trial < 0:
-            raise ConfigError(f"{path}.gpus_per_trial", f"must be >= 0, got {self.gpus_per_trial}")
+        if self.gpus_per_trial != "auto":
+            if self.gpus_per_trial < 0:
+                raise ConfigError(f"{path}.gpus_per_trial", f"must be >= 0 (or auto), got {self.gpus_per_trial}")
+            if self.gpus_per_trial > 1 and not float(self.gpus_per_trial).is_integer():
+                raise ConfigError(f"{path}.gpus_per_trial", f"above 1 must be a whole number of GPUs (Ray shares only fractions of one), got {self.gpus_per_trial}")
         self._validate_objectives(path)
         if self.population_size < 2:
             raise ConfigError(f"{path}.population_size", f"must be >= 2, got {self.population_size}")
@@ -558,6 +564,10 @@ def build_space(
                 message = f"{err.message} (with {where})" if where else err.message
                 key = f"search.params.{err.key}" if err.key.split("[")[0] in combination else err.key
                 found(ConfigError(key, message))
+        precision = search.params.get("training.precision")
+        precisions = precision.choice if precision is not None and precision.choice else [base.get("training", {}).get("precision")]
+        if search.gpus_per_trial == 0 and "fp16" in precisions:
+            found(ConfigError("training.precision", "fp16 needs a CUDA device, but search.gpus_per_trial is 0: the trials get no GPU; use fp32 or bf16"))
         if problems:
             return space  # the trial configs are not all valid: ASHA's rungs cannot be checked against them
         if search.scheduler == "asha" and search.asha.grace_period > space.asha_max_epochs():

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import random
 import time
 from collections.abc import Callable, Iterable, Mapping, Sized
@@ -22,9 +23,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from neqtune_datasets import build_dataset
+from neqtune_datasets.pipeline import Batches, LoaderSettings, make_loader, with_decoded_cache
 from trainables.budgets import build_budget
 from trainables.checks import check_config, resolve_device
 from trainables.config import TrialConfig
@@ -85,6 +87,8 @@ class BudgetedRun:
             prepare_cpu()  # denormals flushed, freed memory kept for reuse (trainables/cpu.py)
         seed_everything(training.seed)
         self.data = build_dataset(config.data)
+        if config.data.cache == "decoded":
+            self.data = with_decoded_cache(self.data, config.data)
         self.model = build_model(config.model, self.data.num_classes).to(self.device)
         if training.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -107,10 +111,12 @@ class BudgetedRun:
         self.optimizer = build_optimizer(self.model, training)
         self.shuffle_generator = torch.Generator().manual_seed(training.seed)
         self.policy_generator = torch.Generator().manual_seed(training.seed + 1)
-        self.train_loader = DataLoader(self.data.train, batch_size=config.data.batch_size, shuffle=True, generator=self.shuffle_generator)
-        self.velocity_loader = self._eval_loader(self.data.velocity)
-        self.val_loader = self._eval_loader(self.data.val)
-        self.test_loader = self._eval_loader(self.data.test)
+        self.augment_generator = torch.Generator(self.device).manual_seed(training.seed + 3)  # the batched path's, on the device
+        loaders = LoaderSettings(self.device, torch.get_num_threads(), self.shuffle_generator, self.augment_generator)
+        self.train_loader = make_loader(self.data.train, config.data, loaders, train=True)
+        self.velocity_loader = make_loader(self.data.velocity, dataclasses.replace(config.data, workers=0), loaders, train=False)
+        self.val_loader = make_loader(self.data.val, config.data, loaders, train=False)
+        self.test_loader = make_loader(self.data.test, config.data, loaders, train=False)
         self.steps_per_epoch = len(self.train_loader)
         self.epoch = 0
         self.best_val_top1 = float("nan")
@@ -122,11 +128,8 @@ class BudgetedRun:
         self.masks = self.policy.start(self)
         self.apply_masks()
 
-    def _eval_loader(self, dataset: Dataset[Any]) -> DataLoader[Any]:
-        return DataLoader(dataset, batch_size=self.config.data.eval_batch_size, shuffle=False)
-
     # --- what a policy may ask for (trainables.lifecycle.Probe) --------------
-    def velocity_batches(self) -> DataLoader[Any]:
+    def velocity_batches(self) -> Batches:
         """The velocity split, in order."""
         return self.velocity_loader
 
@@ -281,6 +284,7 @@ class BudgetedRun:
                     "torch": torch.get_rng_state(),
                     "shuffle": self.shuffle_generator.get_state(),
                     "policy": self.policy_generator.get_state(),
+                    "augment": self.augment_generator.get_state(),
                     "python": random.getstate(),
                     "numpy": np.random.get_state(),
                 },
@@ -306,6 +310,8 @@ class BudgetedRun:
         torch.set_rng_state(rng["torch"])
         self.shuffle_generator.set_state(rng["shuffle"])
         self.policy_generator.set_state(rng["policy"])
+        if "augment" in rng:
+            self.augment_generator.set_state(rng["augment"])
         random.setstate(rng["python"])
         np.random.set_state(rng["numpy"])
         best = state["best"]

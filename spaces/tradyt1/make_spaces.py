@@ -72,6 +72,7 @@ search:
   num_samples: 1
   max_concurrent: 2
   cpus_per_trial: 1
+  gpus_per_trial: auto     # the cluster's GPUs where it has any (four small-model trials share one)
   metric: best_val_top1
   mode: max
   params:

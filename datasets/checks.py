@@ -1,0 +1,24 @@
+"""The checks of a parsed data section that look beyond its values: a registered name, a writable cache."""
+
+from __future__ import annotations
+
+from neqtune_datasets.cache import cache_dir, check_cache_dir
+from neqtune_datasets.config import DataConfig
+from neqtune_datasets.parsing import ConfigError, join
+from neqtune_datasets.registry import dataset_names
+
+
+def data_problems(config: DataConfig, path: str = "data") -> list[ConfigError]:
+    """Whether ``config.name`` is a registered data set, and whether the decoded cache (``cache: decoded``) can be written.
+
+    Its files are :func:`neqtune_datasets.check_dataset`'s.
+    """
+    found = []
+    if config.name not in dataset_names():
+        found.append(ConfigError(join(path, "name"), f"unknown data set {config.name!r}; known data sets: {', '.join(dataset_names())}"))
+    if config.cache == "decoded":
+        try:
+            check_cache_dir(cache_dir())
+        except ConfigError as err:
+            found.append(ConfigError(join(path, "cache"), err.message))
+    return found
