@@ -21,9 +21,9 @@ memory-mapped file. On CUDA, batches are pinned and copied without waiting.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Sequence, Sized
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import numpy as np
 import torch
@@ -190,5 +190,5 @@ def make_loader(split: Dataset[Any], config: DataConfig, settings: LoaderSetting
         return DataLoader(split, batch_size=size, sampler=SeededSampler(len(split), settings.shuffle), **common)  # type: ignore[arg-type]
     if train and workers == 0:  # tensors already made (digits): the study's loader, so its runs keep their numbers
         return DataLoader(split, batch_size=size, shuffle=True, generator=settings.shuffle)
-    sampler = RandomSampler(split, generator=settings.shuffle) if train else None
+    sampler = RandomSampler(cast(Sized, split), generator=settings.shuffle) if train else None
     return DataLoader(split, batch_size=size, sampler=sampler, **common)
