@@ -435,10 +435,11 @@ def auto_gpus_per_trial(*, cluster_gpus: float, model_params: int) -> float:
 
     The study's networks (MobileNetV2-w0.35 to MCUNet, 0.4-3.5 M
     parameters, 128-160 px, batch 32-64) leave most of a modern GPU idle in
-    one trial: at batch 32 and 128 px an mbv2-w0.35 step is about 0.6 GFLOP
-    forward and backward, microseconds of an H200's compute, so a trial is
-    bound by kernel launches and its input, and four trials on one GPU overlap
-    what one leaves idle. ResNet-18/50 (11.7 M / 25.6 M parameters) get a GPU
+    one trial: at batch 32 and 128 px an mbv2-w0.35 step is about 1.8 G
+    multiply-adds forward and backward (19 M conv multiply-adds per image x 32
+    x 3), well under a millisecond of an H200's compute, so a trial is bound by
+    kernel launches and its input, and four trials on one GPU overlap what one
+    leaves idle. ResNet-18/50 (11.7 M / 25.6 M parameters) get a GPU
     each. ``python -m benchmarks.gpu_check`` measures 1 against 4 trials on
     one GPU (trials per hour) where a GPU is at hand.
     """
