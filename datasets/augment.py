@@ -25,6 +25,7 @@ from dataclasses import KW_ONLY, dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torchvision.ops import roi_align
 
 from neqtune_datasets.samples import EVAL_RESIZE_RATIO
@@ -201,14 +202,45 @@ def crop_resize(images: torch.Tensor, boxes: torch.Tensor, size: int, *, sizes: 
         ``float32 [B, 3, size, size]`` in ``[0, 1]``; grey images are
         expanded to three equal channels (``convert("RGB")``'s result).
     """
+    if images.device.type == "cpu":
+        whole = (boxes == boxes.round()).all(dim=1)  # each box on its own path: an image's result never depends on its batch
+        if bool(whole.any()):
+            out = _crop_resize_each(images, boxes, size, whole.tolist())
+            if not bool(whole.all()):
+                rest = (~whole).nonzero().flatten()
+                out[rest] = _roi_resize(images[rest], boxes[rest], size, None if sizes is None else sizes[rest])
+            return out.expand(-1, 3, -1, -1) if out.shape[1] == 1 else out
+    resized = _roi_resize(images, boxes, size, sizes)
+    return resized.expand(-1, 3, -1, -1) if resized.shape[1] == 1 else resized
+
+
+def _roi_resize(images: torch.Tensor, boxes: torch.Tensor, size: int, sizes: torch.Tensor | None) -> torch.Tensor:
+    """``roi_align`` over the padded batch: one kernel for every box (the GPU path, and boxes off the pixel grid)."""
     pixels = images.float()
     if sizes is not None:
         _copy_edges_into_padding(pixels, sizes.to(images.device))
     indexed = torch.cat([torch.arange(len(boxes), device=images.device, dtype=pixels.dtype)[:, None], boxes.to(pixels)], dim=1)
     # sampling_ratio=-1: ceil(box side / size) samples per output pixel and axis; aligned=True: pixel i's centre is i + 0.5
     resized: torch.Tensor = roi_align(pixels, indexed, output_size=size, spatial_scale=1.0, sampling_ratio=-1, aligned=True)
-    resized = resized.div_(255).clamp_(0, 1)
-    return resized.expand(-1, 3, -1, -1) if resized.shape[1] == 1 else resized
+    return resized.div_(255).clamp_(0, 1)
+
+
+def _crop_resize_each(images: torch.Tensor, boxes: torch.Tensor, size: int, rows: list[bool]) -> torch.Tensor:
+    """:func:`crop_resize` for whole-pixel boxes on the CPU: each crop sliced out and resized on its own.
+
+    On the CPU ``roi_align`` costs about as much per box as a crop's own
+    antialiased resize costs in all, and it first needs the whole padded batch
+    in float (measured, 32 crops of 256x341 images to 128 px, one thread: 30
+    against 9 ms); a slice of whole pixels resized with
+    ``F.interpolate(antialias=True)`` is torchvision's own tensor resize.
+    """
+    corners = boxes.long().tolist()
+    out = torch.empty((images.shape[0], images.shape[1], size, size))
+    for index, (x1, y1, x2, y2) in enumerate(corners):
+        if rows[index]:  # the other rows are filled by the caller
+            crop = images[index : index + 1, :, y1:y2, x1:x2].float()
+            out[index : index + 1] = F.interpolate(crop, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    return out.div_(255).clamp_(0, 1)
 
 
 def _copy_edges_into_padding(pixels: torch.Tensor, sizes: torch.Tensor) -> None:
