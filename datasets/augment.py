@@ -85,9 +85,10 @@ def _stacked_batch(array: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     if array.dtype != np.uint8 or array.ndim not in (3, 4) or (array.ndim == 4 and array.shape[3] != 3):
         raise ValueError(f"expected uint8 images [N, H, W] or [N, H, W, 3], got {array.dtype} {array.shape}")
     pixels = torch.from_numpy(np.ascontiguousarray(array))
+    # channels-first in shape, channels-last in memory: no copy here; the resampling reads either layout
     images = pixels.unsqueeze(1) if array.ndim == 3 else pixels.permute(0, 3, 1, 2)
     sizes = torch.tensor([array.shape[1:3]], dtype=torch.int64).expand(array.shape[0], 2)
-    return images.contiguous(), sizes.contiguous()
+    return images, sizes.contiguous()
 
 
 def _channels_first(array: np.ndarray) -> torch.Tensor:
@@ -238,7 +239,7 @@ def _crop_resize_each(images: torch.Tensor, boxes: torch.Tensor, size: int, rows
     out = torch.empty((images.shape[0], images.shape[1], size, size))
     for index, (x1, y1, x2, y2) in enumerate(corners):
         if rows[index]:  # the other rows are filled by the caller
-            crop = images[index : index + 1, :, y1:y2, x1:x2].float()
+            crop = images[index : index + 1, :, y1:y2, x1:x2].float().contiguous()  # the resize is faster on channels-first
             out[index : index + 1] = F.interpolate(crop, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
     return out.div_(255).clamp_(0, 1)
 
@@ -313,8 +314,11 @@ def apply_jitter(batch: torch.Tensor, params: JitterParams) -> torch.Tensor:
         factor = params.factors.gather(1, op)[:, :, None, None]  # [B, 1, 1, 1]
         grey = _greyscale(result)
         mean_grey = grey.mean(dim=(1, 2, 3), keepdim=True)
-        target = torch.where((op == SATURATION)[:, :, None, None], grey, (op == CONTRAST)[:, :, None, None] * mean_grey)
-        result = (factor * result + (1 - factor) * target).clamp_(0, 1)
+        is_saturation = (op == SATURATION)[:, :, None, None].to(result.dtype)
+        is_contrast = (op == CONTRAST)[:, :, None, None].to(result.dtype)
+        # the target's share of the blend, (1 - factor) * target, in one pass: grey for saturation, its mean for contrast, 0 for brightness
+        target_share = grey.mul_((1 - factor) * is_saturation).add_((1 - factor) * is_contrast * mean_grey)
+        result = (result * factor).add_(target_share).clamp_(0, 1)
     return result
 
 
@@ -334,7 +338,7 @@ def color_jitter(
 
 def normalize(batch: torch.Tensor) -> torch.Tensor:
     """The study's mean/std 0.5 normalisation: ``[0, 1]`` to ``[-1, 1]``."""
-    return (batch - 0.5) / 0.5
+    return batch.mul(2.0).sub_(1.0)  # (x - 0.5) / 0.5 in one new tensor
 
 
 @dataclass(frozen=True)
