@@ -244,7 +244,7 @@ def _remove_leftovers(path: Path) -> None:
 
 
 class _Progress:
-    """Prints ``neqtune: decoding <n> images into <path> ... k/n`` on stderr: at the start, every 10 % and every few seconds."""
+    """Prints ``neqtune: decoding <n> images into <path> ... k/n`` on stderr: at the start, at the end, and in between every 10 % once a few seconds passed."""
 
     def __init__(self, total: int, path: Path) -> None:
         self.total = total
@@ -259,7 +259,7 @@ class _Progress:
 
     def update(self, done: int) -> None:
         now = time.monotonic()
-        if done >= self.next_count or now >= self.next_time or done == self.total:
+        if done == self.total or (done >= self.next_count and now >= self.next_time):
             self._print(done)
             self.next_count = (done // self.step + 1) * self.step
             self.next_time = now + _PROGRESS_SECONDS
