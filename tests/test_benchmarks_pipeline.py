@@ -42,4 +42,8 @@ def test_pipeline_accuracy_report_states_the_target() -> None:
     assert "**met** (batched - PIL = +0.40 points" in report
     runs.loc[runs.augment == "batched", "test_top1_at_best_val"] -= 2.0
     assert "**missed** (batched - PIL = -1.60 points" in pipeline_accuracy.render(runs)
+    runs.loc[(runs.augment == "pil") & (runs.seed == 42), ["test_top1_at_best_val", "final_test_top1"]] = 10.0
+    report = pipeline_accuracy.render(runs)
+    assert "| pil | 42 (diverged) | 10.00 |" in report and "1 run(s) diverged to chance level (pil seed 42)" in report
+    assert "Over the runs that trained: batched - PIL = -1.60 points" in report  # (78.4 + 79.4 + 80.4) / 3 - (80 + 82) / 2
     assert pipeline_accuracy.recipe("batched", 42, 10)["data"]["augment"] == "batched"
