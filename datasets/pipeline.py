@@ -176,9 +176,10 @@ def make_loader(split: Dataset[Any], config: DataConfig, settings: LoaderSetting
         "num_workers": workers,
         "persistent_workers": workers > 0,
         "pin_memory": settings.device.type == "cuda",
-        # The loader draws its workers' base seed from this generator whenever it starts them, which persistent workers
-        # do once per process: drawn from the shuffle generator, a resumed run would shuffle differently from one that never stopped.
-        "generator": torch.Generator().manual_seed(0),
+        # The loader draws a base seed for its workers each time it starts them, which persistent workers do once per
+        # process: drawn from the shuffle generator, a resumed run would shuffle differently from one that never stopped. In
+        # process (no workers) it draws from torch's global generator, as the study's loaders did, so their runs keep their numbers.
+        "generator": torch.Generator().manual_seed(0) if workers > 0 else None,
     }
     if config.augment == "batched" and isinstance(split, SplitView):
         raw = RawView(split, config.image_size)
