@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test setup lint
+.PHONY: demo test setup lint typecheck-tree
 
 setup: $(VENV)/.installed
 
@@ -19,7 +19,13 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	$(PY) run_search.py
 
-lint: setup
+# mypy reads neqtune.<part> through links to the top-level folders (see [tool.mypy] in pyproject.toml).
+typecheck-tree:
+	rm -rf build/typecheck && mkdir -p build/typecheck/neqtune
+	for f in neqtune/*.py; do ln -s ../../../$$f build/typecheck/$$f; done
+	for d in datasets results search trainables; do ln -s ../../../$$d build/typecheck/neqtune/$$d; done
+
+lint: setup typecheck-tree
 	$(PY) -m ruff check .
 	$(PY) -m mypy
 

@@ -6,7 +6,7 @@ python run_search.py --space spaces/vww.yaml
 
 import sys
 
-from search.cli import main
+from neqtune.search.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -31,8 +31,8 @@ import pandas as pd
 import torch
 
 from benchmarks.update_step import machine, write_tables
-from trainables.config import TrialConfig
-from trainables.trainer import train
+from neqtune.trainables.config import TrialConfig
+from neqtune.trainables.trainer import train
 
 SETTINGS = ("all", "selected")
 

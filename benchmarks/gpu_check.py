@@ -10,7 +10,7 @@ error and makes the exit code 1, and the others still run. Sections
   conv weight gradients of the masked path (an ordinary model, full
   backward, the frozen rows or columns zeroed): for ``mbv2-w0.35`` and
   ``resnet18``, every registered selection policy and each unit it selects
-  (its real first mask, from a :class:`~trainables.trainer.BudgetedRun` on
+  (its real first mask, from a :class:`~neqtune.trainables.trainer.BudgetedRun` on
   digits, where one builds; else a seeded mask), plus a seeded mask per unit
   that leaves every conv frozen, few, most or all of its channels. Holds
   when the updated part differs by less than :data:`TOLERANCE`, the frozen
@@ -21,7 +21,7 @@ error and makes the exit code 1, and the others still run. Sections
 - ``update_step``: the step times of :mod:`benchmarks.update_step` (paths
   full, bound, masked and engine at scheme 1) per precision and layout, on
   the GPU: the same runners and seeded round order, each step under autocast
-  (:class:`~trainables.precision.MixedPrecision`) and timed between two
+  (:class:`~neqtune.trainables.update.precision.MixedPrecision`) and timed between two
   device synchronisations.
 - ``pipeline``: images per second the input pipeline delivers to the GPU
   (batch on the device, augmented, synchronised): in-memory ``uint8``
@@ -30,7 +30,7 @@ error and makes the exit code 1, and the others still run. Sections
   ``mbv2-w0.35`` engine step's images per second (at least 1: the input
   does not bound the step).
 - ``search``: a real small search (digits, 8 trials of 3 epochs) run twice
-  through :func:`search.experiment.run_search`, one trial per GPU and four
+  through :func:`neqtune.search.experiment.run_search`, one trial per GPU and four
   sharing it; trials per hour of each and their ratio.
 
 The report goes to ``docs/benchmarks/gpu_check.md`` (``--out``), its raw
@@ -74,22 +74,21 @@ from benchmarks.update_step import (
     time_rounds,
     write_atomically,
 )
-from neqtune_datasets import build_dataset
-from neqtune_datasets.cache import ENV_VAR as CACHE_ENV_VAR
-from neqtune_datasets.config import DataConfig
-from neqtune_datasets.pipeline import LoaderSettings, loader_workers, make_loader, with_decoded_cache
-from neqtune_datasets.samples import ArraySource, SplitSettings, official_splits
-from search.cli import shutdown_ray
-from search.experiment import run_search
-from search.space import build_space
-from trainables.config import ModelConfig, TrialConfig
-from trainables.costs import UNITS, Unit
-from trainables.engine import SparseUpdateEngine
-from trainables.lifecycle import budget_policy_names, get_budget_policy
-from trainables.models import build_model
-from trainables.neurons import Masks, conv_layers
-from trainables.precision import MixedPrecision, Precision
-from trainables.trainer import BudgetedRun, train
+from neqtune.datasets import build_dataset
+from neqtune.datasets.cache import ENV_VAR as CACHE_ENV_VAR
+from neqtune.datasets.config import DataConfig
+from neqtune.datasets.pipeline import LoaderSettings, loader_workers, make_loader, with_decoded_cache
+from neqtune.datasets.samples import ArraySource, SplitSettings, official_splits
+from neqtune.search.cli import shutdown_ray
+from neqtune.search.experiment import run_search
+from neqtune.search.space import build_space
+from neqtune.trainables.budget.units import UNITS, Masks, Unit, conv_layers
+from neqtune.trainables.config import ModelConfig, TrialConfig
+from neqtune.trainables.models.registry import build_model
+from neqtune.trainables.policies.base import get_policy, policy_names
+from neqtune.trainables.trainer import BudgetedRun, train
+from neqtune.trainables.update.engine import SparseUpdateEngine
+from neqtune.trainables.update.precision import MixedPrecision, Precision
 
 NO_CUDA_MESSAGE = "neqtune gpu_check: no CUDA device here; nothing checked (run it on a machine with a GPU)"
 TOLERANCE = 1e-9
@@ -482,8 +481,8 @@ def engine_exactness(context: CheckContext) -> SectionOutput:
         labels = (torch.arange(sizes.engine_batch) % NUM_CLASSES).to(device)
         table = Table(f"{model_name}, {size} px, batch {sizes.engine_batch}, float64 on {device.type}", columns)
         cases: list[tuple[str, Unit, Masks, str]] = []
-        for policy in budget_policy_names():
-            for unit in get_budget_policy(policy).units:
+        for policy in policy_names():
+            for unit in get_policy(policy).units:
                 masks, source = first_masks(model_name, policy, unit, context)
                 if masks is None:
                     output.notes.append(
@@ -934,7 +933,7 @@ SECTIONS: dict[str, Section] = {
     ),
     "search": Section(
         "1 versus 4 trials sharing one GPU",
-        "A real search through search.experiment.run_search, one trial per GPU and four sharing it: wall time and trials per hour; fails on a failed trial.",
+        "A real search through neqtune.search.experiment.run_search, one trial per GPU and four sharing it: wall time and trials per hour; fails on a failed trial.",
         shared_gpu_search,
         has_criterion=True,
     ),

@@ -50,10 +50,10 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from neqtune_datasets import build_dataset
-from neqtune_datasets.config import DataConfig
-from neqtune_datasets.pipeline import LoaderSettings, make_loader, with_decoded_cache
-from trainables.cpu import prepare_cpu
+from neqtune.datasets import build_dataset
+from neqtune.datasets.config import DataConfig
+from neqtune.datasets.pipeline import LoaderSettings, make_loader, with_decoded_cache
+from neqtune.trainables.cpu import prepare_cpu
 
 ROOT = Path(__file__).resolve().parent.parent
 PHOTO_SIZE = (500, 375)  # width, height
@@ -181,8 +181,8 @@ def input_rows(name: str, base: DataConfig, paths: dict[str, InputPath], batches
 def step_rows(models: list[str], image_size: int, repeats: int, log: Callable[[str], None]) -> list[dict[str, Any]]:
     """Images/s of a training step (full update; the engine under velocity masks at scheme 3's budget) at 128 px, batch 32."""
     from benchmarks.update_step import build_runner, model_conditions
-    from trainables.config import ModelConfig
-    from trainables.models import build_model
+    from neqtune.trainables.config import ModelConfig
+    from neqtune.trainables.models.registry import build_model
 
     rows = []
     generator = torch.Generator().manual_seed(0)
@@ -210,8 +210,8 @@ def step_rows(models: list[str], image_size: int, repeats: int, log: Callable[[s
 
 def epoch_rows(folder: DataConfig, log: Callable[[str], None]) -> list[dict[str, Any]]:
     """A whole training epoch of the image folder with mbv2-w0.35 at 128 px, 2 CPUs: today's path against the decoded cache."""
-    from trainables import TrialConfig
-    from trainables.trainer import BudgetedRun
+    from neqtune.trainables import TrialConfig
+    from neqtune.trainables.trainer import BudgetedRun
 
     rows = []
     torch.set_num_threads(2)

@@ -19,7 +19,7 @@ nothing downloaded:
    neurons at the schemes' parameter budgets, as TraDy ran it) and
    ``digits_full.yaml`` (full update, the ceiling). They run through
    ``run_search.py``, into ``--results``.
-3. **The analysis**: ``python -m results.analyze`` over the three
+3. **The analysis**: ``python -m neqtune.results.analyze`` over the three
    experiments into ``docs/memory/analysis/``, and ``docs/memory/report.md``:
    per policy and budget, the mean and spread over seeds of the test top-1
    at the best validation epoch and of the final epoch's test top-1, the
@@ -56,7 +56,7 @@ SEEDS = [0, 42, 100]
 MEMORY_POLICIES = ["su", "random", "rgn", "trady", "medyate"]
 SPACES = {"memory": "digits_memory.yaml", "velocity": "digits_velocity.yaml", "full": "digits_full.yaml"}
 BYTES_PER_ELEMENT = 4
-KB = 1024  # bytes, as memory_used_kb and results.analyze count them
+KB = 1024  # bytes, as memory_used_kb and neqtune.results.analyze count them
 
 
 def weights_file(results: Path, image_size: int) -> Path:
@@ -67,7 +67,7 @@ def pretrain(path: Path, *, image_size: int, epochs: int, echo: Any = print) -> 
     """Train ``mbv2-w0.35-zoo`` in full on Fashion-MNIST and save its weights (state dict) at ``path``."""
     import torch
 
-    from trainables import train
+    from neqtune.trainables import train
 
     config = {
         "data": {"name": "fashion-mnist", "root": FASHION_ROOT, "image_size": image_size, "batch_size": 128, "velocity_images": 10,
@@ -277,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
             space_file.write_text(header + "\n" + yaml.safe_dump(body, sort_keys=False))
             run(space_file, args.results, experiment.name)
     analysis = docs / "analysis"
-    subprocess.run([sys.executable, "-m", "results.analyze", *map(str, experiments), "-o", str(analysis)], cwd=ROOT, check=True)
+    subprocess.run([sys.executable, "-m", "neqtune.results.analyze", *map(str, experiments), "-o", str(analysis)], cwd=ROOT, check=True)
     trials = summary(experiments)
     trials.to_csv(docs / "trials.csv", index=False)
     text = report(trials, image_size=args.image_size, epochs=args.epochs, warmup=args.warmup, pretrain_note=pretrain_note)

@@ -55,7 +55,7 @@ def recipe(augment: str, seed: int, epochs: int) -> dict[str, Any]:
 def one_run(job: tuple[str, int, int]) -> dict[str, Any]:
     import torch
 
-    from trainables import train
+    from neqtune.trainables import train
 
     torch.set_num_threads(1)
     augment, seed, epochs = job

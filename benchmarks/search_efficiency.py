@@ -56,9 +56,9 @@ from typing import Any
 import pandas as pd
 import pyarrow.parquet as pq
 
-from search.pareto import compare_policies_at_budget, dominates, pareto_front
-from search.space import Space, build_space
-from search.tables import rows_to_table, write_atomic
+from neqtune.search.pareto import compare_policies_at_budget, dominates, pareto_front
+from neqtune.search.space import Space, build_space
+from neqtune.search.tables import rows_to_table, write_atomic
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "docs" / "benchmarks"
@@ -522,7 +522,7 @@ def run_benchmark(setting: Setting, *, out_dir: Path, results_dir: Path, echo: A
     With ``add``, the rows of an earlier run of the same setting in
     ``out_dir`` are kept for the methods this run does not repeat.
     """
-    from search.experiment import run_search
+    from neqtune.search.experiment import run_search
 
     spaces = method_spaces(setting)
     stamp = time.strftime("%Y%m%d-%H%M%S")

@@ -18,7 +18,7 @@ storage, layout and table size, in a fresh process of its own:
    (``peak``; Linux's high-water mark, reset after filling);
 4. ``open_s``: how long a resumed driver takes to open the table.
 
-``before`` is the previous ``search.tables.ParquetTable``, kept here as
+``before`` is the previous ``neqtune.search.tables.ParquetTable``, kept here as
 :class:`OneFileTable`: every flush turns all the run's rows into one Arrow
 table and rewrites the file whole. ``after`` is the current one: a
 directory of part files, a flush rewrites the newest part only.
@@ -68,9 +68,9 @@ class TableBenchConfig:
 # --- rows --------------------------------------------------------------------------------------------------------
 def row_template() -> tuple[dict[str, Any], dict[str, Any]]:
     """The config columns of a trial (``TrialConfig``'s defaults, flattened) and the Arrow types the recorder fixes."""
-    from search.recorder import TEXT_COLUMN_TYPES
-    from search.tables import config_column_types
-    from trainables.config import TrialConfig, flatten
+    from neqtune.search.recorder import TEXT_COLUMN_TYPES
+    from neqtune.search.tables import config_column_types
+    from neqtune.trainables.config import TrialConfig, flatten
 
     config = flatten(TrialConfig.from_dict({"budget": {"scheme": "mbv2-w0.35_scheme_3"}}).to_dict())
     return config, {**config_column_types(TrialConfig), **TEXT_COLUMN_TYPES}
@@ -104,10 +104,10 @@ def epoch_rows(config: Mapping[str, Any], start: int = 0) -> Iterator[dict[str, 
 
 # --- the previous layout -----------------------------------------------------------------------------------------
 class OneFileTable:
-    """The previous ``search.tables.ParquetTable``: one file, rewritten whole (every row of the run) on each flush."""
+    """The previous ``neqtune.search.tables.ParquetTable``: one file, rewritten whole (every row of the run) on each flush."""
 
     def __init__(self, path: str, key: Sequence[str], types: Mapping[str, Any]) -> None:
-        from search.tables import read_table
+        from neqtune.search.tables import read_table
 
         self.path, self.key, self.types = path, tuple(key), dict(types)
         self._previous = read_table(path)
@@ -120,7 +120,7 @@ class OneFileTable:
         import pyarrow as pa
         import pyarrow.compute as pc
 
-        from search.tables import _key_strings, rows_to_table
+        from neqtune.search.tables import _key_strings, rows_to_table
 
         new = rows_to_table(list(self._rows.values()), self.types)
         table = new
@@ -134,7 +134,7 @@ def write_one_file(table: Any, path: str) -> None:
     """The previous ``write_atomic``: a temporary file and a rename (on S3: an upload and a server-side move)."""
     import pyarrow.parquet as pq
 
-    from search.tables import resolve_location
+    from neqtune.search.tables import resolve_location
 
     fs, where = resolve_location(path)
     if fs is None:
@@ -180,19 +180,19 @@ class Measurement:
 
 def measure(storage: str, layout: str, rows: int, location: str, flushes: int) -> Measurement:
     """Fill the table at ``location`` to ``rows`` rows, then time ``flushes`` flushes of one round of epochs each."""
-    import search.tables
-    from search.tables import PART_ROWS, ParquetTable, filesystem_of, table_files
+    import neqtune.search.tables
+    from neqtune.search.tables import PART_ROWS, ParquetTable, filesystem_of, table_files
 
     config, types = row_template()
     key = ("experiment", "trial_id", "epoch")
     written = [0]
-    write_part = search.tables._write_to
+    write_part = neqtune.search.tables._write_to
 
     def counted(fs: Any, path: str, table: Any) -> None:  # the bytes each flush puts on the storage
         write_part(fs, path, table)
         written[0] += fs.get_file_info(path).size
 
-    search.tables._write_to = counted
+    neqtune.search.tables._write_to = counted
     baseline = _status_kib("VmRSS")
     source = epoch_rows(config)
     table: Any = ParquetTable(location, key=key, types=types) if layout == "after" else OneFileTable(location, key, types)

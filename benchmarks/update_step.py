@@ -72,17 +72,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainables.budgets import ResolvedBudget, build_budget, scheme_su_mask
-from trainables.config import BudgetConfig, ModelConfig, TrainingConfig, from_mapping
-from trainables.costs import Pricing, Unit, mask_memory, network_memory
-from trainables.cpu import prepare_cpu
-from trainables.engine import SparseUpdateEngine, parameter_masks
-from trainables.models import build_model, model_names
-from trainables.neurons import Masks, conv_layers, conv_neuron_params, layer_flops, total_params
-from trainables.optim import MaskedAdam, MaskedSGD, build_optimizer
-from trainables.policies import select_neurons, select_units, su_update_mask
-from trainables.schemes import get_scheme
-from trainables.velocity import VelocityTracker
+from neqtune.trainables.budget.costs import Pricing, mask_memory, network_memory
+from neqtune.trainables.budget.resolve import ResolvedBudget, build_budget, scheme_su_mask
+from neqtune.trainables.budget.schemes import get_scheme, su_update_mask
+from neqtune.trainables.budget.units import Masks, Unit, conv_layers, conv_neuron_params, layer_flops, total_params
+from neqtune.trainables.config import BudgetConfig, ModelConfig, TrainingConfig, from_mapping
+from neqtune.trainables.cpu import prepare_cpu
+from neqtune.trainables.models.registry import build_model, model_names
+from neqtune.trainables.policies.fill import select_neurons, select_units
+from neqtune.trainables.policies.velocity import VelocityTracker
+from neqtune.trainables.update.engine import SparseUpdateEngine, parameter_masks
+from neqtune.trainables.update.optim import MaskedAdam, MaskedSGD, build_optimizer
 
 SCHEMES: dict[str, dict[str, str]] = {
     "mbv2-w0.35": {"1": "mbv2-w0.35_scheme_1", "3": "mbv2-w0.35_scheme_3"},

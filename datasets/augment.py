@@ -1,6 +1,6 @@
 """The study's training and evaluation transforms, run on whole batches of ``uint8`` images on their own device.
 
-:mod:`neqtune_datasets.samples` augments one PIL image at a time; on a GPU,
+:mod:`neqtune.datasets.samples` augments one PIL image at a time; on a GPU,
 or with small images where the per-sample Python overhead dominates, that is
 the bottleneck. This module applies the same transforms *in distribution* to
 a padded batch at once:
@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import roi_align
 
-from neqtune_datasets.samples import EVAL_RESIZE_RATIO
+from neqtune.datasets.samples import EVAL_RESIZE_RATIO
 
 __all__ = [
     "BatchTransform",
@@ -352,7 +352,7 @@ class BatchTransform:
     crop would keep (their roundings included), or with
     ``square_resize`` the whole image; it draws nothing. Both end with the
     0.5 mean/std normalisation, like
-    :func:`neqtune_datasets.samples.train_transform` and ``eval_transform``.
+    :func:`neqtune.datasets.samples.train_transform` and ``eval_transform``.
     """
 
     image_size: int

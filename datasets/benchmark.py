@@ -1,12 +1,12 @@
 """Benchmark: building a data set cold (indexes read from disk) versus again in the same process (cached).
 
 Ray reuses a worker process for many trials, and every trial calls
-:func:`neqtune_datasets.build_dataset`; the per-process caches make every build after
+:func:`neqtune.datasets.build_dataset`; the per-process caches make every build after
 the first cheap. This runs both side by side in one process and prints the
 medians and their ratio, plus the time to fetch one evaluation batch::
 
-    python -m neqtune_datasets.benchmark fashion-mnist --root /usr/share/datasets/fashion-mnist
-    NEQ_DATA=/data python -m neqtune_datasets.benchmark c10 --repeats 5
+    python -m neqtune.datasets.benchmark fashion-mnist --root /usr/share/datasets/fashion-mnist
+    NEQ_DATA=/data python -m neqtune.datasets.benchmark c10 --repeats 5
 """
 
 from __future__ import annotations
@@ -21,13 +21,13 @@ from typing import cast
 import torch
 from torch.utils.data import DataLoader
 
-from neqtune_datasets import build_dataset, check_dataset, dataset_names
-from neqtune_datasets.cifar import read_cifar
-from neqtune_datasets.config import DataConfig
-from neqtune_datasets.fashion_mnist import read_fashion_mnist
-from neqtune_datasets.images import read_image_folder, read_release
-from neqtune_datasets.parsing import ConfigError
-from neqtune_datasets.vww import read_vww_annotations
+from neqtune.datasets import build_dataset, check_dataset, dataset_names
+from neqtune.datasets.cifar import read_cifar
+from neqtune.datasets.config import DataConfig
+from neqtune.datasets.fashion_mnist import read_fashion_mnist
+from neqtune.datasets.images import read_image_folder, read_release
+from neqtune.datasets.parsing import ConfigError
+from neqtune.datasets.vww import read_vww_annotations
 
 CACHES: tuple[Callable[[], None], ...] = (
     read_cifar.cache_clear,
@@ -53,7 +53,7 @@ def timed(action: Callable[[], object]) -> float:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark; exit code 2 when the data set is not there."""
-    parser = argparse.ArgumentParser(prog="python -m neqtune_datasets.benchmark", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = argparse.ArgumentParser(prog="python -m neqtune.datasets.benchmark", description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("name", choices=[n for n in dataset_names() if n != "digits"])
     parser.add_argument("--root", default=None, help="the data set's directory (default $NEQ_DATA/<name>)")
     parser.add_argument("--repeats", type=int, default=5, help="builds of each kind (default 5)")

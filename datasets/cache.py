@@ -48,10 +48,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from neqtune_datasets import samples
-from neqtune_datasets.parsing import ConfigError
-from neqtune_datasets.registry import DatasetError
-from neqtune_datasets.samples import FileSource
+from neqtune.datasets import samples
+from neqtune.datasets.parsing import ConfigError
+from neqtune.datasets.registry import DatasetError
+from neqtune.datasets.samples import FileSource
 
 __all__ = ["CACHE_SCALE", "ENV_VAR", "DecodedImages", "cache_dir", "check_cache_dir", "decode_resized", "open_decoded"]
 
@@ -326,7 +326,7 @@ def _open_or_build(path: Path, source: FileSource, image_size: int) -> _Mapped:
 class DecodedImages:
     """The images of a :class:`FileSource`, decoded and resized once, read from a memory-mapped cache file.
 
-    A :class:`~neqtune_datasets.samples.SampleSource`. Picklable for
+    A :class:`~neqtune.datasets.samples.SampleSource`. Picklable for
     DataLoader workers and Ray: the file's path travels, and the file is
     mapped again on first use in the receiving process (rebuilt if it has
     gone).

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from neqtune_datasets.cache import cache_dir, check_cache_dir
-from neqtune_datasets.config import DataConfig
-from neqtune_datasets.parsing import ConfigError, join
-from neqtune_datasets.registry import dataset_names
+from neqtune.datasets.cache import cache_dir, check_cache_dir
+from neqtune.datasets.config import DataConfig
+from neqtune.datasets.parsing import ConfigError, join
+from neqtune.datasets.registry import dataset_names
 
 
 def data_problems(config: DataConfig, path: str = "data") -> list[ConfigError]:
     """Whether ``config.name`` is a registered data set, and whether the decoded cache (``cache: decoded``) can be written.
 
-    Its files are :func:`neqtune_datasets.check_dataset`'s.
+    Its files are :func:`neqtune.datasets.check_dataset`'s.
     """
     found = []
     if config.name not in dataset_names():

@@ -18,10 +18,10 @@ from typing import Any
 
 import numpy as np
 
-from neqtune_datasets.config import DataConfig
-from neqtune_datasets.registry import DatasetError, DataSplits, register_check, register_dataset
-from neqtune_datasets.roots import dataset_root, download_lock, require
-from neqtune_datasets.samples import ArraySource, SplitSettings, official_splits
+from neqtune.datasets.config import DataConfig
+from neqtune.datasets.registry import DatasetError, DataSplits, register_check, register_dataset
+from neqtune.datasets.roots import dataset_root, download_lock, require
+from neqtune.datasets.samples import ArraySource, SplitSettings, official_splits
 
 URL = "https://www.cs.toronto.edu/~kriz/cifar.html"
 

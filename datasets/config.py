@@ -1,9 +1,9 @@
 """The data section of a trial's config: which data set, at what size, how it is split and fed.
 
-Parsing checks types and ranges only (see :mod:`neqtune_datasets.parsing`);
+Parsing checks types and ranges only (see :mod:`neqtune.datasets.parsing`);
 whether ``name`` is a registered data set and whether its files are there is
-checked when a trial is checked or built (:func:`neqtune_datasets.check_dataset`,
-:func:`neqtune_datasets.data_problems`).
+checked when a trial is checked or built (:func:`neqtune.datasets.check_dataset`,
+:func:`neqtune.datasets.data_problems`).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from neqtune_datasets.parsing import join, require
+from neqtune.datasets.parsing import join, require
 
 
 @dataclass
@@ -25,11 +25,11 @@ class DataConfig:
     ``$NEQ_DATA/<name>``); ``download`` lets torchvision fetch the data
     sets it can (CIFAR, Flowers, Food, Pets, Fashion-MNIST) when missing.
 
-    The input pipeline (:mod:`neqtune_datasets.pipeline`): ``workers`` loader
+    The input pipeline (:mod:`neqtune.datasets.pipeline`): ``workers`` loader
     processes (``auto``: one fewer than the trial's CPU threads, so a
     one-CPU trial loads in its own process); ``cache: decoded`` decodes an
     image-file data set once per node into a memory-mapped file under
-    ``$NEQ_CACHE`` (:mod:`neqtune_datasets.cache`); ``augment: batched`` runs the
+    ``$NEQ_CACHE`` (:mod:`neqtune.datasets.cache`); ``augment: batched`` runs the
     training augmentation on whole batches of tensors, on the trial's
     device, for data held as arrays (CIFAR, Fashion-MNIST, the decoded
     cache) instead of per sample through PIL (``pil``, the study's path).

@@ -4,7 +4,7 @@ No download: the images are read from scikit-learn's package data, scaled
 to ``image_size`` (bilinear), repeated over three channels and normalised
 with mean and std 0.5. Digits has no official test split, so a seeded
 ``test_fraction`` is held out first; velocity and validation splits are
-then carved out of the rest (:func:`neqtune_datasets.registry.split_train`).
+then carved out of the rest (:func:`neqtune.datasets.registry.split_train`).
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from sklearn.datasets import load_digits
 from torch.utils.data import Dataset, Subset, TensorDataset
 
-from neqtune_datasets.config import DataConfig
-from neqtune_datasets.registry import DataSplits, register_dataset, split_train
+from neqtune.datasets.config import DataConfig
+from neqtune.datasets.registry import DataSplits, register_dataset, split_train
 
 
 @functools.cache

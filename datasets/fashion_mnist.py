@@ -16,10 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from neqtune_datasets.config import DataConfig
-from neqtune_datasets.registry import DatasetError, DataSplits, register_check, register_dataset
-from neqtune_datasets.roots import dataset_root, download_lock, require
-from neqtune_datasets.samples import ArraySource, SplitSettings, official_splits
+from neqtune.datasets.config import DataConfig
+from neqtune.datasets.registry import DatasetError, DataSplits, register_check, register_dataset
+from neqtune.datasets.roots import dataset_root, download_lock, require
+from neqtune.datasets.samples import ArraySource, SplitSettings, official_splits
 
 URL = "https://github.com/zalandoresearch/fashion-mnist (or: apt-get install dataset-fashion-mnist)"
 FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")

@@ -2,7 +2,7 @@
 
 Two layouts of ``<root>`` are read:
 
-- an **image folder** (what ``python -m neqtune_datasets.split`` writes, and what the
+- an **image folder** (what ``python -m neqtune.datasets.split`` writes, and what the
   study's ``train_test_split`` scripts wrote): ``train/<class>/<image>`` and
   ``test/<class>/<image>``; an optional ``val/<class>/<image>`` (Flowers'
   official validation split) joins the train split. Labels index the sorted
@@ -30,10 +30,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from neqtune_datasets.config import DataConfig
-from neqtune_datasets.registry import DatasetError, DataSplits, register_check, register_dataset
-from neqtune_datasets.roots import dataset_root, download_lock, require
-from neqtune_datasets.samples import IMAGE_EXTENSIONS, FileSource, SplitSettings, official_splits
+from neqtune.datasets.config import DataConfig
+from neqtune.datasets.registry import DatasetError, DataSplits, register_check, register_dataset
+from neqtune.datasets.roots import dataset_root, download_lock, require
+from neqtune.datasets.samples import IMAGE_EXTENSIONS, FileSource, SplitSettings, official_splits
 
 
 @dataclass(frozen=True)
@@ -229,7 +229,7 @@ def is_image_folder(root: Path) -> bool:
 
 def _layouts(root: Path, release: Release) -> str:
     files = ", ".join(f"{root}/{release.folder}/{r}" for r in release.required)
-    return f"expected an image folder {root}/{{train,test}}/<class>/<image> (python -m neqtune_datasets.split {release.key} ...) or the release: {files}"
+    return f"expected an image folder {root}/{{train,test}}/<class>/<image> (python -m neqtune.datasets.split {release.key} ...) or the release: {files}"
 
 
 def check_image_dataset(config: DataConfig) -> None:

@@ -5,15 +5,15 @@ Two paths, chosen by ``data.augment``:
 - ``pil`` (the study's, the default): a ``DataLoader`` over the split, each
   sample through PIL and torchvision's transforms, in ``data.workers``
   processes. Training samples come with their own augmentation seed
-  (:class:`~neqtune_datasets.samples.SeededSampler`), so the crops of a
+  (:class:`~neqtune.datasets.samples.SeededSampler`), so the crops of a
   seeded run do not depend on how many workers load them.
 - ``batched``: the loader hands over whole ``uint8`` batches (a gather from an
   in-memory array, reads of the decoded cache, or decoded files), which are
   copied to the trial's device and augmented there at once
-  (:class:`~neqtune_datasets.augment.BatchTransform`), from a generator on
+  (:class:`~neqtune.datasets.augment.BatchTransform`), from a generator on
   that device seeded per trial.
 
-``data.cache: decoded`` puts :mod:`neqtune_datasets.cache` under either path:
+``data.cache: decoded`` puts :mod:`neqtune.datasets.cache` under either path:
 image files are decoded once per node, and every trial and epoch reads the
 memory-mapped file. On CUDA, batches are pinned and copied without waiting.
 """
@@ -29,11 +29,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
-from neqtune_datasets.augment import BatchTransform, pad_batch
-from neqtune_datasets.cache import DecodedImages, decode_resized, open_decoded
-from neqtune_datasets.config import DataConfig
-from neqtune_datasets.registry import DataSplits
-from neqtune_datasets.samples import ArraySource, FileSource, SeededSampler, SplitView
+from neqtune.datasets.augment import BatchTransform, pad_batch
+from neqtune.datasets.cache import DecodedImages, decode_resized, open_decoded
+from neqtune.datasets.config import DataConfig
+from neqtune.datasets.registry import DataSplits
+from neqtune.datasets.samples import ArraySource, FileSource, SeededSampler, SplitView
 
 MAX_AUTO_WORKERS = 4
 """``workers: auto`` never starts more: beyond it, measured on 2 CPUs, loading is no longer what a trial waits for."""
@@ -92,7 +92,7 @@ class RawView(Dataset[RawBatch]):
     """The samples of a split as ``uint8`` images, untransformed, fetched a batch at a time.
 
     ``__getitems__`` (which ``DataLoader`` calls with a batch's positions)
-    returns one padded batch (:func:`~neqtune_datasets.augment.pad_batch`):
+    returns one padded batch (:func:`~neqtune.datasets.augment.pad_batch`):
     one gather for an in-memory array, one read per image of the decoded
     cache, a decode and resize per image file (as the cache stores them).
     """

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import Dataset
 
-from neqtune_datasets.config import DataConfig
-from neqtune_datasets.names import Registry
+from neqtune.datasets.config import DataConfig
+from neqtune.datasets.names import Registry
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,7 @@ def register_check(name: str) -> Callable[[DatasetCheck], DatasetCheck]:
     """Decorator that registers the cheap load-time check of data set ``name``.
 
     The check looks only at files and directories (no image is read) and
-    raises :class:`~neqtune_datasets.parsing.ConfigError` naming ``data.root``.
+    raises :class:`~neqtune.datasets.parsing.ConfigError` naming ``data.root``.
     """
     return _CHECKS.register(name)
 
@@ -68,7 +68,7 @@ def check_dataset(config: DataConfig) -> None:
     Data sets without a registered check (the built-in ``digits``) pass.
 
     Raises:
-        neqtune_datasets.parsing.ConfigError: the data set is missing or malformed
+        neqtune.datasets.parsing.ConfigError: the data set is missing or malformed
             (key ``data.root``), or cannot be downloaded (``data.download``).
     """
     check = _CHECKS.find(config.name)

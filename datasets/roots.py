@@ -15,8 +15,8 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from neqtune_datasets.config import DataConfig
-from neqtune_datasets.parsing import ConfigError
+from neqtune.datasets.config import DataConfig
+from neqtune.datasets.parsing import ConfigError
 
 ENV_VAR = "NEQ_DATA"
 

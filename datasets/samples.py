@@ -20,8 +20,8 @@ from PIL import Image
 from torch.utils.data import Dataset, Sampler
 from torchvision import transforms as T
 
-from neqtune_datasets.config import DataConfig
-from neqtune_datasets.registry import DatasetError, DataSplits, split_train
+from neqtune.datasets.config import DataConfig
+from neqtune.datasets.registry import DatasetError, DataSplits, split_train
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 MEAN_STD = (0.5, 0.5, 0.5)
@@ -178,7 +178,7 @@ class SplitSettings:
 def official_splits(train: SampleSource, test: SampleSource, classes: Sequence[str], settings: SplitSettings) -> DataSplits:
     """Velocity and validation carved out of the official train split; the official test split kept.
 
-    The carving is :func:`neqtune_datasets.registry.split_train` seeded by
+    The carving is :func:`neqtune.datasets.registry.split_train` seeded by
     ``split_seed``; the train split gets the training transform, the others
     the evaluation transform.
     """

@@ -2,10 +2,10 @@
 
 Usage::
 
-    python -m neqtune_datasets.split cub     ~/raw/CUB_200_2011    $NEQ_DATA/cub
-    python -m neqtune_datasets.split food    ~/raw/food-101        $NEQ_DATA/food
-    python -m neqtune_datasets.split pets    ~/raw/oxford-iiit-pet $NEQ_DATA/pets
-    python -m neqtune_datasets.split flowers ~/raw/flowers-102     $NEQ_DATA/flowers
+    python -m neqtune.datasets.split cub     ~/raw/CUB_200_2011    $NEQ_DATA/cub
+    python -m neqtune.datasets.split food    ~/raw/food-101        $NEQ_DATA/food
+    python -m neqtune.datasets.split pets    ~/raw/oxford-iiit-pet $NEQ_DATA/pets
+    python -m neqtune.datasets.split flowers ~/raw/flowers-102     $NEQ_DATA/flowers
 
 The release files that define the official splits are read as the study's
 ``train_test_split`` scripts read them: CUB ``images.txt`` +
@@ -31,8 +31,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
 
-from neqtune_datasets.images import RELEASES, ReleaseIndex, missing_release_files, release_dir
-from neqtune_datasets.registry import DatasetError
+from neqtune.datasets.images import RELEASES, ReleaseIndex, missing_release_files, release_dir
+from neqtune.datasets.registry import DatasetError
 
 
 class SplitError(ValueError):
@@ -95,7 +95,7 @@ def write(moves: Sequence[tuple[Path, Path]], dest: Path, *, link: bool, progres
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m neqtune_datasets.split",
+        prog="python -m neqtune.datasets.split",
         description="Turn a CUB / Food / Pets / Flowers release into train/ and test/ image folders "
         "(Flowers also val/, which neqtune adds to train), by the release's official split files.",
     )

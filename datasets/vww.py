@@ -21,10 +21,10 @@ import re
 from pathlib import Path
 from typing import Any
 
-from neqtune_datasets.config import DataConfig
-from neqtune_datasets.registry import DatasetError, DataSplits, register_check, register_dataset
-from neqtune_datasets.roots import dataset_root, require
-from neqtune_datasets.samples import FileSource, SplitSettings, official_splits
+from neqtune.datasets.config import DataConfig
+from neqtune.datasets.registry import DatasetError, DataSplits, register_check, register_dataset
+from neqtune.datasets.roots import dataset_root, require
+from neqtune.datasets.samples import FileSource, SplitSettings, official_splits
 
 ANNOTATION_FILES = {"train": "instances_train.json", "test": "instances_val.json"}
 IMAGE_DIRS = ("all2014", "train2014", "val2014")

@@ -4,9 +4,9 @@ Every experiment writes under ``results/<experiment>/`` (git ignores them):
 ``epochs.parquet`` (one row per trial-epoch), ``trials.parquet`` (one row
 per trial), ``tensorboard/`` and Ray Tune's trial directories.
 
-``python -m results.analyze <experiment dir> [...] [-o <out dir>]`` merges
+``python -m neqtune.results.analyze <experiment dir> [...] [-o <out dir>]`` merges
 experiments into the study's table, the Pareto front of test top-1 versus
-budget, and plots (:mod:`results.analyze`, :mod:`results.plots`). The
-modules are not imported here, so that ``python -m results.analyze`` runs
+budget, and plots (:mod:`neqtune.results.analyze`, :mod:`neqtune.results.plots`). The
+modules are not imported here, so that ``python -m neqtune.results.analyze`` runs
 the module once.
 """

@@ -1,6 +1,6 @@
 """Analyse one or several experiments: the study's table, the Pareto front, plots.
 
-    python -m results.analyze results/digits-grid results/digits-full -o docs/digits
+    python -m neqtune.results.analyze results/digits-grid results/digits-full -o docs/digits
 
 reads ``epochs.parquet`` and ``trials.parquet`` of every experiment directory
 given (several are merged, as the study merged several sweep files), on the
@@ -20,7 +20,7 @@ into the output directory:
 - ``trials.csv``: one row per trial, best epoch chosen by validation;
 - ``problems.csv``: every trial left out of the table, and why;
 - ``report.md``: all tables, as printed;
-- PNG plots (see :mod:`results.plots`).
+- PNG plots (see :mod:`neqtune.results.plots`).
 
 Each trial's best epoch is recomputed from its epoch rows: the first epoch
 with the highest validation top-1 (the trainer's rule); the test top-1 of
@@ -45,7 +45,6 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +55,9 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-# The tables search.tables writes (importing the search package would pull in Ray and torch: seconds per command).
+from neqtune.results.model import Analysis, AnalysisInputError, Experiments
+
+# The tables neqtune.search.tables writes (importing the search package would pull in Ray and torch: seconds per command).
 EPOCHS_TABLE = "epochs.parquet"
 TRIALS_TABLE = "trials.parquet"
 # The study's table rows: model, scheme, budget unit, budget (in parameters, or in memory elements per image),
@@ -82,45 +83,6 @@ ENDED = ("TERMINATED", "STOPPED")
 # value in ``<metric>_seeds``, its seeds in ``seeds``: the analysis splits it into one trial per seed.
 REPEAT_SEEDS = "seeds"
 PER_SEED = {"val_top1": "val_top1_seeds", "test_top1": "test_top1_seeds"}
-
-
-class AnalysisInputError(ValueError):
-    """Input that cannot be analysed; the message is one line naming the file or directory."""
-
-
-@dataclass(frozen=True)
-class Experiments:
-    """The merged tables of one or several experiments.
-
-    Attributes:
-        epochs: the rows of every ``epochs.parquet`` (one per trial-epoch).
-        trials: the rows of every ``trials.parquet`` (one per ended trial).
-        sources: the experiment directories (paths or URIs), in the order given.
-    """
-
-    epochs: pd.DataFrame
-    trials: pd.DataFrame
-    sources: tuple[Path | str, ...]
-
-
-@dataclass(frozen=True)
-class Analysis:
-    """Everything the analysis computes from :class:`Experiments`.
-
-    Attributes:
-        outcomes: one row per trial (see :func:`trial_outcomes`).
-        table: the study's table (see :func:`study_table`).
-        pareto: the non-dominated trials (see :func:`pareto_front`).
-        problems: the trials kept out of the table, with the reason.
-        pareto_memory: the non-dominated trials by measured memory (see
-            :func:`pareto_memory_front`); None when no trial has a memory budget.
-    """
-
-    outcomes: pd.DataFrame
-    table: pd.DataFrame
-    pareto: pd.DataFrame
-    problems: pd.DataFrame
-    pareto_memory: pd.DataFrame | None = None
 
 
 # --- reading -----------------------------------------------------------------
@@ -744,7 +706,7 @@ def write_outputs(analysis: Analysis, experiments: Experiments, out_dir: Path) -
     Everything is written into a staging directory first and then moved
     into place file by file, so an error leaves earlier outputs whole.
     """
-    from results.plots import write_plots
+    from neqtune.results.plots import write_plots
 
     out_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".analysis-", dir=out_dir))
@@ -798,8 +760,8 @@ def _uri_name(location: Path | str) -> str:
 
 
 def report_importances(directories: Sequence[Path | str], out_dir: Path) -> list[Path]:
-    """Print the fANOVA importances of the searched keys (:mod:`results.importance`) and write them; the files written."""
-    from results.importance import importance_markdown, parameter_importances, write_importances
+    """Print the fANOVA importances of the searched keys (:mod:`neqtune.results.importance`) and write them; the files written."""
+    from neqtune.results.importance import importance_markdown, parameter_importances, write_importances
 
     importances = parameter_importances(directories)
     print(importance_markdown(importances))
@@ -809,7 +771,7 @@ def report_importances(directories: Sequence[Path | str], out_dir: Path) -> list
 def main(argv: Sequence[str] | None = None) -> int:
     """The command line; returns the exit code (2 for bad input, before anything is written)."""
     parser = argparse.ArgumentParser(
-        prog="python -m results.analyze",
+        prog="python -m neqtune.results.analyze",
         description="The study's table, the Pareto front and plots from one or several neqtune experiments.",
     )
     parser.add_argument(

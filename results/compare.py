@@ -1,4 +1,4 @@
-"""neqtune's numbers beside a paper's: ``python -m results.compare EXPERIMENT... --paper wacv2024|trady|medyate``.
+"""neqtune's numbers beside a paper's: ``python -m neqtune.results.compare EXPERIMENT... --paper wacv2024|trady|medyate``.
 
 The papers' published tables ship as data in ``results/papers/`` (a CSV per
 paper naming its source, and a YAML file with the metric, the recipe and the
@@ -54,7 +54,8 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from results.analyze import AnalysisInputError, Experiments, load_experiments, mean_std, trial_configs, trial_outcomes
+from neqtune.results.analyze import load_experiments, mean_std, trial_configs, trial_outcomes
+from neqtune.results.model import AnalysisInputError, Experiments
 
 PAPERS_DIR = Path(__file__).resolve().parent / "papers"
 AVG7 = "avg7"
@@ -473,7 +474,7 @@ def default_out_dir(directories: Sequence[Path | str], paper: str) -> Path:
 def main(argv: Sequence[str] | None = None) -> int:
     """The command line; returns the exit code (2 for bad input, before anything is written)."""
     parser = argparse.ArgumentParser(
-        prog="python -m results.compare",
+        prog="python -m neqtune.results.compare",
         description="neqtune's mean ± std beside a paper's published table, cell by cell, with the paper's claims checked in your runs.",
     )
     parser.add_argument(

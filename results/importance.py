@@ -1,12 +1,12 @@
 """Which searched keys matter: Optuna's fANOVA importances from each experiment's ``optuna.db``.
 
 Every search keeps its trials in an Optuna study (``<experiment>/optuna.db``,
-see :mod:`search.study`). For each objective, Optuna's
+see :mod:`neqtune.search.study`). For each objective, Optuna's
 :class:`~optuna.importance.FanovaImportanceEvaluator` (a random forest over
 the searched keys, seeded) splits the variance of the objective over the
 ``COMPLETE`` trials into the share each key explains; the shares sum to 1.
 Trials stopped early (``PRUNED``) or crashed are left out, as Optuna does.
-``python -m results.analyze`` prints the table and writes it as
+``python -m neqtune.results.analyze`` prints the table and writes it as
 ``importance.csv`` and ``importance.md``.
 """
 
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
     from optuna.trial import FrozenTrial
 
-OPTUNA_DB = "optuna.db"  # search.study's file (importing the search package would pull in Ray and torch)
+OPTUNA_DB = "optuna.db"  # neqtune.search.study's file (importing the search package would pull in Ray and torch)
 IMPORTANCE_SEED = 0
 COLUMNS = ("experiment", "objective", "param", "importance", "n_trials")
 

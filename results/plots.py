@@ -38,10 +38,10 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, MaxNLocator, NullLocator
 
 if TYPE_CHECKING:
-    from results.analyze import Analysis, Experiments
+    from neqtune.results.model import Analysis, Experiments
 
 FULL = "full"
-NO_UNIT = "-"  # results.analyze.MISSING: the unit of a table written before budget units
+NO_UNIT = "-"  # neqtune.results.analyze.MISSING: the unit of a table written before budget units
 DPI = 110
 # At most this many budget columns in the learning curves (the most seeded ones); the report says when more exist.
 MAX_CURVE_PANELS = 8

@@ -16,17 +16,17 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from search.experiment import SearchOutcome, run_search
-    from search.space import Space, SpaceError, load_space
+    from neqtune.search.experiment import SearchOutcome, run_search
+    from neqtune.search.space import Space, SpaceError, load_space
 
 __all__ = ["SearchOutcome", "Space", "SpaceError", "load_space", "run_search"]
 
 _HOMES = {
-    "SearchOutcome": "search.experiment",
-    "run_search": "search.experiment",
-    "Space": "search.space",
-    "SpaceError": "search.space",
-    "load_space": "search.space",
+    "SearchOutcome": "neqtune.search.experiment",
+    "run_search": "neqtune.search.experiment",
+    "Space": "neqtune.search.space",
+    "SpaceError": "neqtune.search.space",
+    "load_space": "neqtune.search.space",
 }
 
 

@@ -1,10 +1,10 @@
-"""``python -m search``: the same command line as ``run_search.py``."""
+"""``python -m neqtune.search``: the same command line as ``run_search.py``."""
 
 from __future__ import annotations
 
 import sys
 
-from search.cli import main
+from neqtune.search.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main(prog="python -m search"))
+    sys.exit(main(prog="python -m neqtune.search"))

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from search.experiment import SearchOutcome
+    from neqtune.search.experiment import SearchOutcome
 
 # Imported by a search; looked up (not imported) before anything runs, so that a Python without them says so in one line.
 DEPENDENCIES = ("yaml", "optuna", "ray", "torch", "torchvision", "pyarrow", "tensorboard")
@@ -113,7 +113,7 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "run_search.py") -> i
         )
         return 2
     args = build_parser(prog).parse_args(argv)
-    from search.locations import default_results_dir, outside_ray_package
+    from neqtune.search.locations import default_results_dir, outside_ray_package
 
     explicit = [("--results", args.results), ("--storage", args.storage), ("--resume", args.resume)]
     for flag, value in explicit:
@@ -126,7 +126,7 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "run_search.py") -> i
         if note and not args.dry_run:
             print(note)
     if args.resume is not None:
-        from search.experiment import ClusterError, StopOnInterrupt, resume_search
+        from neqtune.search.experiment import ClusterError, StopOnInterrupt, resume_search
 
         try:
             with StopOnInterrupt() as stop:
@@ -152,11 +152,11 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "run_search.py") -> i
         )
         if value is not None
     }
-    from search.space import SpaceError, load_space
-    from trainables.config import ConfigError
+    from neqtune.search.space import SpaceError, load_space
+    from neqtune.trainables.config import ConfigError
 
     if args.dry_run:
-        from search.dry_run import dry_run
+        from neqtune.search.dry_run import dry_run
 
         try:
             report, problems = dry_run(args.space, overrides=args.overrides, search_overrides=search_overrides, variant=args.variant)
@@ -169,7 +169,7 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "run_search.py") -> i
         return 2 if problems else 0
     try:
         space = load_space(args.space, overrides=args.overrides, search_overrides=search_overrides, variant=args.variant)
-        from search.weights import fetch_space_weights
+        from neqtune.search.weights import fetch_space_weights
 
         fetch_space_weights(space)  # before Ray starts: a run that cannot get its weights is refused here
     except SpaceError as err:
@@ -179,7 +179,7 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "run_search.py") -> i
         print(f"error: {space.source}: {err}", file=sys.stderr)
         return 2
 
-    from search.experiment import ClusterError, StopOnInterrupt, run_search
+    from neqtune.search.experiment import ClusterError, StopOnInterrupt, run_search
 
     try:
         with StopOnInterrupt() as stop:
@@ -218,7 +218,7 @@ EXIT_STORAGE = 1
 
 def resume_hint(location: str | None) -> str:
     """How to go on with the search at ``location``."""
-    from search.experiment import resumable
+    from neqtune.search.experiment import resumable
 
     if location is None or not resumable(location):
         return "no trial had started: run the search again"
@@ -227,8 +227,8 @@ def resume_hint(location: str | None) -> str:
 
 def guarded(search: Callable[[], SearchOutcome], stop: Any) -> SearchOutcome:
     """Run ``search``; on Ctrl-C or a full or read-only disk, stop Ray, print one line and raise :class:`SearchStopped`."""
-    from search.experiment import SearchInterrupted
-    from search.tables import StorageError
+    from neqtune.search.experiment import SearchInterrupted
+    from neqtune.search.tables import StorageError
 
     try:
         return search()
@@ -303,4 +303,4 @@ def print_pareto(front: list[dict[str, Any]], *, searched: list[str], metrics: l
 
 
 if __name__ == "__main__":
-    sys.exit(main(prog="python -m search.cli"))
+    sys.exit(main(prog="python -m neqtune.search.cli"))

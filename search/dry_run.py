@@ -1,7 +1,7 @@
 """``run_search.py --dry-run``: what a space would run, resolved without training, with every problem.
 
 The dry run loads the space collecting the problems of its trial values
-instead of stopping at the first (:func:`~search.space.load_space` with
+instead of stopping at the first (:func:`~neqtune.search.space.load_space` with
 ``problems``), then resolves every data set, model and budget the space can
 reach: it reads the data sets (their splits and classes), builds every model
 once (random init), says per ``pretrained: imagenet`` model whether its
@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from search.space import Space, SpaceError, load_space
-from trainables.config import BudgetConfig, ConfigError, ConfigProblems, DataConfig, ModelConfig, from_mapping
+from neqtune.search.space import Space, SpaceError, load_space
+from neqtune.trainables.config import BudgetConfig, ConfigError, ConfigProblems, DataConfig, ModelConfig, from_mapping
 
 
 @dataclass(frozen=True)
@@ -73,8 +73,8 @@ INPUT_ERRORS = (ConfigError, OSError, ValueError, RuntimeError)
 
 def describe_data(space: Space, problems: Problems) -> Iterator[str]:
     """One line per data set of the space: classes and split sizes (reads the data; never downloads)."""
-    from neqtune_datasets import build_dataset
-    from neqtune_datasets.registry import check_dataset
+    from neqtune.datasets import build_dataset
+    from neqtune.datasets.registry import check_dataset
 
     for name in choices(space, "data.name"):
         values = _section(space, "data", {"name": name})
@@ -95,9 +95,9 @@ def describe_data(space: Space, problems: Problems) -> Iterator[str]:
 
 def budget_lines(space: Space, model: Any, total: int) -> list[BudgetLine]:
     """Every budget the space reaches for ``model`` (``total`` conv parameters)."""
-    from trainables.budgets import resolve_budget
-    from trainables.checks import budget_problems
-    from trainables.schemes import get_scheme
+    from neqtune.trainables.budget.resolve import resolve_budget
+    from neqtune.trainables.budget.schemes import get_scheme
+    from neqtune.trainables.checks import budget_problems
 
     lines = []
     combos = itertools.product(choices(space, "budget.scheme"), choices(space, "budget.ratio"), choices(space, "budget.params"))
@@ -131,7 +131,7 @@ def budget_lines(space: Space, model: Any, total: int) -> list[BudgetLine]:
 
 def weights_line(config: ModelConfig) -> str:
     """Whether the ImageNet weights of ``config``'s model are cached, and where a run would get them; fetches nothing."""
-    from trainables.models import imagenet_weights_source
+    from neqtune.trainables.models.registry import imagenet_weights_source
 
     source = imagenet_weights_source(config)
     if source.cached:
@@ -141,9 +141,9 @@ def weights_line(config: ModelConfig) -> str:
 
 def describe_models(space: Space, problems: Problems) -> Iterator[str]:
     """Per model: its source, convs and conv parameters, its ImageNet weights, then every budget in parameters."""
-    from trainables.checks import model_problems
-    from trainables.models import build_model, model_names, model_spec, ungrouped_conv_params
-    from trainables.neurons import conv_neuron_params, total_params
+    from neqtune.trainables.budget.units import conv_neuron_params, total_params
+    from neqtune.trainables.checks import model_problems
+    from neqtune.trainables.models.registry import build_model, model_names, model_spec, ungrouped_conv_params
 
     sizes = sorted({s for s in choices(space, "data.image_size") if s is not None}) or [DataConfig().image_size]
     for name in choices(space, "model.name"):
@@ -179,8 +179,8 @@ def describe_models(space: Space, problems: Problems) -> Iterator[str]:
 
 def memory_budget_lines(space: Space, model: Any, model_name: str, sizes: list[int]) -> Iterator[str]:
     """Every memory budget the space reaches for ``model``: elements per image, share of the network, kB (builds nothing else)."""
-    from trainables.budgets import build_budget
-    from trainables.costs import channel_costs, network_memory
+    from neqtune.trainables.budget.costs import channel_costs, network_memory
+    from neqtune.trainables.budget.resolve import build_budget
 
     units = choices(space, "budget.unit")
     memories = choices(space, "budget.memory")

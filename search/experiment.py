@@ -20,13 +20,14 @@ import optuna
 import yaml
 from ray.tune.stopper import Stopper
 
-from search.dry_run import choices
-from search.local_ray import LocalRay, start_local_ray
-from search.pareto import PARETO_TABLE, pareto_front
-from search.recorder import ResultRecorder, read_results
-from search.space import ParamSpec, SearchConfig, Space, build_space
-from search.study import StudyRecorder
-from search.tables import (
+from neqtune.search.checkpoints import checkpoint_dirs, checkpoint_name
+from neqtune.search.dry_run import choices
+from neqtune.search.local_ray import LocalRay, start_local_ray
+from neqtune.search.pareto import PARETO_TABLE, pareto_front
+from neqtune.search.recorder import ResultRecorder, read_results
+from neqtune.search.space import ParamSpec, SearchConfig, Space, build_space
+from neqtune.search.study import StudyRecorder
+from neqtune.search.tables import (
     StorageError,
     config_column_types,
     is_uri,
@@ -37,8 +38,8 @@ from search.tables import (
     storage_fault,
     write_atomic,
 )
-from trainables.config import TrialConfig
-from trainables.tune_adapter import budgeted_trainable
+from neqtune.search.trainable import budgeted_trainable
+from neqtune.trainables.config import TrialConfig
 
 # Our recorder writes the tables and TensorBoard files and prints progress;
 # Ray's own CSV and TensorBoardX loggers would only duplicate them (a JSON log
@@ -338,7 +339,7 @@ def start_ray(address: str | None) -> None:
     """Join the cluster at ``address`` (or ``RAY_ADDRESS``), else start Ray on this machine.
 
     A local instance gets a directory of its own and a watchdog that ends
-    its processes when the driver ends (:mod:`search.local_ray`).
+    its processes when the driver ends (:mod:`neqtune.search.local_ray`).
 
     Raises:
         ClusterError: the cluster cannot be reached.
@@ -450,8 +451,8 @@ def auto_gpus_per_trial(*, cluster_gpus: float, model_params: int) -> float:
 
 def largest_model_params(space: Space) -> int:
     """Parameters of the largest model the space searches (built at 10 classes, random init)."""
-    from trainables.config import ModelConfig
-    from trainables.models import build_model
+    from neqtune.trainables.config import ModelConfig
+    from neqtune.trainables.models.registry import build_model
 
     models = set(space.search.params["model.name"].choice or []) if "model.name" in space.search.params else set()
     models.add(space.base.get("model", {}).get("name", ModelConfig().name))
@@ -707,7 +708,7 @@ def resumable(location: str) -> bool:
 
 
 def study_recorder(space: Space, experiment_dir: Path, experiment: str) -> StudyRecorder:
-    """The callback that keeps the experiment's trials in ``optuna.db`` (see :mod:`search.study`)."""
+    """The callback that keeps the experiment's trials in ``optuna.db`` (see :mod:`neqtune.search.study`)."""
     search = space.search
     return StudyRecorder(experiment_dir, experiment, params=search.params, metrics=search.metrics, modes=search.modes, base=space.base)
 
@@ -814,19 +815,15 @@ def fill_missing_checkpoints(location: str, lag: int = CHECKPOINT_LAG) -> list[s
     for trial in fs.get_file_info(pafs.FileSelector(root, allow_not_found=True)):
         if trial.type != pafs.FileType.Directory or not trial.base_name.startswith("trial_"):
             continue
-        indices = sorted(
-            int(info.base_name.removeprefix("checkpoint_"))
-            for info in fs.get_file_info(pafs.FileSelector(trial.path))
-            if info.type == pafs.FileType.Directory and info.base_name.startswith("checkpoint_") and info.base_name[11:].isdigit()
-        )
+        indices = sorted(index for index, _ in checkpoint_dirs(fs, trial.path))
         if not indices:
             continue
-        newest = f"{trial.path}/checkpoint_{indices[-1]:06d}"
+        newest = f"{trial.path}/{checkpoint_name(indices[-1])}"
         files = [info for info in fs.get_file_info(pafs.FileSelector(newest, recursive=True)) if info.type == pafs.FileType.File]
         for index in range(max(0, indices[-1] - lag), indices[-1]):
             if index in indices:
                 continue
-            target = f"{trial.path}/checkpoint_{index:06d}"
+            target = f"{trial.path}/{checkpoint_name(index)}"
             fs.create_dir(target)
             for info in files:
                 destination = f"{target}/{info.path[len(newest) + 1 :]}"

@@ -9,7 +9,7 @@ local search:
   (``/tmp/neqtune-ray-XXXXXXXX``) and marks every process of the instance
   with the environment variable ``NEQTUNE_RAY_DIR`` naming that directory
   (set only while ``ray.init`` starts them; children inherit it);
-- starts a watchdog (:mod:`search.reaper`) that ends every marked process
+- starts a watchdog (:mod:`neqtune.search.reaper`) that ends every marked process
   and removes the directory as soon as the driver is gone, however it ended;
 - before starting, ends what an earlier driver's instance left when its
   watchdog died with it: a directory of ours whose driver process is gone.
@@ -29,7 +29,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from search.reaper import MARK, end_processes
+from neqtune.search.reaper import MARK, end_processes
 
 DIR_PREFIX = "neqtune-ray-"
 OWNER_FILE = "neqtune-driver.json"

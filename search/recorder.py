@@ -19,7 +19,7 @@ the trial-epochs that were reported but not yet written, from the trials'
 their rows. Every trial-epoch ends in the table exactly once.
 
 A write that fails because the disk is full or read-only (the recorder's
-own, or a trial's checkpoint) raises :class:`~search.tables.StorageError`,
+own, or a trial's checkpoint) raises :class:`~neqtune.search.tables.StorageError`,
 which ends the search: what was written stays whole, and ``--resume``
 continues once there is room.
 """
@@ -41,8 +41,9 @@ from ray.tune import Callback
 from ray.tune.experiment import Trial
 from torch.utils.tensorboard import SummaryWriter
 
-from search.hparams import hparams_summaries, run_name
-from search.tables import (
+from neqtune.search.checkpoints import checkpoint_reports
+from neqtune.search.hparams import hparams_summaries, run_name
+from neqtune.search.tables import (
     EPOCHS_TABLE,
     SCHEMA_VERSION,
     TRIALS_TABLE,
@@ -53,11 +54,11 @@ from search.tables import (
     resolve_location,
     storage_fault,
 )
-from trainables.config import TrialConfig, flatten
-from trainables.metrics import ADAPTER_COLUMNS, fixed_dtypes, metric_names
-from trainables.repeats import SEED_KEYS as REPEAT_SEED_KEYS
-from trainables.repeats import STD_KEYS as REPEAT_STD_KEYS
-from trainables.tune_adapter import checkpoint_reports, resolve_trial_config
+from neqtune.search.trainable import resolve_trial_config
+from neqtune.trainables.config import TrialConfig, flatten
+from neqtune.trainables.metrics import ADAPTER_COLUMNS, fixed_dtypes, metric_names
+from neqtune.trainables.repeats import SEED_KEYS as REPEAT_SEED_KEYS
+from neqtune.trainables.repeats import STD_KEYS as REPEAT_STD_KEYS
 
 # What the trainer and the adapter report, in table order (see README, "Result tables").
 METRIC_COLUMNS = (*metric_names(), *ADAPTER_COLUMNS)
@@ -336,7 +337,7 @@ class ResultRecorder(Callback):
     def on_trial_result(self, iteration: int, trials: list[Trial], trial: Trial, result: dict[str, Any], **info: Any) -> None:
         if "epoch" not in result:
             return
-        if isinstance(result.get("resume_note"), str):  # its newest checkpoint was unreadable (trainables.tune_adapter)
+        if isinstance(result.get("resume_note"), str):  # its newest checkpoint was unreadable (neqtune.search.trainable)
             self.echo(f"trial {trial.trial_id}: {result['resume_note']}")
         self._last[trial.trial_id] = result
         self._layer_names.setdefault(trial.trial_id, list(result.get("layer_names", [])))
@@ -423,7 +424,7 @@ def quiet_event_writer_storage_errors() -> None:
     TensorBoard writes event files from a thread of its own, which dies on
     such an error with a traceback on stderr. The recorder's next table write
     meets the same error and stops the search with its one line (see
-    :class:`search.tables.StorageError`), so the thread's traceback is noise.
+    :class:`neqtune.search.tables.StorageError`), so the thread's traceback is noise.
     Every other exception, of that thread or another, keeps the hook that was
     in place. Installed once per process.
     """

@@ -1,6 +1,6 @@
 """Search spaces: a YAML file with a base trial config and what to search over.
 
-A space file has the trial sections of :class:`~trainables.config.TrialConfig`
+A space file has the trial sections of :class:`~neqtune.trainables.config.TrialConfig`
 (``data``, ``model``, ``training``, ``budget``), an ``experiment`` name and a
 ``search`` section whose ``params`` map dotted config keys to distributions::
 
@@ -39,8 +39,8 @@ from typing import Any, Literal
 
 import yaml
 
-from trainables.config import ConfigError, TrialConfig, from_mapping, iter_leaf_keys, with_overrides
-from trainables.metrics import metric_names
+from neqtune.trainables.config import ConfigError, TrialConfig, from_mapping, iter_leaf_keys, with_overrides
+from neqtune.trainables.metrics import metric_names
 
 DEFAULT_SPACE = Path(__file__).resolve().parent.parent / "spaces" / "digits.yaml"
 TRIAL_SECTIONS = ("data", "model", "training", "budget")
@@ -145,10 +145,10 @@ class SearchConfig:
     ``sampler``: ``tpe`` (multi-objective TPE when there are several
     objectives), ``nsga2`` (NSGA-II, ``population_size`` per generation) or
     ``random``. ``max_concurrent: auto`` runs as many trials at once as the
-    CPUs, the GPUs and the memory allow (see :func:`search.experiment.auto_concurrency`);
+    CPUs, the GPUs and the memory allow (see :func:`neqtune.search.experiment.auto_concurrency`);
     ``gpus_per_trial``: a fraction shares a GPU (0.25: four trials on one),
     ``auto`` uses the cluster's GPUs where it has any, with the packing rule
-    of :func:`search.experiment.auto_gpus_per_trial` (0 without GPUs);
+    of :func:`neqtune.search.experiment.auto_gpus_per_trial` (0 without GPUs);
     ``max_failures``: restarts of a failed trial from its last checkpoint.
     ``max_trial_epochs``: a budget for the whole search; once its trials ran
     that many epochs in total (each reported epoch counts), running trials
@@ -312,8 +312,8 @@ def _read_yaml(path: Path) -> Any:
 
 @functools.cache
 def _conv_count_model(name: str) -> Any:
-    from trainables.config import ModelConfig
-    from trainables.models import build_model
+    from neqtune.trainables.config import ModelConfig
+    from neqtune.trainables.models.registry import build_model
 
     return build_model(ModelConfig(name=name), num_classes=10)
 
@@ -322,7 +322,7 @@ def _dataset_num_classes(data: Any) -> int:
     """The class count of the data set ``data`` (a DataConfig) names, read once per distinct config."""
     key = yaml.safe_dump(dataclasses.asdict(data), sort_keys=True)
     if key not in _CLASS_COUNTS:
-        from neqtune_datasets import build_dataset
+        from neqtune.datasets import build_dataset
 
         _CLASS_COUNTS[key] = build_dataset(data).num_classes
     return _CLASS_COUNTS[key]
@@ -389,11 +389,11 @@ def trial_problems(overrides: Mapping[str, Any], base: Mapping[str, Any]) -> tup
     """One combination's config and every problem found: a bad value (its section validates it), else each of
     the cross-section checks, as a :class:`CombinationError` naming the keys it depends on (data on disk, the
     model head's class count, the SU mask of the scheme)."""
-    from neqtune_datasets import check_dataset
-    from trainables.budgets import check_scheme_fits
-    from trainables.checks import config_problems
-    from trainables.lifecycle import needs_su_mask
-    from trainables.schemes import get_scheme
+    from neqtune.datasets import check_dataset
+    from neqtune.trainables.budget.resolve import check_scheme_fits
+    from neqtune.trainables.budget.schemes import get_scheme
+    from neqtune.trainables.checks import config_problems
+    from neqtune.trainables.policies.base import needs_su_mask
 
     try:
         config = TrialConfig.from_dict(with_overrides(base, overrides))
@@ -448,8 +448,8 @@ def trial_problems(overrides: Mapping[str, Any], base: Mapping[str, Any]) -> tup
 
 @functools.cache
 def _check_budget_cached(budget_key: str, model_name: str, image_size: int) -> None:
-    from trainables.budgets import build_budget
-    from trainables.config import BudgetConfig
+    from neqtune.trainables.budget.resolve import build_budget
+    from neqtune.trainables.config import BudgetConfig
 
     budget = from_mapping(BudgetConfig, yaml.safe_load(budget_key), "budget")
     build_budget(budget, _conv_count_model(model_name), model_name=model_name, image_size=image_size)
@@ -470,7 +470,7 @@ def _written_value_errors(base: dict[str, Any]) -> list[ConfigError]:
     written = {f"{section}.{key}" for section, values in base.items() for key in values}
     hints = typing.get_type_hints(TrialConfig)
     found: list[ConfigError] = []
-    from trainables.checks import section_problems
+    from neqtune.trainables.checks import section_problems
 
     for section in TRIAL_SECTIONS:
         try:

@@ -42,10 +42,10 @@ from optuna.trial import TrialState
 from ray.tune import Callback
 from ray.tune.experiment import Trial
 
-from search.recorder import read_results
-from search.space import ParamSpec
-from search.tables import EPOCHS_TABLE, join_location, read_table
-from trainables.tune_adapter import resolve_trial_config
+from neqtune.search.recorder import read_results
+from neqtune.search.space import ParamSpec
+from neqtune.search.tables import EPOCHS_TABLE, join_location, read_table
+from neqtune.search.trainable import resolve_trial_config
 
 OPTUNA_DB = "optuna.db"
 TUNE_TRIAL_ID = "tune_trial_id"

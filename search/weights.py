@@ -2,16 +2,16 @@
 
 Loading a space checks only that a ``pretrained: imagenet`` model has
 ImageNet weights at all, and a dry run only says whether each file is cached
-and where a run would download it from (:func:`search.dry_run.weights_line`).
+and where a run would download it from (:func:`neqtune.search.dry_run.weights_line`).
 A search fetches every missing file first, so a run that cannot get its
 weights (offline) is refused with one line naming the file, before any trial.
 """
 
 from __future__ import annotations
 
-from search.dry_run import choices
-from search.space import Space
-from trainables.config import ModelConfig, from_mapping
+from neqtune.search.dry_run import choices
+from neqtune.search.space import Space
+from neqtune.trainables.config import ModelConfig, from_mapping
 
 
 def imagenet_models(space: Space) -> list[ModelConfig]:
@@ -32,7 +32,7 @@ def fetch_space_weights(space: Space) -> None:
         ConfigError: (``model.pretrained``) a file is missing and cannot be
             downloaded, naming the file and its URL.
     """
-    from trainables.models import imagenet_weights_path
+    from neqtune.trainables.models.registry import imagenet_weights_path
 
     for config in imagenet_models(space):
         imagenet_weights_path(config)

@@ -1,4 +1,4 @@
-"""results.analyze on synthetic experiments with known values, in the real Parquet layout."""
+"""neqtune.results.analyze on synthetic experiments with known values, in the real Parquet layout."""
 
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-import search.tables
-from results import analyze as analyze_module
-from results.analyze import (
+import neqtune.search.tables
+from neqtune.results import analyze as analyze_module
+from neqtune.results.analyze import (
     AnalysisInputError,
     analyze,
     best_epoch,
@@ -29,7 +29,7 @@ from results.analyze import (
     pareto_memory_front,
     table_markdown,
 )
-from search.tables import EPOCHS_TABLE, SCHEMA_VERSION, TRIALS_TABLE, rows_to_table, write_atomic
+from neqtune.search.tables import EPOCHS_TABLE, SCHEMA_VERSION, TRIALS_TABLE, rows_to_table, write_atomic
 
 ROOT = Path(__file__).resolve().parent.parent
 LAYERS = ["features.0.0", "features.1.conv.0.0", "classifier.conv"]
@@ -241,7 +241,7 @@ def test_missing_and_partial_data_are_reported(grid: Path) -> None:
 
 
 def test_reads_the_files_the_recorder_writes() -> None:
-    assert (analyze_module.EPOCHS_TABLE, analyze_module.TRIALS_TABLE) == (search.tables.EPOCHS_TABLE, search.tables.TRIALS_TABLE)
+    assert (analyze_module.EPOCHS_TABLE, analyze_module.TRIALS_TABLE) == (neqtune.search.tables.EPOCHS_TABLE, neqtune.search.tables.TRIALS_TABLE)
 
 
 def test_pareto_mask_hand_cases() -> None:
@@ -328,7 +328,7 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(grid: Path, tmp_path
 def test_module_runs_as_a_command_and_exits_2_on_bad_input(grid: Path) -> None:
     # The good path runs in-process above; here the real process's exit code and its one line on stderr.
     bad = subprocess.run(
-        [sys.executable, "-m", "results.analyze", str(grid), str(grid.parent / "nowhere")],
+        [sys.executable, "-m", "neqtune.results.analyze", str(grid), str(grid.parent / "nowhere")],
         capture_output=True,
         text=True,
         cwd=ROOT,

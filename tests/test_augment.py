@@ -17,7 +17,7 @@ from PIL import Image
 from torchvision import transforms as T
 from torchvision.transforms import functional as TF
 
-from neqtune_datasets.augment import (
+from neqtune.datasets.augment import (
     BatchTransform,
     JitterParams,
     apply_jitter,
@@ -29,7 +29,7 @@ from neqtune_datasets.augment import (
     pad_batch,
     random_resized_boxes,
 )
-from neqtune_datasets.samples import eval_transform, train_transform
+from neqtune.datasets.samples import eval_transform, train_transform
 
 KS_CRITICAL_0_1_PERCENT = 1.949  # c(alpha) of the two-sample KS test at alpha = 0.001
 

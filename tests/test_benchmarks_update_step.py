@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from benchmarks import bn_update, update_step
-from trainables.config import ModelConfig
-from trainables.models import build_model
-from trainables.neurons import layer_flops
+from neqtune.trainables.budget.units import layer_flops
+from neqtune.trainables.config import ModelConfig
+from neqtune.trainables.models.registry import build_model
 
 
 @pytest.fixture(scope="module")

@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 import yaml
 
-from search.cli import main
-from search.experiment import ClusterError, auto_concurrency, check_shared_storage, estimate_trial_memory, probe_address
-from search.space import DEFAULT_SPACE, load_space
+from neqtune.search.cli import main
+from neqtune.search.experiment import ClusterError, auto_concurrency, check_shared_storage, estimate_trial_memory, probe_address
+from neqtune.search.space import DEFAULT_SPACE, load_space
 
 
 def space_file(tmp_path: Path, **search: Any) -> Path:

@@ -30,7 +30,7 @@ import pytest
 import yaml
 from search_procs import RUN_MARK, end_marked, finish, marked, new_mark, plain, run_search, tiny_space, wait_until
 
-from search.tables import read_table
+from neqtune.search.tables import read_table
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent

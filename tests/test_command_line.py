@@ -1,6 +1,6 @@
 """The command line answers help and argument errors without torch or Ray, and every entry point runs.
 
-``run_search.py``, ``python -m search`` and ``python -m search.cli`` are the same command; a Python without
+``run_search.py``, ``python -m search`` and ``python -m neqtune.search.cli`` are the same command; a Python without
 neqtune's dependencies (the system ``python`` of a Ray head started outside the virtualenv) is told so in one line.
 """
 
@@ -14,14 +14,14 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-HEAVY = ("torch", "ray", "optuna", "pyarrow", "trainables", "neqtune_datasets", "search.space", "search.experiment")
+HEAVY = ("torch", "ray", "optuna", "pyarrow", "neqtune.trainables", "neqtune.datasets", "neqtune.search.space", "neqtune.search.experiment")
 
 
 def imported_after(argv: list[str]) -> tuple[int, list[str], str]:
-    """Run ``search.cli.main(argv)`` in a fresh interpreter: its exit code, the heavy modules it imported, its stderr."""
+    """Run ``neqtune.search.cli.main(argv)`` in a fresh interpreter: its exit code, the heavy modules it imported, its stderr."""
     code = (
         "import sys\n"
-        "from search.cli import main\n"
+        "from neqtune.search.cli import main\n"
         "try:\n"
         f"    rc = main({argv!r})\n"
         "except SystemExit as stop:\n"
@@ -50,7 +50,7 @@ def test_help_and_argument_errors_import_neither_torch_nor_ray(argv: list[str], 
     assert message in stderr
 
 
-@pytest.mark.parametrize("module", ["search", "search.cli"])
+@pytest.mark.parametrize("module", ["neqtune", "neqtune.search", "neqtune.search.cli"])
 def test_module_entry_points_are_the_command(module: str) -> None:
     done = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert done.returncode == 0, done.stderr
@@ -60,9 +60,9 @@ def test_module_entry_points_are_the_command(module: str) -> None:
     assert bad.returncode == 2 and "argument --max-failures: invalid int value: 'two'" in bad.stderr
 
 
-def test_python_m_search_runs_a_dry_run(tmp_path: Path) -> None:
+def test_python_m_neqtune_runs_a_dry_run(tmp_path: Path) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "search", "--dry-run", "--set", "data.image_size=16"], capture_output=True, text=True, cwd=ROOT, timeout=120
+        [sys.executable, "-m", "neqtune", "--dry-run", "--set", "data.image_size=16"], capture_output=True, text=True, cwd=ROOT, timeout=120
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("spaces/digits.yaml: valid; 12 trials (optuna)")
@@ -92,7 +92,7 @@ def ray_job_dir(tmp_path: Path) -> Path:
 
 
 def test_results_inside_a_ray_jobs_package_go_to_a_durable_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from search.locations import default_results_dir, ray_package_dir
+    from neqtune.search.locations import default_results_dir, ray_package_dir
 
     package = ray_job_dir(tmp_path)
     assert ray_package_dir(package / "results" / "exp") == package and ray_package_dir(tmp_path / "results") is None

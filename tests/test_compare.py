@@ -1,4 +1,4 @@
-"""results.compare: the papers' tables as shipped data, and neqtune's runs beside them, on synthetic experiments.
+"""neqtune.results.compare: the papers' tables as shipped data, and neqtune's runs beside them, on synthetic experiments.
 
 The experiments are written in the real Parquet layout with known final test top-1 values, so every mean, std,
 difference and claim below is checked against numbers worked out by hand.
@@ -17,9 +17,9 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from results.analyze import load_experiments
-from results.compare import PAPERS_DIR, SEVEN, compare, load_paper, main, paper_names
-from search.tables import EPOCHS_TABLE, SCHEMA_VERSION, TRIALS_TABLE, rows_to_table, write_atomic
+from neqtune.results.analyze import load_experiments
+from neqtune.results.compare import PAPERS_DIR, SEVEN, compare, load_paper, main, paper_names
+from neqtune.search.tables import EPOCHS_TABLE, SCHEMA_VERSION, TRIALS_TABLE, rows_to_table, write_atomic
 
 ROOT = Path(__file__).resolve().parent.parent
 TYPES = {"budget.scheme": pa.string(), "error": pa.string()}
@@ -196,6 +196,6 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, wacv_experiment: Path,
     assert main([str(wacv_experiment), "--paper", "wacv2024", "-o", str(tmp_path / "file")]) == 2
     assert capsys.readouterr().err.strip() == f"compare: error: {tmp_path / 'file'}: exists and is not a directory"
     assert not (wacv_experiment / "compare-wacv2024").exists()
-    done = subprocess.run([sys.executable, "-m", "results.compare", str(wacv_experiment), "--paper", "nature"],
+    done = subprocess.run([sys.executable, "-m", "neqtune.results.compare", str(wacv_experiment), "--paper", "nature"],
                           capture_output=True, text=True, cwd=ROOT, timeout=60)  # fmt: skip
     assert done.returncode == 2 and "invalid choice: 'nature'" in done.stderr

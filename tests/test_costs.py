@@ -13,17 +13,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from search.cli import main
-from search.space import DEFAULT_SPACE
-from trainables import channel_costs, select_units
-from trainables.budgets import build_budget, scheme_su_mask
-from trainables.checks import budget_problems
-from trainables.config import BudgetConfig, ConfigError, from_mapping
-from trainables.costs import Pricing, budget_pricing, mask_memory, network_memory
-from trainables.neurons import conv_neuron_params
-from trainables.policies import fill_budget
-from trainables.schemes import get_scheme
-from trainables.zoo import build_zoo_model
+from neqtune.search.cli import main
+from neqtune.search.space import DEFAULT_SPACE
+from neqtune.trainables import channel_costs, select_units
+from neqtune.trainables.budget.costs import Pricing, budget_pricing, mask_memory, network_memory
+from neqtune.trainables.budget.resolve import build_budget, scheme_su_mask
+from neqtune.trainables.budget.schemes import get_scheme
+from neqtune.trainables.budget.units import conv_neuron_params
+from neqtune.trainables.checks import budget_problems
+from neqtune.trainables.config import BudgetConfig, ConfigError, from_mapping
+from neqtune.trainables.models.zoo import build_zoo_model
+from neqtune.trainables.policies.fill import fill_budget
 
 
 @functools.cache

@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PROBE = """
 import resource, sys, torch
 sys.path.insert(0, {root!r})
-from trainables.cpu import keep_freed_memory
+from neqtune.trainables.cpu import keep_freed_memory
 if {keep}:
     assert keep_freed_memory() and keep_freed_memory()
 def fill():

@@ -25,12 +25,12 @@ from data_fixtures import (
     write_pets_release,
 )
 
-from neqtune_datasets import DatasetError, build_dataset, check_dataset, dataset_names, dataset_root
-from neqtune_datasets.cifar import read_cifar
-from neqtune_datasets.samples import SplitView
-from neqtune_datasets.split import main as split_main
-from search.cli import main as cli_main
-from trainables.config import ConfigError, DataConfig
+from neqtune.datasets import DatasetError, build_dataset, check_dataset, dataset_names, dataset_root
+from neqtune.datasets.cifar import read_cifar
+from neqtune.datasets.samples import SplitView
+from neqtune.datasets.split import main as split_main
+from neqtune.search.cli import main as cli_main
+from neqtune.trainables.config import ConfigError, DataConfig
 
 FILE_DATASETS = [name for name in dataset_names() if name != "digits"]
 
@@ -396,7 +396,7 @@ def test_torchvision_reads_the_fixtures_as_we_do(data_root: Path, tmp_path: Path
 
 
 def test_a_trial_on_a_fixture_repeats_under_its_seed(data_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from trainables import train
+    from neqtune.trainables import train
 
     monkeypatch.setenv("NEQ_DATA", str(data_root))
     torch.set_num_threads(1)
@@ -415,7 +415,7 @@ def test_a_trial_on_a_fixture_repeats_under_its_seed(data_root: Path, monkeypatc
 
 
 def test_the_benchmark_compares_cold_and_cached_builds(data_root: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from neqtune_datasets.benchmark import main as benchmark_main
+    from neqtune.datasets.benchmark import main as benchmark_main
 
     assert benchmark_main(["pets", "--root", str(data_root / "pets"), "--repeats", "2", "--batch", "8"]) == 0
     out = capsys.readouterr().out

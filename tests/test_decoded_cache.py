@@ -1,4 +1,4 @@
-"""The decoded-image cache (:mod:`neqtune_datasets.cache`): built once per node, read exactly, never read when stale or corrupt.
+"""The decoded-image cache (:mod:`neqtune.datasets.cache`): built once per node, read exactly, never read when stale or corrupt.
 
 The source is 25 small real image files (JPEG and PNG) of a few sizes; with
 ``IMAGE_SIZE = 32`` the cache stores short sides of 64 pixels. The expected
@@ -25,10 +25,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from neqtune_datasets import DatasetError
-from neqtune_datasets.cache import CACHE_SCALE, DecodedImages, cache_dir, open_decoded
-from neqtune_datasets.samples import FileSource, SplitView, eval_transform
-from trainables.config import ConfigError
+from neqtune.datasets import DatasetError
+from neqtune.datasets.cache import CACHE_SCALE, DecodedImages, cache_dir, open_decoded
+from neqtune.datasets.samples import FileSource, SplitView, eval_transform
+from neqtune.trainables.config import ConfigError
 
 IMAGE_SIZE = 32
 HEADER_BYTES, INDEX_ENTRY_BYTES = 32, 28  # the layout the module's docstring gives
@@ -166,8 +166,8 @@ CHILD = """
 import hashlib, os, sys, time
 from pathlib import Path
 
-from neqtune_datasets import cache, samples
-from neqtune_datasets.samples import FileSource
+from neqtune.datasets import cache, samples
+from neqtune.datasets.samples import FileSource
 
 sys.stderr = open(spec["stderr"], "w", buffering=1)
 real_load_image = samples.load_image
@@ -198,7 +198,7 @@ def _processes() -> multiprocessing.context.ForkServerContext:
     as under spawn, but without importing torch again (seconds per child).
     """
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["neqtune_datasets.cache"])
+    context.set_forkserver_preload(["neqtune.datasets.cache"])
     return context
 
 

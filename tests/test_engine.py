@@ -10,13 +10,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainables import select_neurons, su_update_mask
-from trainables.config import ModelConfig, TrainingConfig
-from trainables.engine import SparseUpdateEngine, row_plan
-from trainables.models import build_model
-from trainables.neurons import Masks, conv_layers, conv_neuron_params
-from trainables.optim import build_optimizer
-from trainables.schemes import get_scheme
+from neqtune.trainables import select_neurons, su_update_mask
+from neqtune.trainables.budget.schemes import get_scheme
+from neqtune.trainables.budget.units import Masks, conv_layers, conv_neuron_params
+from neqtune.trainables.config import ModelConfig, TrainingConfig
+from neqtune.trainables.models.registry import build_model
+from neqtune.trainables.update.engine import SparseUpdateEngine, row_plan
+from neqtune.trainables.update.optim import build_optimizer
 
 BUDGET = get_scheme("mbv2-w0.35_scheme_1").budget_params(0)  # 22,410 parameters
 

@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainables.engine import ColumnPlan, SparseUpdateEngine, column_plan, parameter_masks
-from trainables.neurons import Masks, conv_layers
-from trainables.optim import AxisMask, MaskedAdam, MaskedSGD
+from neqtune.trainables.budget.units import Masks, conv_layers
+from neqtune.trainables.update.engine import ColumnPlan, SparseUpdateEngine, column_plan, parameter_masks
+from neqtune.trainables.update.optim import AxisMask, MaskedAdam, MaskedSGD
 
 
 def column_net() -> nn.Sequential:

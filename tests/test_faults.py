@@ -39,8 +39,8 @@ from search_procs import (
     wait_until,
 )
 
-from search.tables import join_location, read_table
-from trainables.tune_adapter import CHECKSUM_FILE, STATE_FILE, checkpoint_reports, load_state, restore_state, save_state, write_reports
+from neqtune.search.checkpoints import CHECKSUM_FILE, STATE_FILE, checkpoint_reports, load_state, restore_state, save_state, write_reports
+from neqtune.search.tables import join_location, read_table
 
 ROOT = Path(__file__).resolve().parent.parent
 # Metrics that must not depend on the process, the wall clock or a restart.
@@ -212,7 +212,7 @@ def test_a_driver_sigkilled_on_s3_storage_leaves_no_process_and_resumes_from_s3_
             assert frozen.params["training.lr"] == pytest.approx(by_id.loc[frozen.user_attrs["tune_trial_id"], "training.lr"])
         # 4. The analysis reads the experiment straight from S3.
         analysis = subprocess.run(
-            [sys.executable, "-m", "results.analyze", location, "-o", str(tmp_path / "analysis")],
+            [sys.executable, "-m", "neqtune.results.analyze", location, "-o", str(tmp_path / "analysis")],
             capture_output=True, text=True, cwd=ROOT, env={**os.environ, **S3_ENV}, timeout=120,
         )  # fmt: skip
         assert analysis.returncode == 0, analysis.stdout + analysis.stderr
@@ -265,8 +265,8 @@ def test_a_checkpoint_without_checksum_is_trusted_only_if_it_loads(tmp_path: Pat
 
 # --- leftovers of a dead driver --------------------------------------------------------------------------------------
 def test_the_next_search_ends_what_a_dead_drivers_ray_left_and_only_that(tmp_path: Path) -> None:
-    from search.local_ray import DIR_PREFIX, OWNER_FILE, process_start, sweep_dead_instances
-    from search.reaper import MARK
+    from neqtune.search.local_ray import DIR_PREFIX, OWNER_FILE, process_start, sweep_dead_instances
+    from neqtune.search.reaper import MARK
 
     dead, alive = tmp_path / f"{DIR_PREFIX}dead", tmp_path / f"{DIR_PREFIX}alive"
     dead.mkdir()
@@ -306,7 +306,7 @@ def test_the_next_search_ends_what_a_dead_drivers_ray_left_and_only_that(tmp_pat
 
 def test_the_watchdog_keeps_on_record_the_children_of_the_instance_that_lost_the_mark(tmp_path: Path) -> None:
     """What Ray's agents look like once the driver and the raylet died: an orphan without the mark, its output a pipe."""
-    from search.reaper import MARK, instance_processes
+    from neqtune.search.reaper import MARK, instance_processes
 
     ray_dir = str(tmp_path / "neqtune-ray-x")
     code = (
@@ -334,8 +334,8 @@ def test_the_watchdog_keeps_on_record_the_children_of_the_instance_that_lost_the
 
 
 def test_resume_backfills_the_epochs_a_dead_driver_never_wrote(tmp_path: Path) -> None:
-    from search.recorder import ResultRecorder
-    from search.space import load_space
+    from neqtune.search.recorder import ResultRecorder
+    from neqtune.search.space import load_space
 
     base = load_space(None).base
     experiment = tmp_path / "exp"
@@ -367,8 +367,8 @@ def test_resume_backfills_the_epochs_a_dead_driver_never_wrote(tmp_path: Path) -
 
 def test_resume_takes_a_trials_last_epoch_from_the_table_when_the_log_lost_it(tmp_path: Path) -> None:
     """A driver killed after writing a trial's last epoch row but before Ray's log reached the disk with it."""
-    from search.recorder import ResultRecorder
-    from search.space import load_space
+    from neqtune.search.recorder import ResultRecorder
+    from neqtune.search.space import load_space
 
     base = load_space(None).base
     experiment = tmp_path / "exp"
@@ -392,8 +392,8 @@ def test_resume_recovers_the_epochs_only_a_stored_checkpoint_carries(tmp_path: P
 
     Only for a trial that the saved experiment state names.
     """
-    from search.recorder import ResultRecorder, read_results
-    from search.space import load_space
+    from neqtune.search.recorder import ResultRecorder, read_results
+    from neqtune.search.space import load_space
 
     experiment = tmp_path / "exp"
     trial = experiment / "trial_t1"
@@ -421,7 +421,7 @@ def test_resume_recovers_the_epochs_only_a_stored_checkpoint_carries(tmp_path: P
 
 
 def test_storage_root_and_space_file_under_a_uri(tmp_path: Path) -> None:
-    from search.experiment import ClusterError, storage_root, write_text
+    from neqtune.search.experiment import ClusterError, storage_root, write_text
 
     assert storage_root(None, tmp_path / "results") == str((tmp_path / "results").resolve())
     assert storage_root(f"file://{tmp_path}/store/", tmp_path) == f"file://{tmp_path}/store"
@@ -432,7 +432,7 @@ def test_storage_root_and_space_file_under_a_uri(tmp_path: Path) -> None:
 
 
 def test_checkpoints_a_stale_experiment_state_may_name_are_recreated(tmp_path: Path) -> None:
-    from search.experiment import fill_missing_checkpoints
+    from neqtune.search.experiment import fill_missing_checkpoints
 
     newest = tmp_path / "trial_a" / "checkpoint_000005"
     newest.mkdir(parents=True)

@@ -29,11 +29,11 @@ from benchmarks.gpu_check import (
     updated_elements,
     write_report,
 )
-from trainables.config import ModelConfig
-from trainables.engine import parameter_masks
-from trainables.models import build_model
-from trainables.neurons import conv_layers
-from trainables.optim import AxisMask, UpdateMask
+from neqtune.trainables.budget.units import conv_layers
+from neqtune.trainables.config import ModelConfig
+from neqtune.trainables.models.registry import build_model
+from neqtune.trainables.update.engine import parameter_masks
+from neqtune.trainables.update.optim import AxisMask, UpdateMask
 
 
 def test_without_cuda_it_prints_one_line_and_writes_nothing(

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from search_procs import tiny_space
 
-from search.experiment import TRIALS_PER_GPU, ClusterError, auto_concurrency, auto_gpus_per_trial, resolve_gpus, run_search
-from search.space import build_space
+from neqtune.search.experiment import TRIALS_PER_GPU, ClusterError, auto_concurrency, auto_gpus_per_trial, resolve_gpus, run_search
+from neqtune.search.space import build_space
 
 
 def test_auto_shares_a_gpu_between_small_models_and_gives_large_ones_their_own() -> None:

@@ -27,8 +27,8 @@ ROOT = Path(__file__).resolve().parent.parent
 # Where the name ``datasets`` leads (found, not imported: HuggingFace's needs its own dependencies, which this test does
 # not install) and where neqtune's data sets come from (imported, with their registry).
 WHICH = (
-    "import importlib.util, neqtune_datasets; print(importlib.util.find_spec('datasets').origin); print(neqtune_datasets.__file__); "
-    "print(neqtune_datasets.dataset_names())"
+    "import importlib.util, neqtune.datasets; print(importlib.util.find_spec('datasets').origin); print(neqtune.datasets.__file__); "
+    "print(neqtune.datasets.dataset_names())"
 )
 
 
@@ -60,14 +60,14 @@ def test_a_plain_install_beside_huggingface_datasets_runs_a_dry_run_and_a_search
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     hf_file, ours_file, flags = run([str(python), "-c", WHICH], elsewhere).splitlines()
-    assert hf_file == str(site / "datasets" / "__init__.py") and ours_file == str(site / "neqtune_datasets" / "__init__.py")
+    assert hf_file == str(site / "datasets" / "__init__.py") and ours_file == str(site / "neqtune" / "datasets" / "__init__.py")
     assert (site / "datasets" / "arrow_dataset.py").is_file() and "'digits'" in flags  # HuggingFace's, whole; ours, whole
     space = tiny_space(1, {"algorithm": "grid", "num_samples": 1, "params": {"training.seed": {"choice": [0]}}})
     space["experiment"] = "beside-hf"
     (elsewhere / "space.yaml").write_text(yaml.safe_dump(space))
-    out = run([str(python), "-m", "search", "--space", "space.yaml", "--dry-run"], elsewhere)
+    out = run([str(python), "-m", "neqtune", "--space", "space.yaml", "--dry-run"], elsewhere)
     assert "digits" in out and "Traceback" not in out
-    run([str(python), "-m", "search", "--space", "space.yaml", "--results", "results", "--name", "beside-hf"], elsewhere, timeout=600)
+    run([str(python), "-m", "neqtune", "--space", "space.yaml", "--results", "results", "--name", "beside-hf"], elsewhere, timeout=600)
     epochs = pd.read_parquet(elsewhere / "results" / "beside-hf" / "epochs.parquet")
     assert epochs.epoch.tolist() == [1] and epochs.val_top1.notna().all()
 
@@ -77,7 +77,7 @@ def test_the_editable_install_loses_nothing_to_huggingface_datasets_from_another
     run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(hf), str(hf_wheel)], tmp_path)
     env = {"PYTHONPATH": str(hf), "PATH": "/usr/bin:/bin"}  # HuggingFace's package first on sys.path
     code = (
-        "from trainables.config import TrialConfig; "
+        "from neqtune.trainables.config import TrialConfig; "
         "c = TrialConfig.from_dict({'data': {'name': 'digits'}, 'model': {'name': 'mbv2-w0.35'}}); print(c.data.name); " + WHICH
     )
     name, hf_file, ours_file, _ = run([sys.executable, "-c", code], tmp_path, env=env).splitlines()

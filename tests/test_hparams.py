@@ -17,8 +17,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins import base_plugin
 from tensorboard.plugins.hparams import api_pb2, backend_context, get_experiment, list_session_groups, metadata
 
-from search.hparams import hparam_values, hparams_summaries, run_name
-from search.recorder import FINAL_METRICS, ResultRecorder
+from neqtune.search.hparams import hparam_values, hparams_summaries, run_name
+from neqtune.search.recorder import FINAL_METRICS, ResultRecorder
 
 LAYERS = ["features.0.0", "features.1.conv.0.0", "classifier.conv"]
 BASE = {"model": {"name": "mbv2-w0.35"}, "budget": {"scheme": "mbv2-w0.35_scheme_3"}, "training": {"epochs": 2}}

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from benchmarks.memory_reproduction import MEMORY_POLICIES, SCHEMES, SEEDS, orderings, report, space
-from search.space import build_space
+from neqtune.search.space import build_space
 
 
 @pytest.mark.parametrize("kind", ["memory", "velocity", "full"])

@@ -11,13 +11,12 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from trainables.checks import check_config
-from trainables.config import ConfigError, ModelConfig, TrialConfig
-from trainables.models import build_model, classifier_name, model_names, model_spec, ungrouped_conv_params
-from trainables.neurons import conv_layers, conv_neuron_params, total_params
-from trainables.policies import su_update_mask
-from trainables.schemes import SCHEMES_FILE, get_scheme, load_schemes
-from trainables.zoo import SHIPPED_CONFIGS, ZOO_NETS, ZooConfigError, build_zoo_model, read_net_config
+from neqtune.trainables.budget.schemes import SCHEMES_FILE, get_scheme, load_schemes, su_update_mask
+from neqtune.trainables.budget.units import conv_layers, conv_neuron_params, total_params
+from neqtune.trainables.checks import check_config
+from neqtune.trainables.config import ConfigError, ModelConfig, TrialConfig
+from neqtune.trainables.models.registry import build_model, classifier_name, model_names, model_spec, ungrouped_conv_params
+from neqtune.trainables.models.zoo import SHIPPED_CONFIGS, ZOO_NETS, ZooConfigError, build_zoo_model, read_net_config
 
 SEED_SCHEMES = Path(__file__).resolve().parents[2] / "shared" / "design" / "seed-schemes.yaml"
 

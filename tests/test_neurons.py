@@ -4,10 +4,10 @@ import pytest
 import torch
 from torch import nn
 
-from trainables import conv_neuron_params
-from trainables.config import ModelConfig
-from trainables.models import build_model
-from trainables.neurons import conv_flops, layer_flops, mask_stats, total_params
+from neqtune.trainables import conv_neuron_params
+from neqtune.trainables.budget.units import conv_flops, layer_flops, mask_stats, total_params
+from neqtune.trainables.config import ModelConfig
+from neqtune.trainables.models.registry import build_model
 
 
 def test_neuron_params_count_groups_and_bias(small_net: nn.Module) -> None:

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from trainables.optim import AxisMask, MaskedAdam, MaskedSGD, cosine_lr
+from neqtune.trainables.update.optim import AxisMask, MaskedAdam, MaskedSGD, cosine_lr
 
 OptimizerFactory = Callable[[list[nn.Parameter]], torch.optim.Optimizer]
 

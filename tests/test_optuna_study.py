@@ -3,7 +3,7 @@
 One ``run_search.py`` grid (2 policies x 2 learning rates, 2 epochs on digits) is run in a subprocess, as a
 user runs it (Ray's token-authentication notice must not be printed); the study file is read while it runs and
 after it ends, with Optuna's API, its fANOVA importances and its plotting functions, and through
-``python -m results.analyze``. Resuming a search keeps the same study current (``test_faults``).
+``python -m neqtune.results.analyze``. Resuming a search keeps the same study current (``test_faults``).
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ import yaml
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
-from search.space import ParamSpec
-from search.study import OPTUNA_DB, param_distributions
-from search.tables import EPOCHS_TABLE, rows_to_table, write_atomic
+from neqtune.search.space import ParamSpec
+from neqtune.search.study import OPTUNA_DB, param_distributions
+from neqtune.search.tables import EPOCHS_TABLE, rows_to_table, write_atomic
 
 matplotlib.use("Agg")
 ROOT = Path(__file__).resolve().parent.parent
@@ -125,7 +125,7 @@ def test_optunas_own_importances_and_plots_work_on_it(search: tuple[str, Path, i
 def test_analyze_prints_and_saves_the_importances(search: tuple[str, Path, int], tmp_path: Path) -> None:
     _, experiment, _ = search
     done = subprocess.run(
-        [sys.executable, "-m", "results.analyze", str(experiment), "-o", str(tmp_path / "out")],
+        [sys.executable, "-m", "neqtune.results.analyze", str(experiment), "-o", str(tmp_path / "out")],
         capture_output=True, text=True, cwd=ROOT, timeout=120,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
@@ -142,7 +142,7 @@ def test_analyze_prints_and_saves_the_importances(search: tuple[str, Path, int],
 
 
 def test_an_experiment_without_a_study_gets_a_note(tmp_path: Path) -> None:
-    from results.importance import parameter_importances
+    from neqtune.results.importance import parameter_importances
 
     found = parameter_importances([tmp_path, "s3://bucket/exp"])
     assert found.table.empty
@@ -173,7 +173,7 @@ def test_a_resumed_recorder_reopens_the_study_and_fails_the_trials_tune_forgot(t
     from ray.train._internal.storage import StorageContext
     from ray.tune.experiment import Trial
 
-    from search.study import StudyRecorder
+    from neqtune.search.study import StudyRecorder
 
     def stub(trial_id: str, lr: float) -> Trial:
         storage = StorageContext(storage_path=str(tmp_path / "ray"), experiment_dir_name="exp", trial_dir_name=f"trial_{trial_id}")
@@ -221,7 +221,7 @@ def test_openers_racing_to_create_a_new_database_all_get_it(tmp_path: Path) -> N
     """The driver and a watcher (optuna-dashboard, a notebook) opening a new optuna.db at the same moment."""
     import threading
 
-    from search.study import open_storage
+    from neqtune.search.study import open_storage
 
     failures: list[BaseException] = []
     for n in range(8):

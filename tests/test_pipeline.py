@@ -14,16 +14,16 @@ import yaml
 from data_fixtures import write_fashion_mnist
 from PIL import Image
 
-from neqtune_datasets import build_dataset
-from neqtune_datasets.config import DataConfig
-from neqtune_datasets.pipeline import BatchedLoader, LoaderSettings, loader_workers, make_loader
-from neqtune_datasets.samples import SplitView
-from search.cli import main
-from search.space import DEFAULT_SPACE
-from trainables import TrialConfig
-from trainables.checks import check_config
-from trainables.config import ConfigError
-from trainables.trainer import BudgetedRun, Metrics, StateFn, train
+from neqtune.datasets import build_dataset
+from neqtune.datasets.config import DataConfig
+from neqtune.datasets.pipeline import BatchedLoader, LoaderSettings, loader_workers, make_loader
+from neqtune.datasets.samples import SplitView
+from neqtune.search.cli import main
+from neqtune.search.space import DEFAULT_SPACE
+from neqtune.trainables import TrialConfig
+from neqtune.trainables.checks import check_config
+from neqtune.trainables.config import ConfigError
+from neqtune.trainables.trainer import BudgetedRun, Metrics, StateFn, train
 
 TIMING = ("epoch_time_s", "velocity_time_s")
 

@@ -8,15 +8,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from trainables import policy_names, select_neurons, su_update_mask
-from trainables.config import ModelConfig
-from trainables.models import build_model
-from trainables.neurons import conv_neuron_params
-from trainables.schemes import get_scheme, scheme_names
+from neqtune.trainables import select_neurons, su_update_mask
+from neqtune.trainables.budget.schemes import get_scheme, scheme_names
+from neqtune.trainables.budget.units import conv_neuron_params
+from neqtune.trainables.config import ModelConfig
+from neqtune.trainables.models.registry import build_model
 
 PARAMS = {"a": torch.tensor([2, 2]), "b": torch.tensor([1, 1, 1])}
 # |v|/p: a -> [2.0, 0.5]; b -> [1.5, 0.2, 3.0]; ranked b2(p1) a0(p2) b0(p1) a1(p2) b1(p1), cumsum 1 3 4 6 7
 VELOCITY = {"a": torch.tensor([4.0, -1.0]), "b": torch.tensor([1.5, 0.2, -3.0])}
+
+STUDY_SELECTIONS = ("full", "random", "velocity")
 
 
 def chosen(masks: dict[str, torch.Tensor]) -> dict[str, list[bool]]:
@@ -111,7 +113,7 @@ def test_every_policy_stays_within_budget_with_right_shapes(layers: list[tuple[i
 def test_policies_repeat_under_the_same_seed(layers: list[tuple[int, int]], budget: int, seed: int) -> None:
     params = {f"l{i}": torch.full((n,), p, dtype=torch.long) for i, (n, p) in enumerate(layers)}
     scores = {k: torch.randn(v.numel(), generator=torch.Generator().manual_seed(seed)) for k, v in params.items()}
-    for policy in policy_names():
+    for policy in STUDY_SELECTIONS:
         a = select_neurons(policy, scores=scores, neuron_params=params, budget=budget, generator=torch.Generator().manual_seed(seed))
         b = select_neurons(policy, scores=scores, neuron_params=params, budget=budget, generator=torch.Generator().manual_seed(seed))
         assert chosen(a) == chosen(b)

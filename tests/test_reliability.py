@@ -21,7 +21,7 @@ import pytest
 import yaml
 from search_procs import end_marked, finish, marked, new_mark, run_search, tiny_space, wait_gone, wait_until
 
-from search.tables import StorageError, read_table
+from neqtune.search.tables import StorageError, read_table
 
 TRIALS = 2
 EPOCHS = 6
@@ -122,8 +122,8 @@ def fill(disk: Path) -> None:
 
 
 def test_a_read_only_disk_fails_a_flush_cleanly_and_the_table_stays_whole(tmp_path: Path) -> None:
-    from search.recorder import ResultRecorder
-    from search.space import load_space
+    from neqtune.search.recorder import ResultRecorder
+    from neqtune.search.space import load_space
 
     with small_disk(tmp_path / "disk", "4m") as disk:
         recorder = ResultRecorder(disk / "exp", "exp", load_space(None).base, searched=[], echo=lambda _: None)
@@ -177,7 +177,7 @@ def test_a_disk_that_fills_up_mid_search_stops_it_with_one_line_and_resume_finis
 def test_tensorboards_writer_thread_dies_quietly_on_a_full_disk_and_other_errors_still_show(monkeypatch: pytest.MonkeyPatch) -> None:
     import threading
 
-    from search.recorder import quiet_event_writer_storage_errors
+    from neqtune.search.recorder import quiet_event_writer_storage_errors
 
     shown: list[str] = []
     monkeypatch.setattr(threading, "excepthook", lambda args: shown.append(f"{type(args.thread).__module__}: {args.exc_value}"))

@@ -16,12 +16,12 @@ import pytest
 import torch
 import yaml
 
-from search.cli import main, print_pareto
-from search.pareto import compare_policies_at_budget, dominates, pareto_front
-from search.space import Space, SpaceError, build_space
-from trainables.config import TrialConfig
-from trainables.repeats import aggregate, repeat_seeds, train_repeats
-from trainables.trainer import Metrics, StateFn, train
+from neqtune.search.cli import main, print_pareto
+from neqtune.search.pareto import compare_policies_at_budget, dominates, pareto_front
+from neqtune.search.space import Space, SpaceError, build_space
+from neqtune.trainables.config import TrialConfig
+from neqtune.trainables.repeats import aggregate, repeat_seeds, train_repeats
+from neqtune.trainables.trainer import Metrics, StateFn, train
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -110,7 +110,7 @@ def test_cli_refuses_a_bad_objective_before_any_work(tmp_path: Path, capsys: pyt
 
 
 def test_shipped_spaces_load() -> None:
-    from search.space import load_space
+    from neqtune.search.space import load_space
 
     mo = load_space(ROOT / "spaces" / "digits_mo.yaml")
     assert mo.search.multi_objective and mo.search.params["budget.ratio"].loguniform == [0.01, 1.0]
@@ -234,7 +234,7 @@ def test_aggregate_by_hand() -> None:
 def ray_session() -> Iterator[None]:
     import ray
 
-    from search.experiment import start_ray
+    from neqtune.search.experiment import start_ray
 
     start_ray(None)
     yield
@@ -244,7 +244,7 @@ def ray_session() -> Iterator[None]:
 def test_two_objective_search_with_repeats_returns_the_pareto_set(
     ray_session: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from search.experiment import run_search
+    from neqtune.search.experiment import run_search
 
     space = space_of(
         tiny(
@@ -294,7 +294,7 @@ def test_two_objective_search_with_repeats_returns_the_pareto_set(
 
 def test_asha_stops_worse_trials_and_marks_them(ray_session: None, tmp_path: Path) -> None:
     """A grid run one trial at a time, so ASHA's decisions are fixed: the first trial sets each rung's cutoff."""
-    from search.experiment import run_search
+    from neqtune.search.experiment import run_search
 
     space = space_of(
         tiny(
@@ -321,7 +321,7 @@ def test_asha_stops_worse_trials_and_marks_them(ray_session: None, tmp_path: Pat
 
 
 def test_checkpoint_clock_saves_once_the_interval_passed() -> None:
-    from trainables.tune_adapter import CheckpointClock
+    from neqtune.search.checkpoints import CheckpointClock
 
     now = [100.0]
     clock = CheckpointClock(10.0, clock=lambda: now[0])
@@ -337,7 +337,7 @@ def test_checkpoint_clock_saves_once_the_interval_passed() -> None:
 @pytest.mark.parametrize(("interval_s", "saved"), [(0.0, ["checkpoint_000002"]), (1e6, [])])
 def test_checkpoint_interval_sets_which_epochs_save_state(ray_session: None, tmp_path: Path, interval_s: float, saved: list[str]) -> None:
     """Every epoch reports; the state is saved after every epoch at interval 0 (Tune keeps the newest, the third), never at a long one."""
-    from search.experiment import run_search
+    from neqtune.search.experiment import run_search
 
     space = space_of(tiny({"algorithm": "grid", "num_samples": 1, "checkpoint_interval_s": interval_s, "params": {"training.seed": {"choice": [3]}}}, epochs=3))
     outcome = run_search(space, results_dir=tmp_path, name="ckpt", echo=lambda line: None)
@@ -348,7 +348,7 @@ def test_checkpoint_interval_sets_which_epochs_save_state(ray_session: None, tmp
 
 
 def test_trial_epoch_budget_counts_each_report_once() -> None:
-    from search.experiment import TrialEpochBudget
+    from neqtune.search.experiment import TrialEpochBudget
 
     budget = TrialEpochBudget(limit=6)
     for trial_id, epoch in [("a", 1), ("a", 2), ("a", 2), ("b", 1), ("a", 3), ("a", 2), ("a", 3)]:
@@ -360,7 +360,7 @@ def test_trial_epoch_budget_counts_each_report_once() -> None:
 
 
 def test_a_resumed_budget_counts_the_epochs_already_reported(tmp_path: Path) -> None:
-    from search.experiment import reported_epochs
+    from neqtune.search.experiment import reported_epochs
 
     for trial, epochs in (("trial_a", [1, 2, 3]), ("trial_b", [1, 2, 1, 2])):  # b restarted from scratch once
         (tmp_path / trial).mkdir()
@@ -372,7 +372,7 @@ def test_a_resumed_budget_counts_the_epochs_already_reported(tmp_path: Path) -> 
 
 def test_trial_epoch_budget_ends_the_search(ray_session: None, tmp_path: Path) -> None:
     """One trial at a time, 3 epochs each, a budget of 5 trial-epochs: the second trial stops after 2, no third starts."""
-    from search.experiment import run_search
+    from neqtune.search.experiment import run_search
 
     grid = {"training.seed": {"choice": [0, 1, 2, 3]}}
     space = space_of(tiny({"algorithm": "grid", "num_samples": 1, "max_concurrent": 1, "max_trial_epochs": 5, "params": grid}, epochs=3))

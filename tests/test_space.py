@@ -11,10 +11,10 @@ import pytest
 import yaml
 from torch import nn
 
-from search.cli import main
-from search.space import DEFAULT_SPACE, SpaceError, load_space
-from trainables.config import ConfigError
-from trainables.schemes import get_scheme
+from neqtune.search.cli import main
+from neqtune.search.space import DEFAULT_SPACE, SpaceError, load_space
+from neqtune.trainables.budget.schemes import get_scheme
+from neqtune.trainables.config import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -13,11 +13,11 @@ import torchvision
 import yaml
 from data_fixtures import fixture_env
 
-from search.cli import main
-from search.space import load_space
-from trainables.config import ModelConfig
-from trainables.models import build_model
-from trainables.zoo import RELEASE_URL, ZOO_NETS
+from neqtune.search.cli import main
+from neqtune.search.space import load_space
+from neqtune.trainables.config import ModelConfig
+from neqtune.trainables.models.registry import build_model
+from neqtune.trainables.models.zoo import RELEASE_URL, ZOO_NETS
 
 SPACES = Path(__file__).resolve().parent.parent / "spaces"
 STUDY_SPACES = sorted(p for p in SPACES.glob("*.yaml") if not p.name.startswith("digits"))

@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from search.tables import (
+from neqtune.search.tables import (
     ParquetTable,
     StorageError,
     join_location,
@@ -165,7 +165,7 @@ def test_a_failed_flush_keeps_every_part_whole_and_its_rows_pending(tmp_path: Pa
 
 WRITER = """
 import sys
-from search.tables import ParquetTable
+from neqtune.search.tables import ParquetTable
 path, n = sys.argv[1], int(sys.argv[2])
 table = ParquetTable(path, key=("i",), part_rows=n)
 version = 2

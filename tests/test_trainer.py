@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 import torch
 
-from trainables import TrialConfig, train
-from trainables.neurons import conv_layers
-from trainables.trainer import BudgetedRun, Metrics, StateFn
+from neqtune.trainables import TrialConfig, train
+from neqtune.trainables.budget.units import conv_layers
+from neqtune.trainables.trainer import BudgetedRun, Metrics, StateFn
 
 TIMING = ("epoch_time_s", "velocity_time_s")
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from trainables import TrialConfig, train
-from trainables.costs import mask_memory
-from trainables.trainer import BudgetedRun, Metrics, StateFn
+from neqtune.trainables import TrialConfig, train
+from neqtune.trainables.budget.costs import mask_memory
+from neqtune.trainables.trainer import BudgetedRun, Metrics, StateFn
 
 TIMING = ("epoch_time_s", "velocity_time_s")
 MEMORY = 6000  # elements per image: about 5 % of mbv2-w0.35's 118,608 at 16 px

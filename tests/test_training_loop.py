@@ -13,13 +13,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from trainables import TrialConfig
-from trainables.checks import check_config
-from trainables.config import ConfigError
-from trainables.neurons import conv_layers
-from trainables.optim import build_optimizer
-from trainables.precision import MixedPrecision
-from trainables.trainer import BudgetedRun, run_epoch
+from neqtune.trainables import TrialConfig
+from neqtune.trainables.budget.units import conv_layers
+from neqtune.trainables.checks import check_config
+from neqtune.trainables.config import ConfigError
+from neqtune.trainables.trainer import BudgetedRun, run_epoch
+from neqtune.trainables.update.optim import build_optimizer
+from neqtune.trainables.update.precision import MixedPrecision
 
 
 def config(policy: str = "velocity", *, unit: str = "neuron", **training: Any) -> TrialConfig:

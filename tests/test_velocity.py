@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from trainables import VelocityTracker
-from trainables.velocity import output_change
+from neqtune.trainables import VelocityTracker
+from neqtune.trainables.policies.velocity import output_change
 
 
 def test_phi_cosine_rules() -> None:

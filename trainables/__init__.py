@@ -1,5 +1,10 @@
 """The budgeted-update trainer and its parts (plain PyTorch, no Ray).
 
+Subpackages: :mod:`~neqtune.trainables.budget` (units, costs, schemes, resolved budgets),
+:mod:`~neqtune.trainables.policies` (the policy registry and families), :mod:`~neqtune.trainables.update`
+(the engine, masked optimizers, precision), :mod:`~neqtune.trainables.models` (the model registry).
+The trainer, its config and its metrics are the modules at this level.
+
 Public surface:
 
 - :func:`conv_neuron_params`: parameters of every conv neuron.
@@ -12,15 +17,18 @@ Public surface:
 
 from __future__ import annotations
 
-from trainables.config import ConfigError, TrialConfig
-from trainables.costs import channel_costs, mask_memory
-from trainables.models import build_model, model_names, register_model
-from trainables.neurons import conv_neuron_params
-from trainables.policies import policy_names, register_policy, select_neurons, select_units, su_update_mask
-from trainables.trainer import train
-from trainables.velocity import VelocityTracker
+from neqtune.trainables.budget.costs import channel_costs, mask_memory
+from neqtune.trainables.budget.schemes import su_update_mask
+from neqtune.trainables.budget.units import conv_neuron_params
+from neqtune.trainables.config import ConfigError, TrialConfig
+from neqtune.trainables.models.registry import build_model, model_names, register_model
+from neqtune.trainables.policies import BudgetPolicy, policy_names, register_policy
+from neqtune.trainables.policies.fill import select_neurons, select_units
+from neqtune.trainables.policies.velocity import VelocityTracker
+from neqtune.trainables.trainer import train
 
 __all__ = [
+    "BudgetPolicy",
     "ConfigError",
     "TrialConfig",
     "VelocityTracker",

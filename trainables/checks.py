@@ -1,12 +1,12 @@
 """What a trial's config is checked for once it has parsed: registered names, files, the device.
 
-Parsing (:mod:`trainables.config`) checks types and ranges and imports no
+Parsing (:mod:`neqtune.trainables.config`) checks types and ranges and imports no
 registry. The checks here look names up in the registries (data sets,
 models, policies, schemes) and look at files, and fetch nothing: a dry run
 fetches nothing, and a search fetches the ImageNet weights of every model it
-can reach before Ray starts (``search.weights.fetch_space_weights``). They
-run when a space's trials are checked (``search.space``) and when a trial is
-built (:class:`trainables.trainer.BudgetedRun`).
+can reach before Ray starts (``neqtune.search.weights.fetch_space_weights``). They
+run when a space's trials are checked (``neqtune.search.space``) and when a trial is
+built (:class:`neqtune.trainables.trainer.BudgetedRun`).
 """
 
 from __future__ import annotations
@@ -17,12 +17,12 @@ from typing import Any
 
 import torch
 
-from neqtune_datasets import data_problems
-from neqtune_datasets.parsing import join
-from trainables.config import BudgetConfig, ConfigError, ConfigProblems, ModelConfig, TrainingConfig, TrialConfig
-from trainables.lifecycle import budget_policy_names, get_budget_policy
-from trainables.models import model_names, model_spec
-from trainables.schemes import scheme_names
+from neqtune.datasets import data_problems
+from neqtune.datasets.parsing import join
+from neqtune.trainables.budget.schemes import scheme_names
+from neqtune.trainables.config import BudgetConfig, ConfigError, ConfigProblems, ModelConfig, TrainingConfig, TrialConfig
+from neqtune.trainables.models.registry import model_names, model_spec
+from neqtune.trainables.policies.base import get_policy, policy_names
 
 
 def model_problems(model: ModelConfig, path: str = "model") -> list[ConfigError]:
@@ -45,11 +45,11 @@ def model_problems(model: ModelConfig, path: str = "model") -> list[ConfigError]
 
 def budget_problems(budget: BudgetConfig, path: str = "budget") -> list[ConfigError]:
     """The policy and scheme names, and what the policy accepts (its units, layer preselection)."""
-    known = budget_policy_names()
+    known = policy_names()
     if budget.policy not in known:
         return [ConfigError(join(path, "policy"), f"unknown policy {budget.policy!r}; known policies: {', '.join(sorted(known))}")]
     found: list[ConfigError] = []
-    policy = get_budget_policy(budget.policy)
+    policy = get_policy(budget.policy)
     if budget.unit not in policy.units:
         refusal = policy.unit_refusal or f"policy {budget.policy!r} does not select {budget.unit} channels; it needs unit {' or '.join(policy.units)}"
         found.append(ConfigError(join(path, "unit"), refusal))

@@ -2,9 +2,9 @@
 
 One dataclass per section (data, model, training, budget). Loading rejects
 unknown keys and wrong types with the dotted path of the key, then each
-section checks its values' types and ranges (:mod:`neqtune_datasets.parsing`).
+section checks its values' types and ranges (:mod:`neqtune.datasets.parsing`).
 Registered names, files and weights are checked when a trial is checked or
-built (:func:`trainables.checks.config_problems`), not here: parsing imports
+built (:func:`neqtune.trainables.checks.config_problems`), not here: parsing imports
 no registry. ``TrialConfig.to_dict()`` gives back the resolved values, which
 are saved with every run and flattened into every result row.
 """
@@ -16,8 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from neqtune_datasets.config import DataConfig
-from neqtune_datasets.parsing import (
+from neqtune.datasets.config import DataConfig
+from neqtune.datasets.parsing import (
     ConfigError,
     ConfigProblems,
     flatten,
@@ -137,7 +137,7 @@ class BudgetConfig:
     the static SU mask, which the ``su`` policy and the ``su``
     initialization need. ``fill``: how an ordered list of channels fills the
     budget; ``auto`` is the study's ``prefix`` for parameter budgets over
-    neurons and ``skip`` otherwise (see :mod:`trainables.policies`).
+    neurons and ``skip`` otherwise (see :mod:`neqtune.trainables.policies.fill`).
     ``bytes_per_element`` converts elements to bytes for reporting (4:
     float32; 1: tiny-training's int8). ``bn_update``: ``all`` normalisation
     layers train (the study), or only those after convs that hold updated

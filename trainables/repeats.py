@@ -1,6 +1,6 @@
 """Seed repeats: one configuration trained under k seeds in lockstep, scored by the mean.
 
-:func:`train_repeats` builds one :class:`~trainables.trainer.BudgetedRun` per
+:func:`train_repeats` builds one :class:`~neqtune.trainables.trainer.BudgetedRun` per
 seed (the trial's ``training.seed``, ``+1``, ..., ``+k-1``) and steps them
 epoch by epoch: after every epoch it hands ``report`` one record in which the
 metrics are the means over the seeds, so a search algorithm and an early
@@ -25,9 +25,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from trainables.config import TrialConfig
-from trainables.metrics import metric_names, per_seed_names, std_names
-from trainables.trainer import BudgetedRun, Metrics, Reporter, run_epoch
+from neqtune.trainables.config import TrialConfig
+from neqtune.trainables.metrics import metric_names, per_seed_names, std_names
+from neqtune.trainables.trainer import BudgetedRun, Metrics, Reporter, run_epoch
 
 # How the seeds combine each metric: declared once in trainables/metrics.py.
 MEAN_KEYS = metric_names(seeds="mean")

@@ -3,9 +3,9 @@
 ``train(config, report)`` runs the loop of the spec: a first mask from the
 policy, epochs of masked updates, the policy's reselection after each epoch
 (a velocity pass, gradient norms, a redraw: the policy's lifecycle object of
-:mod:`trainables.lifecycle` decides; the trainer never looks at its name),
+:mod:`neqtune.trainables.policies.base` decides; the trainer never looks at its name),
 evaluation, and one metrics record per epoch handed to ``report``. It knows
-nothing about Ray; the Tune trainable in :mod:`trainables.tune_adapter` is a
+nothing about Ray; the Tune trainable in :mod:`neqtune.search.trainable` is a
 thin adapter around it.
 """
 
@@ -25,20 +25,19 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from neqtune_datasets import build_dataset
-from neqtune_datasets.pipeline import Batches, LoaderSettings, make_loader, with_decoded_cache
-from trainables.budgets import build_budget
-from trainables.checks import check_config, resolve_device
-from trainables.config import TrialConfig
-from trainables.costs import mask_memory
-from trainables.cpu import prepare_cpu
-from trainables.engine import SparseUpdateEngine, parameter_masks
-from trainables.lifecycle import GradientNorms, PolicyContext, make_policy, policy_metric_names
-from trainables.models import build_model
-from trainables.neurons import Masks, conv_layers, conv_neuron_params, layer_flops, mask_stats, total_params
-from trainables.optim import build_optimizer, cosine_lr
-from trainables.policies import unit_norms
-from trainables.precision import MixedPrecision
+from neqtune.datasets import build_dataset
+from neqtune.datasets.pipeline import Batches, LoaderSettings, make_loader, with_decoded_cache
+from neqtune.trainables.budget.costs import mask_memory
+from neqtune.trainables.budget.resolve import build_budget
+from neqtune.trainables.budget.units import Masks, conv_layers, conv_neuron_params, layer_flops, mask_stats, total_params, unit_norms
+from neqtune.trainables.checks import check_config, resolve_device
+from neqtune.trainables.config import TrialConfig
+from neqtune.trainables.cpu import prepare_cpu
+from neqtune.trainables.models.registry import build_model
+from neqtune.trainables.policies.base import GradientNorms, PolicyContext, make_policy, policy_metric_names
+from neqtune.trainables.update.engine import SparseUpdateEngine, parameter_masks
+from neqtune.trainables.update.optim import build_optimizer, cosine_lr
+from neqtune.trainables.update.precision import MixedPrecision
 
 Metrics = dict[str, Any]
 StateFn = Callable[[], dict[str, Any]]
@@ -128,7 +127,7 @@ class BudgetedRun:
         self.masks = self.policy.start(self)
         self.apply_masks()
 
-    # --- what a policy may ask for (trainables.lifecycle.Probe) --------------
+    # --- what a policy may ask for (neqtune.trainables.policies.base.Probe) --------------
     def velocity_batches(self) -> Batches:
         """The velocity split, in order."""
         return self.velocity_loader
@@ -327,7 +326,7 @@ def run_epoch(run: BudgetedRun) -> Metrics:
     """Train ``run`` for one epoch, reselect its masks, evaluate if due; the epoch's metrics.
 
     :func:`train` calls it once per epoch; runs of several seeds stepped in
-    lockstep (:mod:`trainables.repeats`) call it for each seed in turn.
+    lockstep (:mod:`neqtune.trainables.repeats`) call it for each seed in turn.
     """
     started = time.perf_counter()
     used = mask_stats(run.masks, run.unit_params, run.flops)  # the masks this epoch trains with

@@ -24,9 +24,9 @@ import torch
 import torchvision
 from torch import nn
 
-from trainables.config import ConfigError, ModelConfig
-from trainables.registry import Registry
-from trainables.zoo import RELEASE_URL, ZOO_NETS, build_zoo_model, fetch_weights, shipped_resolution, zoo_cache_dir
+from neqtune.datasets.names import Registry
+from neqtune.trainables.config import ConfigError, ModelConfig
+from neqtune.trainables.models.zoo import RELEASE_URL, ZOO_NETS, build_zoo_model, fetch_weights, shipped_resolution, zoo_cache_dir
 
 ModelBuilder = Callable[[ModelConfig, int], nn.Module]
 """``(model config, number of classes) -> randomly initialised network``."""
@@ -215,7 +215,7 @@ def ungrouped_conv_params(model: nn.Module) -> int:
 
     What the study's per-neuron count gives; a depthwise conv comes out
     ``in_channels`` times larger than it is. neqtune's own count is
-    :func:`trainables.neurons.conv_neuron_params`.
+    :func:`neqtune.trainables.budget.units.conv_neuron_params`.
     """
     total = 0
     for module in model.modules():

@@ -26,11 +26,11 @@ from typing import Any, ClassVar
 
 import torch
 
-from trainables.costs import ConvCosts, Unit
-from trainables.lifecycle import BudgetPolicy, GradientNorms, Need, PolicyContext, Probe, register_budget_policy
-from trainables.neurons import Masks, conv_layers
-from trainables.policies import Policy as SelectionFn
-from trainables.policies import medyate_policy, restrict_pricing, rgn_policy, trady_policy, unit_norms
+from neqtune.trainables.budget.costs import ConvCosts
+from neqtune.trainables.budget.units import Masks, Unit, conv_layers, unit_norms
+from neqtune.trainables.policies.base import BudgetPolicy, GradientNorms, Need, PolicyContext, Probe, register_policy
+from neqtune.trainables.policies.fill import Policy as SelectionFn
+from neqtune.trainables.policies.fill import medyate_policy, restrict_pricing, rgn_policy, trady_policy
 
 DEFAULT_SHARE = 0.97
 DEFAULT_ALPHA = 0.2
@@ -165,7 +165,7 @@ class PreselectingPolicy(BudgetPolicy):
         }
 
 
-@register_budget_policy("trady")
+@register_policy("trady")
 class TradyPolicy(PreselectingPolicy):
     """TraDy: input channels drawn uniformly inside the top-RGN convs, redrawn every epoch; no gradients online."""
 
@@ -181,7 +181,7 @@ class TradyPolicy(PreselectingPolicy):
         return self.draw(trady_policy)
 
 
-@register_budget_policy("rgn")
+@register_policy("rgn")
 class RgnPolicy(PreselectingPolicy):
     """Deterministic RGN: the highest ``g_c / (C^W_c + C^A_c)`` channels of the preselected convs.
 
@@ -210,7 +210,7 @@ class RgnPolicy(PreselectingPolicy):
         return self.draw(rgn_policy, norms.units)
 
 
-@register_budget_policy("medyate")
+@register_policy("medyate")
 class MedyatePolicy(PreselectingPolicy):
     """MeDyate: uniform in the first epoch, then channels drawn in proportion to the stored gradient norms.
 

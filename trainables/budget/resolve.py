@@ -8,7 +8,7 @@ follows from the key that sets it:
   parameter budget, counted in conv parameters (neurons, with their bias) or
   conv weight elements (input channels);
 - ``memory`` (and, under ``unit: input_channel``, ``scheme``): weight plus
-  conv-input activation elements per image (:mod:`trainables.costs`).
+  conv-input activation elements per image (:mod:`neqtune.trainables.budget.costs`).
 
 A scheme under ``unit: input_channel`` is tiny-training's sparse update on
 input channels, and its budget is what that mask costs at the trial's image
@@ -25,11 +25,10 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from trainables.config import BudgetConfig, ConfigError
-from trainables.costs import BudgetKind, ConvCosts, Fill, Pricing, Unit, budget_pricing, channel_costs, mask_memory, network_memory
-from trainables.neurons import Masks, conv_layers, conv_neuron_params, total_params
-from trainables.policies import channel_norms, su_update_mask
-from trainables.schemes import Scheme, get_scheme
+from neqtune.trainables.budget.costs import BudgetKind, ConvCosts, Fill, Pricing, budget_pricing, channel_costs, mask_memory, network_memory
+from neqtune.trainables.budget.schemes import Scheme, get_scheme, su_update_mask
+from neqtune.trainables.budget.units import Masks, Unit, channel_norms, conv_layers, conv_neuron_params, total_params
+from neqtune.trainables.config import BudgetConfig, ConfigError
 
 
 def budget_kind(budget: BudgetConfig) -> BudgetKind:

@@ -30,7 +30,7 @@ With ``bn_update="selected"`` the normalisation layers after a conv train
 only when that conv holds updated neurons (input channels), so backward
 stops below the lowest such layer. Masks change by flipping flags and index
 tensors; the model and the optimizer state are never rebuilt. The optimizer
-pairs with the engine through ``row_sparse=True`` (:mod:`trainables.optim`):
+pairs with the engine through ``row_sparse=True`` (:mod:`neqtune.trainables.update.optim`):
 it steps only the updated rows (columns) of a partly updated conv, with the
 per-parameter masks of :func:`parameter_masks`.
 """
@@ -45,10 +45,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainables.costs import UNITS, Unit
-from trainables.neurons import Masks, conv_layers
-from trainables.optim import AxisMask, UpdateMask
-from trainables.precision import autocast_dtype
+from neqtune.trainables.budget.units import UNITS, Masks, Unit, conv_layers
+from neqtune.trainables.update.optim import AxisMask, UpdateMask
+from neqtune.trainables.update.precision import autocast_dtype
 
 BnUpdate = Literal["all", "selected"]
 NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
@@ -458,17 +457,17 @@ def unit_length(conv: nn.Conv2d, unit: Unit) -> int:
 
 
 def parameter_masks(model: nn.Module | Mapping[str, nn.Conv2d], masks: Masks, unit: Unit = "neuron") -> dict[torch.Tensor, UpdateMask]:
-    """The optimizer's per-parameter update masks (:mod:`trainables.optim`) of per-conv ``masks``.
+    """The optimizer's per-parameter update masks (:mod:`neqtune.trainables.update.optim`) of per-conv ``masks``.
 
     Args:
-        model: the network, or its convs by qualified name (:func:`~trainables.neurons.conv_layers`).
+        model: the network, or its convs by qualified name (:func:`~neqtune.trainables.budget.units.conv_layers`).
         masks: per conv, a bool tensor over its output channels (``unit="neuron"``)
             or its input channels (``unit="input_channel"``); True = updated.
         unit: what the masks select.
 
     Returns:
         Per conv weight and bias. Neuron unit: the row mask for both.
-        Input-channel unit: for the weight, an :class:`~trainables.optim.AxisMask`
+        Input-channel unit: for the weight, an :class:`~neqtune.trainables.update.optim.AxisMask`
         over its columns (dim 1) for an ungrouped conv, the rows of the
         selected channels' filters for a depthwise conv, an element mask
         ``(C_out, C_in/groups, 1, 1)`` for other grouped convs; for the bias,
@@ -521,7 +520,7 @@ class SparseUpdateEngine:
         keep_selected_inputs: under ``"neuron"``, partly updated grouped
             (depthwise) convs keep only the inputs of their selected rows even
             where the whole-input weight gradient would be faster: what a
-            memory budget counts (:mod:`trainables.costs`).
+            memory budget counts (:mod:`neqtune.trainables.budget.costs`).
     """
 
     def __init__(

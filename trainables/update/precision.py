@@ -7,7 +7,7 @@ small gradients, so its loss is scaled (``torch.amp.GradScaler``) and the
 gradients unscaled before anyone reads them (a policy's ``observe_step``,
 the optimizer); a step with an overflow is skipped and the scale lowered.
 fp16 runs on CUDA only (checked when a trial is built, see
-:func:`trainables.checks.training_problems`); bf16 also runs on CPU.
+:func:`neqtune.trainables.checks.training_problems`); bf16 also runs on CPU.
 """
 
 from __future__ import annotations

@@ -20,12 +20,12 @@ and implements
 - :meth:`~BudgetPolicy.state_dict` / :meth:`~BudgetPolicy.load_state_dict`:
   what goes into the checkpoint;
 - :meth:`~BudgetPolicy.epoch_metrics`: its own per-epoch metrics, declared
-  in :mod:`trainables.metrics`.
+  in :mod:`neqtune.trainables.metrics`.
 
-How a policy fills the budget is :func:`~trainables.policies.fill_budget`
+How a policy fills the budget is :func:`~neqtune.trainables.policies.fill.fill_budget`
 under the run's pricing (the fill rule of ``budget.fill``). A new policy is
-one subclass registered with :func:`register_budget_policy` (see
-:mod:`trainables.memory_policies`) plus its entry in the contract tests.
+one subclass registered with :func:`register_policy` (see
+:mod:`neqtune.trainables.policies.memory`) plus its entry in the contract tests.
 """
 
 from __future__ import annotations
@@ -37,14 +37,13 @@ from typing import Any, ClassVar, Literal, Protocol, TypeVar
 import torch
 from torch import nn
 
-from trainables.budgets import ResolvedBudget, scheme_su_mask
-from trainables.config import BudgetConfig
-from trainables.costs import UNITS, Pricing, Unit
-from trainables.neurons import Masks
-from trainables.policies import Policy as SelectionFn
-from trainables.policies import Scores, select_units
-from trainables.registry import Registry
-from trainables.velocity import VelocityTracker
+from neqtune.datasets.names import Registry
+from neqtune.trainables.budget.costs import Pricing
+from neqtune.trainables.budget.resolve import ResolvedBudget, scheme_su_mask
+from neqtune.trainables.budget.units import UNITS, Masks, Unit
+from neqtune.trainables.config import BudgetConfig
+from neqtune.trainables.policies.fill import Policy as SelectionFn
+from neqtune.trainables.policies.fill import Scores, select_units
 
 Need = Literal["nothing", "velocity", "gradient_norms"]
 
@@ -103,7 +102,7 @@ class BudgetPolicy:
         units: the units it can select (the first is its own).
         unit_refusal: the message for another unit ("" = a generic one).
         preselects: takes ``budget.layers``.
-        metrics: names of its own metrics (declared in :mod:`trainables.metrics`).
+        metrics: names of its own metrics (declared in :mod:`neqtune.trainables.metrics`).
     """
 
     needs: ClassVar[Need] = "nothing"
@@ -167,53 +166,45 @@ class BudgetPolicy:
 
 
 P = TypeVar("P", bound=type[BudgetPolicy])
-_BUDGET_POLICIES: Registry[type[BudgetPolicy]] = Registry("policy", "policies")
+_POLICIES: Registry[type[BudgetPolicy]] = Registry("policy", "policies")
 
 
-def register_budget_policy(name: str) -> Callable[[P], P]:
-    """Class decorator that registers a :class:`BudgetPolicy` subclass under ``name``."""
+def register_policy(name: str) -> Callable[[P], P]:
+    """Class decorator that registers a :class:`BudgetPolicy` subclass under ``name`` (the value of ``budget.policy``)."""
 
     def add(cls: P) -> P:
-        _BUDGET_POLICIES.add(name, cls)
+        _POLICIES.add(name, cls)
         return cls
 
     return add
 
 
-def budget_policy_names() -> list[str]:
-    """Names of every policy a run can use (the selection functions' and ``su``), sorted."""
-    _load_builtin()
-    return _BUDGET_POLICIES.names()
+def policy_names() -> list[str]:
+    """Names of every registered policy, the built-ins and the plug-ins', sorted."""
+    return _POLICIES.names()
 
 
-def get_budget_policy(name: str) -> type[BudgetPolicy]:
-    """The lifecycle class registered as ``name``; ValueError listing the known ones otherwise."""
-    _load_builtin()
-    return _BUDGET_POLICIES.get(name)
+def get_policy(name: str) -> type[BudgetPolicy]:
+    """The policy class registered as ``name``; ValueError listing the known ones otherwise."""
+    return _POLICIES.get(name)
 
 
 def needs_su_mask(budget: BudgetConfig) -> bool:
     """Whether the run uses the scheme's static SU mask (policy or first mask); the policy's lifecycle class says."""
-    return get_budget_policy(budget.policy).needs_scheme_mask(budget)
+    return get_policy(budget.policy).needs_scheme_mask(budget)
 
 
 def policy_metric_names() -> list[str]:
-    """The policies' own metric names, every registered policy's together (each declared in :mod:`trainables.metrics`)."""
-    _load_builtin()
+    """The policies' own metric names, every registered policy's together (each declared in :mod:`neqtune.trainables.metrics`)."""
     names: list[str] = []
-    for name in _BUDGET_POLICIES.names():
-        names += [m for m in _BUDGET_POLICIES.get(name).metrics if m not in names]
+    for name in _POLICIES.names():
+        names += [m for m in _POLICIES.get(name).metrics if m not in names]
     return names
 
 
 def make_policy(context: PolicyContext) -> BudgetPolicy:
     """The lifecycle object of ``context.config.policy`` for one run."""
-    return get_budget_policy(context.config.policy)(context)
-
-
-def _load_builtin() -> None:
-    """Register the memory-budget policies (their module imports this one)."""
-    import trainables.memory_policies  # noqa: F401
+    return get_policy(context.config.policy)(context)
 
 
 def initial_masks_of(policy: BudgetPolicy) -> Masks:
@@ -224,86 +215,3 @@ def initial_masks_of(policy: BudgetPolicy) -> Masks:
     if ctx.config.initialization == "su":
         return scheme_su_mask(ctx.model, ctx.config, ctx.budget)
     return policy.select("random")
-
-
-@register_budget_policy("full")
-class FullPolicy(BudgetPolicy):
-    """Every unit updated, the budget ignored (the baseline)."""
-
-    def start(self, probe: Probe) -> Masks:
-        return self.select("full")
-
-
-@register_budget_policy("su")
-class SuPolicy(BudgetPolicy):
-    """The scheme's static sparse-update mask, in the budget's unit (trimmed to fit a smaller budget)."""
-
-    @classmethod
-    def needs_scheme_mask(cls, budget: BudgetConfig) -> bool:
-        return True
-
-    def start(self, probe: Probe) -> Masks:
-        return scheme_su_mask(self.context.model, self.context.config, self.context.budget)
-
-    def layers_selected(self) -> list[int]:
-        scheme = self.context.config.scheme
-        from trainables.schemes import get_scheme
-
-        su = get_scheme(scheme).su if scheme else None
-        return sorted(su.manual_weight_idx) if su is not None else []
-
-
-@register_budget_policy("random")
-class RandomPolicy(BudgetPolicy):
-    """A uniformly random fill over all units, redrawn after every epoch; the first from the initialization."""
-
-    @classmethod
-    def needs_scheme_mask(cls, budget: BudgetConfig) -> bool:
-        return budget.initialization == "su"
-
-    @property
-    def reselects_every_epoch(self) -> bool:
-        return True
-
-    def start(self, probe: Probe) -> Masks:
-        return initial_masks_of(self)
-
-    def reselect(self, probe: Probe) -> Masks | None:
-        return self.select("random")
-
-
-@register_budget_policy("velocity")
-class VelocityPolicy(BudgetPolicy):
-    """NEq velocity over output neurons: a velocity pass after every epoch, the top ``|v| / p`` neurons filled."""
-
-    needs: ClassVar[Need] = "velocity"
-    units: ClassVar[tuple[Unit, ...]] = ("neuron",)
-    unit_refusal: ClassVar[str] = (
-        "policy 'velocity' measures output neurons; it needs unit neuron (give it a memory budget to bound its memory)"
-    )
-
-    def __init__(self, context: PolicyContext) -> None:
-        super().__init__(context)
-        self.tracker = VelocityTracker(context.model, context.config.velocity_mu)
-
-    @classmethod
-    def needs_scheme_mask(cls, budget: BudgetConfig) -> bool:
-        return budget.initialization == "su"
-
-    @property
-    def reselects_every_epoch(self) -> bool:
-        return True
-
-    def start(self, probe: Probe) -> Masks:
-        masks = initial_masks_of(self)
-        self.tracker.observe(probe.velocity_batches())  # the baseline outputs (no gradients, eval mode: masks do not matter)
-        return masks
-
-    def reselect(self, probe: Probe) -> Masks | None:
-        return self.select("velocity", self.tracker.observe(probe.velocity_batches()))
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"tracker": self.tracker.state_dict()}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.tracker.load_state_dict(dict(state["tracker"]))

@@ -6,14 +6,16 @@ The study's schemes ship as data (``schemes.yaml`` beside this module).
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 import yaml
 from torch import nn
 
-from trainables.config import ConfigError
-from trainables.neurons import conv_layers
+from neqtune.trainables.budget.units import Unit, channel_norms, conv_layers
+from neqtune.trainables.config import ConfigError
 
 SCHEMES_FILE = Path(__file__).with_name("schemes.yaml")
 
@@ -107,3 +109,52 @@ def get_scheme(name: str) -> Scheme:
     if name not in schemes:
         raise ValueError(f"unknown scheme {name!r}; known schemes: {', '.join(schemes)}")
     return schemes[name]
+
+
+def su_update_mask(
+    model: nn.Module,
+    *,
+    manual_weight_idx: Sequence[int],
+    weight_update_ratio: Sequence[float],
+    unit: Unit = "neuron",
+) -> dict[str, torch.Tensor]:
+    """The static sparse-update (SU) mask of a scheme.
+
+    Args:
+        model: the network; convs are indexed in ``named_modules()`` order.
+        manual_weight_idx: indices of the convs whose weights are updated.
+        weight_update_ratio: for each of them, the share ``r`` of its units
+            updated.
+        unit: ``"neuron"`` (the study's reading): the ``int(C_out * (1 - r))``
+            output neurons with the smallest L2 weight norm are frozen, the
+            rest updated. ``"input_channel"`` (tiny-training's own): the
+            ``int(C_in * r)`` input channels with the largest L2 norm of
+            ``W[:, c]`` are updated, the rest frozen.
+
+    Returns:
+        Per conv, bool over the channels of ``unit`` (True = updated); every
+        conv not listed is frozen entirely.
+    """
+    convs = list(conv_layers(model).items())
+    if len(manual_weight_idx) != len(weight_update_ratio):
+        raise ValueError(f"manual_weight_idx has {len(manual_weight_idx)} entries but weight_update_ratio has {len(weight_update_ratio)}")
+    if len(set(manual_weight_idx)) != len(manual_weight_idx):
+        raise ValueError(f"manual_weight_idx repeats an index: {list(manual_weight_idx)}")
+    width = (lambda c: c.out_channels) if unit == "neuron" else (lambda c: c.in_channels)
+    masks = {name: torch.zeros(width(conv), dtype=torch.bool) for name, conv in convs}
+    for index, ratio in zip(manual_weight_idx, weight_update_ratio, strict=True):
+        if not 0 <= index < len(convs):
+            raise ValueError(f"manual_weight_idx {index} is out of range: the model has {len(convs)} convs")
+        if not 0.0 <= ratio <= 1.0:
+            raise ValueError(f"weight_update_ratio {ratio} is outside [0, 1]")
+        name, conv = convs[index]
+        n = width(conv)
+        order = torch.sort(channel_norms(conv, unit), stable=True).indices  # smallest norm first
+        if unit == "neuron":
+            mask = torch.ones(n, dtype=torch.bool)
+            mask[order[: int(n * (1 - ratio))]] = False
+        else:
+            mask = torch.zeros(n, dtype=torch.bool)
+            mask[order.flip(0)[: int(n * ratio)]] = True
+        masks[name] = mask
+    return masks

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from trainables.config import ConfigError
+from neqtune.trainables.config import ConfigError
 
 ZOO_NETS: dict[str, str] = {
     "mcunet-in0": "mcunet-10fps_imagenet",

@@ -42,7 +42,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from trainables.config import TrainingConfig
+from neqtune.trainables.config import TrainingConfig
 
 
 @dataclass(frozen=True)

@@ -10,12 +10,19 @@ the supported models is also the order of the forward pass.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
 
 Masks = dict[str, torch.Tensor]
 """Per conv (qualified name), a bool tensor over output channels; True = updated."""
+
+Unit = Literal["neuron", "input_channel"]
+"""What a mask selects: ``"neuron"``, a conv's output channels (weight rows
+``W[o]``, ``out_channels`` long), or ``"input_channel"``, its input channels
+(weight columns ``W[:, c]``, ``in_channels`` long)."""
+UNITS: tuple[Unit, ...] = ("neuron", "input_channel")
 
 
 def conv_layers(model: nn.Module) -> dict[str, nn.Conv2d]:
@@ -149,3 +156,21 @@ def mask_stats(masks: Masks, neuron_params: dict[str, torch.Tensor], flops: dict
         flops_saved_pct=100.0 * saved / full_flops if full_flops else 0.0,
         layer_flops_saved=layer_saved,
     )
+
+
+def unit_norms(tensor: torch.Tensor, conv: nn.Conv2d, unit: Unit) -> torch.Tensor:
+    """L2 norm of every unit's slice of a weight-shaped ``tensor`` (a weight or its gradient): ``[c]`` per neuron, ``[:, c]`` per input channel.
+
+    Computed in float64 on the tensor's device.
+    """
+    values = tensor.detach().double()
+    if unit == "neuron":
+        norms: torch.Tensor = values.reshape(conv.out_channels, -1).norm(dim=1)
+        return norms
+    per_group = values.reshape(conv.groups, conv.out_channels // conv.groups, conv.in_channels // conv.groups, -1)
+    return per_group.pow(2).sum(dim=(1, 3)).sqrt().reshape(-1)
+
+
+def channel_norms(conv: nn.Conv2d, unit: Unit) -> torch.Tensor:
+    """L2 norm of every unit's weight slice: ``W[c]`` per neuron, ``W[:, c]`` per input channel (float64, CPU)."""
+    return unit_norms(conv.weight.detach().cpu(), conv, unit)

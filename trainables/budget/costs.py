@@ -32,13 +32,8 @@ from typing import Literal
 import torch
 from torch import nn
 
-from trainables.neurons import Masks, conv_layers
+from neqtune.trainables.budget.units import Masks, Unit, conv_layers
 
-Unit = Literal["neuron", "input_channel"]
-"""What a mask selects: ``"neuron"``, a conv's output channels (weight rows
-``W[o]``, ``out_channels`` long), or ``"input_channel"``, its input channels
-(weight columns ``W[:, c]``, ``in_channels`` long)."""
-UNITS: tuple[Unit, ...] = ("neuron", "input_channel")
 Fill = Literal["prefix", "skip"]
 BudgetKind = Literal["params", "memory"]
 

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from trainables.neurons import conv_layers
+from neqtune.trainables.budget.units import conv_layers
 
 
 def output_change(current: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:

@@ -4,12 +4,12 @@ A policy is a small pure function registered by name::
 
     policy(scores, pricing, budget, generator) -> masks
 
-``pricing`` (:class:`~trainables.costs.Pricing`) says what each unit (a
+``pricing`` (:class:`~neqtune.trainables.budget.costs.Pricing`) says what each unit (a
 neuron or an input channel) costs against the budget and how an ordered
 list of units fills it; ``masks`` holds, per conv, a bool tensor over those
 units (True = updated) whose cost never exceeds ``budget``. Policies only
-select; applying a mask to the update lives in :mod:`trainables.engine` and
-:mod:`trainables.optim`, pricing in :mod:`trainables.costs`.
+select; applying a mask to the update lives in :mod:`neqtune.trainables.update.engine` and
+:mod:`neqtune.trainables.update.optim`, pricing in :mod:`neqtune.trainables.budget.costs`.
 
 Two fill rules walk a ranked order of units:
 
@@ -26,33 +26,13 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 
 import torch
-from torch import nn
 
-from trainables.costs import Pricing, Unit
-from trainables.neurons import Masks, conv_layers
-from trainables.registry import Registry
+from neqtune.trainables.budget.costs import Pricing
+from neqtune.trainables.budget.units import Masks
 
 Scores = Mapping[str, torch.Tensor]
 NeuronParams = Mapping[str, torch.Tensor]
 Policy = Callable[[Scores | None, Pricing, int, torch.Generator | None], Masks]
-
-_POLICIES: Registry[Policy] = Registry("policy", "policies")
-
-
-def register_policy(name: str) -> Callable[[Policy], Policy]:
-    """Decorator that registers a selection policy under ``name``."""
-    return _POLICIES.register(name)
-
-
-def policy_names() -> list[str]:
-    """Names of the registered selection policies, sorted."""
-    return _POLICIES.names()
-
-
-def get_policy(name: str) -> Policy:
-    """The policy registered as ``name``; ValueError listing the known ones otherwise."""
-    return _POLICIES.get(name)
-
 
 def select_neurons(
     policy: str,
@@ -96,7 +76,7 @@ def select_units(
         policy: a registered policy name.
         scores: per conv, one score per unit (velocities for ``"velocity"``).
         pricing: what each unit costs and the fill rule
-            (:func:`~trainables.costs.budget_pricing`).
+            (:func:`~neqtune.trainables.budget.costs.budget_pricing`).
         budget: the most that may be spent, in the pricing's currency
             (parameters, or weight + activation elements per image).
         generator: random source for ``"random"``.
@@ -106,7 +86,11 @@ def select_units(
     """
     if budget < 0:
         raise ValueError(f"budget must be >= 0, got {budget}")
-    return get_policy(policy)(scores, pricing, int(budget), generator)
+    try:
+        fill = FILLS[policy]
+    except KeyError:
+        raise ValueError(f"unknown policy {policy!r}; known policies: full, random, velocity (the study's), medyate, rgn, trady (the memory-budget ones)") from None
+    return fill(scores, pricing, int(budget), generator)
 
 
 def _split(flat: torch.Tensor, pricing: Pricing) -> Masks:
@@ -162,7 +146,6 @@ def fill_budget(order: torch.Tensor, pricing: Pricing, budget: int) -> torch.Ten
     return taken
 
 
-@register_policy("velocity")
 def velocity_policy(scores: Scores | None, pricing: Pricing, budget: int, generator: torch.Generator | None) -> Masks:
     """Rank all neurons of the network by ``|v| / p``, update what fits by the fill rule.
 
@@ -189,14 +172,12 @@ def velocity_policy(scores: Scores | None, pricing: Pricing, budget: int, genera
     return _split(taken, pricing)
 
 
-@register_policy("random")
 def random_policy(scores: Scores | None, pricing: Pricing, budget: int, generator: torch.Generator | None) -> Masks:
     """The fill over a uniformly random permutation of all units, redrawn at every call."""
     order = torch.randperm(pricing.flat_unit_cost().numel(), generator=generator)
     return _split(fill_budget(order, pricing, budget), pricing)
 
 
-@register_policy("full")
 def full_policy(scores: Scores | None, pricing: Pricing, budget: int, generator: torch.Generator | None) -> Masks:
     """Every unit updated; the budget is ignored (the baseline)."""
     return {name: torch.ones(p.numel(), dtype=torch.bool) for name, p in pricing.unit_cost.items()}
@@ -206,10 +187,10 @@ def trady_policy(scores: Scores | None, pricing: Pricing, budget: int, generator
     """TraDy's draw: the fill over a uniformly random permutation of the units priced.
 
     The same draw as ``random``; TraDy differs by what it is given: the
-    pricing of its preselected layers only (:mod:`trainables.memory_policies`).
+    pricing of its preselected layers only (:mod:`neqtune.trainables.policies.memory`).
     Like ``rgn_policy`` and ``medyate_policy``, it is not in the registry of
     :func:`select_units` (that one stays the study's three), only the
-    lifecycle registry of :mod:`trainables.lifecycle` holds the policy.
+    lifecycle registry of :mod:`neqtune.trainables.policies.base` holds the policy.
     """
     return random_policy(scores, pricing, budget, generator)
 
@@ -272,68 +253,13 @@ def restrict_pricing(pricing: Pricing, names: Sequence[str]) -> Pricing:
     )
 
 
-def unit_norms(tensor: torch.Tensor, conv: nn.Conv2d, unit: Unit) -> torch.Tensor:
-    """L2 norm of every unit's slice of a weight-shaped ``tensor`` (a weight or its gradient): ``[c]`` per neuron, ``[:, c]`` per input channel.
-
-    Computed in float64 on the tensor's device.
-    """
-    values = tensor.detach().double()
-    if unit == "neuron":
-        norms: torch.Tensor = values.reshape(conv.out_channels, -1).norm(dim=1)
-        return norms
-    per_group = values.reshape(conv.groups, conv.out_channels // conv.groups, conv.in_channels // conv.groups, -1)
-    return per_group.pow(2).sum(dim=(1, 3)).sqrt().reshape(-1)
-
-
-def channel_norms(conv: nn.Conv2d, unit: Unit) -> torch.Tensor:
-    """L2 norm of every unit's weight slice: ``W[c]`` per neuron, ``W[:, c]`` per input channel (float64, CPU)."""
-    return unit_norms(conv.weight.detach().cpu(), conv, unit)
-
-
-def su_update_mask(
-    model: nn.Module,
-    *,
-    manual_weight_idx: Sequence[int],
-    weight_update_ratio: Sequence[float],
-    unit: Unit = "neuron",
-) -> dict[str, torch.Tensor]:
-    """The static sparse-update (SU) mask of a scheme.
-
-    Args:
-        model: the network; convs are indexed in ``named_modules()`` order.
-        manual_weight_idx: indices of the convs whose weights are updated.
-        weight_update_ratio: for each of them, the share ``r`` of its units
-            updated.
-        unit: ``"neuron"`` (the study's reading): the ``int(C_out * (1 - r))``
-            output neurons with the smallest L2 weight norm are frozen, the
-            rest updated. ``"input_channel"`` (tiny-training's own): the
-            ``int(C_in * r)`` input channels with the largest L2 norm of
-            ``W[:, c]`` are updated, the rest frozen.
-
-    Returns:
-        Per conv, bool over the channels of ``unit`` (True = updated); every
-        conv not listed is frozen entirely.
-    """
-    convs = list(conv_layers(model).items())
-    if len(manual_weight_idx) != len(weight_update_ratio):
-        raise ValueError(f"manual_weight_idx has {len(manual_weight_idx)} entries but weight_update_ratio has {len(weight_update_ratio)}")
-    if len(set(manual_weight_idx)) != len(manual_weight_idx):
-        raise ValueError(f"manual_weight_idx repeats an index: {list(manual_weight_idx)}")
-    width = (lambda c: c.out_channels) if unit == "neuron" else (lambda c: c.in_channels)
-    masks = {name: torch.zeros(width(conv), dtype=torch.bool) for name, conv in convs}
-    for index, ratio in zip(manual_weight_idx, weight_update_ratio, strict=True):
-        if not 0 <= index < len(convs):
-            raise ValueError(f"manual_weight_idx {index} is out of range: the model has {len(convs)} convs")
-        if not 0.0 <= ratio <= 1.0:
-            raise ValueError(f"weight_update_ratio {ratio} is outside [0, 1]")
-        name, conv = convs[index]
-        n = width(conv)
-        order = torch.sort(channel_norms(conv, unit), stable=True).indices  # smallest norm first
-        if unit == "neuron":
-            mask = torch.ones(n, dtype=torch.bool)
-            mask[order[: int(n * (1 - ratio))]] = False
-        else:
-            mask = torch.zeros(n, dtype=torch.bool)
-            mask[order.flip(0)[: int(n * ratio)]] = True
-        masks[name] = mask
-    return masks
+FILLS: dict[str, Policy] = {
+    "full": full_policy,
+    "medyate": medyate_policy,
+    "random": random_policy,
+    "rgn": rgn_policy,
+    "trady": trady_policy,
+    "velocity": velocity_policy,
+}
+"""The selection functions by name, for :func:`select_units` (a fixed table: policies are registered as classes, in
+:mod:`neqtune.trainables.policies.base`)."""

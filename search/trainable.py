@@ -1,0 +1,100 @@
+"""The Ray Tune function trainable: a thin adapter around :func:`trainables.train`.
+
+Tune hands in the sampled values as dotted keys (``{"training.lr": 0.03}``);
+they are laid over the space's base config, the trainer runs, and every
+epoch becomes a ``tune.report``. Once ``checkpoint_interval_s`` seconds
+passed since the last save, the report carries a checkpoint of the full run
+state, so a restarted trial continues exactly from there; the epochs it
+repeats report the same numbers again.
+
+A checkpoint also carries every report the trial made up to it
+(``reports.json``, with the trial's id and sampled config): the driver
+records an epoch only when its report arrives, after the worker stored the
+checkpoint, so a driver killed in between would otherwise lose the epochs
+that the resumed trial does not run again (see
+:func:`checkpoint_reports`).
+
+A checkpoint holds the state and its CRC-32. A restarted trial whose newest
+checkpoint is unreadable (truncated, or not what was written) goes back to
+an older checkpoint of the trial if one is kept, else starts from scratch,
+and its first report says so (``resume_note``), which the driver prints.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import ray
+import torch
+import yaml
+from ray import tune
+
+from neqtune.search.checkpoints import (
+    CONFIG_FILE,
+    REPORTS_KEY,
+    CheckpointClock,
+    restore_state,
+    save_state,
+    write_reports,
+)
+from neqtune.trainables.config import TrialConfig, with_overrides
+from neqtune.trainables.repeats import train_repeats
+from neqtune.trainables.trainer import Metrics, StateFn, train
+
+
+def resolve_trial_config(base: dict[str, Any], sampled: dict[str, Any]) -> TrialConfig:
+    """The trial's config: ``base`` with Tune's dotted-key samples applied, validated."""
+    return TrialConfig.from_dict(with_overrides(base, sampled))
+
+
+def budgeted_trainable(
+    config: dict[str, Any], *, base: dict[str, Any], threads: int = 1, repeats: int = 1, checkpoint_interval_s: float = 0.0
+) -> None:
+    """Ray Tune function trainable for one budgeted fine-tuning trial.
+
+    Args:
+        config: Tune's sampled values, by dotted key.
+        base: the nested trial config from the space, before sampling.
+        threads: torch CPU threads (the trial's CPU share).
+        repeats: seeds per configuration; above 1 the seeds run in lockstep
+            and every report carries their mean (:mod:`neqtune.trainables.repeats`).
+        checkpoint_interval_s: seconds of work between two saved states (0:
+            after every epoch).
+    """
+    torch.set_num_threads(max(1, threads))
+    trial_config = resolve_trial_config(base, config)
+    trial_dir = Path(tune.get_context().get_trial_dir())
+    trial_dir.mkdir(parents=True, exist_ok=True)
+    (trial_dir / CONFIG_FILE).write_text(yaml.safe_dump(trial_config.to_dict(), sort_keys=False))
+    placement = {"node_id": ray.get_runtime_context().get_node_id(), "hostname": socket.gethostname(), "pid": os.getpid()}
+
+    resume, note = restore_state(tune.get_checkpoint())
+    history: list[dict[str, Any]] = list(resume.pop(REPORTS_KEY, [])) if resume is not None else []
+    trial_id = tune.get_context().get_trial_id()
+    if note is not None:
+        print(f"neqtune: {note}", file=sys.stderr, flush=True)  # the worker's log; the driver prints it from the report
+        placement["resume_note"] = note
+
+    clock = CheckpointClock(checkpoint_interval_s)
+
+    def report(metrics: Metrics, state: StateFn) -> None:
+        sent = {**metrics, **placement}
+        history.append(sent)
+        if not clock.due():
+            tune.report(sent)
+        else:
+            with tempfile.TemporaryDirectory() as directory:
+                save_state({**state(), REPORTS_KEY: history}, Path(directory))
+                write_reports(Path(directory), trial_id, dict(config), history)
+                tune.report(sent, checkpoint=tune.Checkpoint.from_directory(directory))
+        placement.pop("resume_note", None)  # said once
+
+    if repeats > 1:
+        train_repeats(trial_config, repeats, report, resume=resume)
+    else:
+        train(trial_config, report, resume=resume)

@@ -1,0 +1,138 @@
+"""The package's shape: one root namespace, no import cycles, nothing installed under a generic top-level name.
+
+The cycle check reads every module of ``neqtune`` with ``ast`` and follows every import of another ``neqtune``
+module, wherever it stands (module level, inside a function, under ``TYPE_CHECKING``): an import moved into a
+function to dodge a cycle is still a cycle. It runs in the test suite, so a new cycle fails ``make test``.
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+import neqtune
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def neqtune_modules() -> dict[str, Path]:
+    """Every module of the package by dotted name, read from the folders the parts live in."""
+    folders = {"neqtune": ROOT / "neqtune", **{f"neqtune.{part}": ROOT / part for part in neqtune.PARTS}}
+    modules: dict[str, Path] = {}
+    for package, folder in folders.items():
+        for path in folder.rglob("*.py"):
+            parts = [p for p in path.relative_to(folder).with_suffix("").parts if p != "__init__"]
+            modules[".".join([package, *parts])] = path
+    return modules
+
+
+def import_graph(modules: dict[str, Path]) -> dict[str, set[str]]:
+    """Module -> the neqtune modules it imports (``from a.b import c`` counts as ``a.b.c`` when that is a module)."""
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        found: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                found |= {f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules else node.module for a in node.names}
+            elif isinstance(node, ast.Import):
+                found |= {a.name for a in node.names}
+        graph[name] = {m for m in found if m in modules and m != name}
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan's algorithm, iterative)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+    for start in sorted(graph):
+        if start in index:
+            continue
+        work = [(start, iter(sorted(graph[start])))]
+        index[start] = low[start] = len(index)
+        stack.append(start)
+        on_stack.add(start)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is not None:
+                if child not in index:
+                    index[child] = low[child] = len(index)
+                    stack.append(child)
+                    on_stack.add(child)
+                    work.append((child, iter(sorted(graph[child]))))
+                elif child in on_stack:
+                    low[node] = min(low[node], index[child])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                component = []
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component.append(member)
+                    if member == node:
+                        break
+                if len(component) > 1:
+                    found.append(sorted(component))
+    return found
+
+
+def test_no_import_cycles() -> None:
+    modules = neqtune_modules()
+    assert len(modules) > 60  # the walk found the package
+    assert cycles(import_graph(modules)) == []
+
+
+def test_the_cycle_check_finds_a_cycle() -> None:
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_every_import_is_through_the_root_namespace() -> None:
+    """No module, test or benchmark imports a part by its folder's name (that works only from the repository's root)."""
+    old = {"search", "trainables", "results", "neqtune_datasets"}
+    offenders = []
+    for path in [*ROOT.glob("*.py"), *(p for folder in ("neqtune", *neqtune.PARTS, "benchmarks", "tests") for p in (ROOT / folder).rglob("*.py"))]:
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = [node.module] if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 else []
+            names += [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            offenders += [f"{path.relative_to(ROOT)}: {name}" for name in names if name.split(".")[0] in old]
+    assert offenders == []
+
+
+def test_only_neqtune_is_installed_at_the_top_level() -> None:
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert {package.split(".")[0] for package in setuptools["packages"]} == {"neqtune"}
+    assert set(setuptools["package-dir"]) == {f"neqtune.{part}" for part in neqtune.PARTS}
+
+
+@pytest.mark.parametrize("module", ["neqtune.datasets", "neqtune"])
+def test_the_data_sets_layer_and_the_root_import_nothing_above_them(module: str) -> None:
+    probe = (
+        f"import sys, {module}; "
+        "print(sorted({'.'.join(m.split('.')[:2]) for m in sys.modules} & {'neqtune.trainables', 'neqtune.search', 'neqtune.results', 'ray'}))"
+    )
+    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.strip() == "[]"
+
+
+def test_import_datasets_from_the_repository_root_is_huggingface_s(tmp_path: Path) -> None:
+    """From the root, ``datasets`` is the folder neqtune.datasets by path only; the name goes to the installed package."""
+    fake = tmp_path / "site" / "datasets"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("WHOSE = 'huggingface'\n")
+    probe = "import datasets, neqtune.datasets; print(datasets.WHOSE, neqtune.datasets.__name__)"
+    env = {"PYTHONPATH": str(tmp_path / "site"), "PATH": "/usr/bin:/bin"}
+    done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, env=env)
+    assert done.stdout.split() == ["huggingface", "neqtune.datasets"], done.stderr
+    missing = subprocess.run([sys.executable, "-c", "import datasets"], cwd=ROOT, capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"})
+    assert "No module named 'datasets' (HuggingFace's): pip install 'neqtune[hf]'" in missing.stderr
