@@ -302,5 +302,10 @@ def print_pareto(front: list[dict[str, Any]], *, searched: list[str], metrics: l
         print(f"  {row['trial_id']}: {values}: {scores}, test_top1_at_best_val={row.get('test_top1_at_best_val', float('nan')):.2f}")
 
 
+def console_main() -> int:
+    """The ``neqtune`` console script (pyproject.toml's ``[project.scripts]``): the same command line."""
+    return main(prog="neqtune")
+
+
 if __name__ == "__main__":
     sys.exit(main(prog="python -m neqtune.search.cli"))

@@ -60,6 +60,13 @@ def test_module_entry_points_are_the_command(module: str) -> None:
     assert bad.returncode == 2 and "argument --max-failures: invalid int value: 'two'" in bad.stderr
 
 
+def test_the_console_script_is_the_command() -> None:
+    script = Path(sys.executable).with_name("neqtune")
+    done = subprocess.run([str(script), "--help"], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("usage: neqtune [-h] [--space SPACE]")
+
+
 def test_python_m_neqtune_runs_a_dry_run(tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "neqtune", "--dry-run", "--set", "data.image_size=16"], capture_output=True, text=True, cwd=ROOT, timeout=120
