@@ -290,8 +290,8 @@ README_DASHBOARD = "http://127.0.0.1:8265"
 
 
 def readme_cluster_commands() -> list[str]:
-    """The command lines of the README's tested cluster block, in order."""
-    text = (ROOT / "README.md").read_text()
+    """The command lines of the tested cluster block of docs/cluster.md, in order."""
+    text = (ROOT / "docs" / "cluster.md").read_text()
     block = text.split(README_MARKER, 1)[1].split("```sh\n", 1)[1].split("```", 1)[0]
     return [line for line in block.splitlines() if line.strip()]
 
