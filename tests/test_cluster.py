@@ -284,7 +284,7 @@ def test_a_node_lost_mid_trial_restarts_its_trial_on_the_head_from_its_checkpoin
     )
 
 
-# --- the README's cluster commands, as written ------------------------------------------------------------------------
+# --- the cluster commands of docs/cluster.md, as written ---------------------------------------------------------------------
 README_MARKER = "<!-- cluster-commands: run as written by tests/test_cluster.py -->"
 README_DASHBOARD = "http://127.0.0.1:8265"
 
