@@ -75,7 +75,7 @@ METHODS = ("grid", "tpe", "tpe+asha", BUDGETED, "tpe+asha, fewer trials", "tpe+a
 class Setting:
     """The benchmark's sizes (stated in the table).
 
-    The default follows the README's offline reproduction (32 px, SGD
+    The default follows the offline reproduction of docs/results.md (32 px, SGD
     without momentum), where velocity and random already differ after two
     epochs; at 16 px and 6 epochs every trial was still at chance when ASHA
     first looked, so early stopping had nothing to decide on.

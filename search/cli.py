@@ -108,7 +108,7 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "run_search.py") -> i
     if missing:
         print(
             f"error: {sys.executable} cannot import {', '.join(missing)}: run neqtune with the Python of its virtualenv "
-            "(.venv/bin/python); on a Ray cluster, start the head from the activated virtualenv (README, 'Running on a cluster')",
+            "(.venv/bin/python); on a Ray cluster, start the head from the activated virtualenv (docs/cluster.md)",
             file=sys.stderr,
         )
         return 2

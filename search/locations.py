@@ -5,7 +5,7 @@ in Ray's copy of the uploaded directory,
 ``<ray temp dir>/.../runtime_resources/working_dir_files/_ray_pkg_<hash>/``.
 Ray may delete that copy, and every edit of the tree uploads a new one, so a
 relative ``results/`` there scatters experiments over directories nobody
-looks in. neqtune's rule (README, "Running on a cluster"):
+looks in. neqtune's rule (docs/cluster.md):
 
 - without ``--results``, results go to ``$NEQ_RESULTS``, else ``./results``;
   inside a Ray job's package, to ``$NEQ_RESULTS``, else ``~/neqtune-results``

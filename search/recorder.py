@@ -60,7 +60,7 @@ from neqtune.trainables.metrics import ADAPTER_COLUMNS, fixed_dtypes, metric_nam
 from neqtune.trainables.repeats import SEED_KEYS as REPEAT_SEED_KEYS
 from neqtune.trainables.repeats import STD_KEYS as REPEAT_STD_KEYS
 
-# What the trainer and the adapter report, in table order (see README, "Result tables").
+# What the trainer and the adapter report, in table order (see docs/results.md, "Result tables").
 METRIC_COLUMNS = (*metric_names(), *ADAPTER_COLUMNS)
 # Per-layer lists become one scalar per conv, grouped under a prefix: (group, value from the list's entry).
 LAYER_SCALARS: dict[str, tuple[str, Callable[[float], float]]] = {

@@ -284,14 +284,14 @@ def test_a_node_lost_mid_trial_restarts_its_trial_on_the_head_from_its_checkpoin
     )
 
 
-# --- the README's cluster commands, as written ------------------------------------------------------------------------
+# --- the cluster commands of docs/cluster.md, as written ---------------------------------------------------------------------
 README_MARKER = "<!-- cluster-commands: run as written by tests/test_cluster.py -->"
 README_DASHBOARD = "http://127.0.0.1:8265"
 
 
 def readme_cluster_commands() -> list[str]:
-    """The command lines of the README's tested cluster block, in order."""
-    text = (ROOT / "README.md").read_text()
+    """The command lines of the tested cluster block of docs/cluster.md, in order."""
+    text = (ROOT / "docs" / "cluster.md").read_text()
     block = text.split(README_MARKER, 1)[1].split("```sh\n", 1)[1].split("```", 1)[0]
     return [line for line in block.splitlines() if line.strip()]
 

@@ -380,7 +380,7 @@ def train(config: TrialConfig | Mapping[str, Any], report: Reporter | None = Non
     Args:
         config: a :class:`TrialConfig` or its nested-dict form.
         report: called after every epoch with the epoch's metrics and a
-            function that returns a resumable state (see README for the
+            function that returns a resumable state (see docs/results.md for the
             metric names and units).
         resume: a state from a previous ``report`` call to continue from.
 
