@@ -161,7 +161,7 @@ def check_image_folder(config: DataConfig) -> None:
     )
     try:
         _checked_index(root, _listing_state(root))
-    except FolderError as err:
+    except (FolderError, OSError) as err:  # OSError: a directory that cannot be listed (permissions)
         require(False, str(err))
 
 

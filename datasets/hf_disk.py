@@ -60,10 +60,13 @@ def _is_saved(root: Path) -> bool:
 
 
 @functools.cache
-def _load(root: str, split: str | None) -> Any:
-    """The saved ``Dataset`` at ``root`` (``split`` of a ``DatasetDict``), memory-mapped; once per process."""
+def _images(root: str, split: str | None, image_column: str) -> Any:
+    """The image column of the saved ``Dataset`` at ``root`` (``split`` of a ``DatasetDict``), memory-mapped; once per process.
+
+    Only that column: a row read decodes its image and nothing else.
+    """
     loaded = huggingface().load_from_disk(root)
-    return loaded[split] if split is not None else loaded
+    return (loaded[split] if split is not None else loaded).select_columns([image_column])
 
 
 @dataclass(frozen=True)
@@ -84,7 +87,7 @@ class HFSource:
 
     def load(self, index: int) -> tuple[Image.Image, int]:
         try:
-            image = _load(self.root, self.split)[int(index)][self.image_column]
+            image = _images(self.root, self.split, self.image_column)[int(index)][self.image_column]
             return image.convert("RGB"), self.labels[index]
         except (OSError, SyntaxError, ValueError) as err:
             where = f"{self.root} (split {self.split})" if self.split else self.root

@@ -9,6 +9,8 @@ in one line, exit 2, nothing written.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,11 +22,13 @@ import yaml
 from PIL import Image
 from search_procs import tiny_space
 
-from neqtune.datasets import DataConfig, build_dataset, check_dataset
+from neqtune.datasets import DataConfig, build_dataset, check_dataset, dataset_names
 from neqtune.datasets.parsing import ConfigError
 from neqtune.datasets.samples import SplitView
 from neqtune.search.cli import main as cli_main
 from neqtune.trainables.config import TrialConfig
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def write_images(directory: Path, count: int, *, start: int = 0, suffix: str = ".png", size: tuple[int, int] = (20, 14)) -> None:
@@ -197,14 +201,22 @@ def test_test_without_train_is_refused(tmp_path: Path, capsys: pytest.CaptureFix
     assert "data.root" in line and "test/ but no train/" in line
 
 
-def test_an_unknown_data_set_is_reported_once(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_an_unknown_data_set_is_reported_once_by_run_search(tmp_path: Path) -> None:
     space = tiny_space(1, {"algorithm": "grid", "num_samples": 1, "params": {"training.seed": {"choice": [0]}}})
     space["data"] = {"name": "imagefolder"}
     (tmp_path / "space.yaml").write_text(yaml.safe_dump(space))
-    assert cli_main(["--space", str(tmp_path / "space.yaml"), "--dry-run"]) == 2
-    out, err = capsys.readouterr()
-    assert err.count("unknown data set 'imagefolder'") == 1 and "image-folder" in err
-    assert "data imagefolder: unknown data set" in out
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "run_search.py"), "--space", "space.yaml", "--dry-run"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 2 and done.stderr.count("unknown data set 'imagefolder'") == 1, done.stderr
+    assert [line for line in done.stderr.splitlines() if line.strip()] == [
+        f"error: space.yaml: data.name: unknown data set 'imagefolder'; known data sets: {', '.join(dataset_names())}"
+    ]
+    assert "data imagefolder: unknown data set" in done.stdout and sorted(os.listdir(tmp_path)) == ["space.yaml"]
 
 
 def test_a_header_check_is_cached_while_the_folder_is_unchanged(tmp_path: Path) -> None:
