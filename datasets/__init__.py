@@ -23,6 +23,8 @@ else:
 from neqtune.datasets import cifar as _cifar  # noqa: F401  (registers "c10", "c100")
 from neqtune.datasets import digits as _digits  # noqa: F401  (registers "digits")
 from neqtune.datasets import fashion_mnist as _fashion_mnist  # noqa: F401  (registers "fashion-mnist")
+from neqtune.datasets import folders as _folders  # noqa: F401  (registers "image-folder")
+from neqtune.datasets import hf_disk as _hf_disk  # noqa: F401  (registers "hf-disk")
 from neqtune.datasets import images as _images  # noqa: F401  (registers "flowers", "food", "pets", "cub")
 from neqtune.datasets import vww as _vww  # noqa: F401  (registers "vww")
 from neqtune.datasets.checks import data_problems

@@ -121,7 +121,11 @@ def decode_resized(path: str, image_size: int) -> np.ndarray:
     Raises:
         DatasetError: the file cannot be read as an image; names the file.
     """
-    image = samples.load_image(path)
+    return resized_array(samples.load_image(path), image_size)
+
+
+def resized_array(image: Image.Image, image_size: int) -> np.ndarray:
+    """An RGB image as cached: ``uint8`` ``[h, w, 3]``, its short side shrunk to ``CACHE_SCALE * image_size`` (never enlarged)."""
     size = _cached_size(image.width, image.height, image_size)
     if size != image.size:
         # BILINEAR in PIL widens its filter when shrinking (antialiased); reducing_gap=None: no JPEG draft shortcut.

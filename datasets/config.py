@@ -8,6 +8,7 @@ checked when a trial is checked or built (:func:`neqtune.datasets.check_dataset`
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Literal
 
@@ -33,6 +34,12 @@ class DataConfig:
     training augmentation on whole batches of tensors, on the trial's
     device, for data held as arrays (CIFAR, Fashion-MNIST, the decoded
     cache) instead of per sample through PIL (``pil``, the study's path).
+
+    ``label`` names the data set in the result tables (``data.label``):
+    given, or for a data set read from the user's own folder
+    (:data:`FOLDER_DATASETS`) that folder's name, else ``name``; parsing
+    fills it, so every row carries one. ``image_column`` and
+    ``label_column`` name the columns of a HuggingFace folder (``hf-disk``).
     """
 
     name: str = "digits"
@@ -48,8 +55,16 @@ class DataConfig:
     workers: int | Literal["auto"] = "auto"
     cache: Literal["none", "decoded"] = "none"
     augment: Literal["pil", "batched"] = "pil"
+    label: str | None = None
+    image_column: str = "image"
+    label_column: str = "label"
 
     def validate(self, path: str) -> None:
+        if self.label is None:
+            self.label = default_label(self.name, self.root)
+        require(bool(self.label.strip()), join(path, "label"), "must be a non-empty name")
+        require(bool(self.image_column), join(path, "image_column"), "must be a column name")
+        require(bool(self.label_column), join(path, "label_column"), "must be a column name")
         require(self.image_size >= 8, join(path, "image_size"), f"must be >= 8 pixels, got {self.image_size}")
         require(self.batch_size >= 1, join(path, "batch_size"), f"must be >= 1, got {self.batch_size}")
         require(self.eval_batch_size >= 1, join(path, "eval_batch_size"), f"must be >= 1, got {self.eval_batch_size}")
@@ -57,3 +72,19 @@ class DataConfig:
         require(0 < self.test_fraction < 1, join(path, "test_fraction"), f"must lie in (0, 1), got {self.test_fraction}")
         require(self.velocity_images >= 1, join(path, "velocity_images"), f"must be >= 1, got {self.velocity_images}")
         require(self.workers == "auto" or self.workers >= 0, join(path, "workers"), f"must be >= 0 (or auto), got {self.workers}")
+
+
+# Data sets whose directory is the user's own data: their label is the directory's name, not the registered name.
+FOLDER_DATASETS = ("image-folder", "hf-disk")
+
+
+def default_label(name: str, root: str | None) -> str:
+    """The label of data set ``name`` at ``root``: the folder's name for :data:`FOLDER_DATASETS`, else ``name``.
+
+    Without ``root`` the folder is ``$NEQ_DATA/<name>``, whose name is ``name``.
+    The path is made absolute without following links (``.``, ``data/``,
+    a link's own name stay what the user wrote).
+    """
+    if name not in FOLDER_DATASETS or not root:
+        return name
+    return os.path.basename(os.path.abspath(os.path.expanduser(root))) or name

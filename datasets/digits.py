@@ -18,7 +18,7 @@ from sklearn.datasets import load_digits
 from torch.utils.data import Dataset, Subset, TensorDataset
 
 from neqtune.datasets.config import DataConfig
-from neqtune.datasets.registry import DataSplits, register_dataset, split_train
+from neqtune.datasets.registry import DataSplits, carve_test, register_dataset, split_train
 
 
 @functools.cache
@@ -39,10 +39,7 @@ def build_digits(config: DataConfig) -> DataSplits:
     """Seeded train / val / velocity / test splits of scikit-learn's digits."""
     images = digit_images(config.image_size)
     full = cast("Dataset[tuple[torch.Tensor, int]]", images)
-    n = len(images)
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(config.split_seed)).tolist()
-    n_test = int(config.test_fraction * n)
-    test_idx, pool = order[:n_test], order[n_test:]
+    test_idx, pool = carve_test(len(images), test_fraction=config.test_fraction, seed=config.split_seed)
     train, val, velocity = split_train(
         len(pool), velocity_images=config.velocity_images, val_fraction=config.val_fraction, seed=config.split_seed + 1
     )

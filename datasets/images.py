@@ -241,6 +241,12 @@ def check_image_dataset(config: DataConfig) -> None:
         key="data.download",
     )
     root = dataset_root(config)
+    require(
+        is_image_folder(root) or not (root / "train").is_dir(),
+        f"{root}/train has no {root}/test beside it; {release.title}'s official test split is its test/ "
+        f"(python -m neqtune.datasets.split {release.key} ...). To carve a test split out of train/ instead, "
+        "use data.name: image-folder, which holds out data.test_fraction of it",
+    )
     if is_image_folder(root):
         require(
             any(entry.is_dir() for entry in os.scandir(root / "train")),

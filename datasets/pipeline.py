@@ -30,7 +30,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from neqtune.datasets.augment import BatchTransform, pad_batch
-from neqtune.datasets.cache import DecodedImages, decode_resized, open_decoded
+from neqtune.datasets.cache import DecodedImages, decode_resized, open_decoded, resized_array
 from neqtune.datasets.config import DataConfig
 from neqtune.datasets.registry import DataSplits
 from neqtune.datasets.samples import ArraySource, FileSource, SeededSampler, SplitView
@@ -68,7 +68,8 @@ def with_decoded_cache(splits: DataSplits, config: DataConfig) -> DataSplits:
 
 
 def _decodes_files(split: Dataset[Any]) -> bool:
-    return isinstance(split, SplitView) and isinstance(split.source, FileSource)
+    """Whether a sample of ``split`` costs a decode (image files, a HuggingFace folder), not a gather from memory."""
+    return isinstance(split, SplitView) and not isinstance(split.source, ArraySource | DecodedImages)
 
 
 def loader_workers(config: DataConfig, split: Dataset[Any], cpus: int) -> int:
@@ -118,8 +119,9 @@ class RawView(Dataset[RawBatch]):
             arrays, label_list = [source.array(i) for i in indices], [source.label(i) for i in indices]
         elif isinstance(source, FileSource):
             arrays, label_list = [decode_resized(source.paths[i], self.image_size) for i in indices], [source.labels[i] for i in indices]
-        else:
-            raise TypeError(f"batched augmentation reads arrays, the decoded cache or image files, not {type(source).__name__}")
+        else:  # any other source (a HuggingFace folder) decodes its images itself
+            loaded = [source.load(i) for i in indices]
+            arrays, label_list = [resized_array(image, self.image_size) for image, _ in loaded], [label for _, label in loaded]
         images, sizes = pad_batch(arrays)
         return [(images, sizes, torch.tensor(label_list, dtype=torch.long))]
 

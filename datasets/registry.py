@@ -107,3 +107,18 @@ def split_train(n: int, *, velocity_images: int, val_fraction: float, seed: int)
     rest = order[velocity_images:]
     n_val = int(val_fraction * len(rest))
     return rest[n_val:], rest[:n_val], velocity
+
+
+def carve_test(n: int, *, test_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Hold out a test split of ``n`` samples, for data sets without one (digits, a folder without ``test/``).
+
+    A permutation seeded with ``seed``: its first ``int(test_fraction * n)``
+    samples are the test split. The rest is carved further by
+    :func:`split_train`, seeded with ``seed + 1`` so that the two draws differ.
+
+    Returns:
+        ``(test, rest)`` index lists.
+    """
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    n_test = int(test_fraction * n)
+    return order[:n_test], order[n_test:]

@@ -60,9 +60,10 @@ from neqtune.results.model import Analysis, AnalysisInputError, Experiments
 # The tables neqtune.search.tables writes (importing the search package would pull in Ray and torch: seconds per command).
 EPOCHS_TABLE = "epochs.parquet"
 TRIALS_TABLE = "trials.parquet"
-# The study's table rows: model, scheme, budget unit, budget (in parameters, or in memory elements per image),
+# The study's table rows: the data set (its label: an image folder's own name; "-" in tables older than the
+# column), model, scheme, budget unit, budget (in parameters, or in memory elements per image),
 # initialization, policy. A trial has one of the two budgets; the other is null (both are columns of its epoch rows).
-GROUP_KEYS = ("model.name", "budget.scheme", "budget.unit", "budget_params", "memory_budget", "budget.initialization", "budget.policy")
+GROUP_KEYS = ("data.label", "model.name", "budget.scheme", "budget.unit", "budget_params", "memory_budget", "budget.initialization", "budget.policy")
 BUDGET_AMOUNTS = ("budget_params", "memory_budget")
 # Per-epoch memory metrics a trial reports (absent in older tables); the analysis averages them over the trial's epochs.
 MEMORY_METRICS = ("memory_used", "memory_used_kb", "activation_sparsity_pct")

@@ -73,10 +73,13 @@ INPUT_ERRORS = (ConfigError, OSError, ValueError, RuntimeError)
 
 def describe_data(space: Space, problems: Problems) -> Iterator[str]:
     """One line per data set of the space: classes and split sizes (reads the data; never downloads)."""
-    from neqtune.datasets import build_dataset
+    from neqtune.datasets import build_dataset, dataset_names
     from neqtune.datasets.registry import check_dataset
 
     for name in choices(space, "data.name"):
+        if name not in dataset_names():  # refused with the known names when the space loaded: not again
+            yield f"data {name}: unknown data set (see the errors below)"
+            continue
         values = _section(space, "data", {"name": name})
         try:
             config = from_mapping(DataConfig, {**values, "download": False}, "data")  # read what is there, fetch nothing
@@ -90,7 +93,8 @@ def describe_data(space: Space, problems: Problems) -> Iterator[str]:
             yield f"data {name}: not readable (see the errors below)"
             continue
         sizes = ", ".join(f"{split} {len(getattr(splits, split))}" for split in ("train", "val", "velocity", "test"))
-        yield f"data {name}: {splits.num_classes} classes; images: {sizes}"
+        label = "" if config.label == name else f" ({config.label})"
+        yield f"data {name}{label}: {splits.num_classes} classes; images: {sizes}"
 
 
 def budget_lines(space: Space, model: Any, total: int) -> list[BudgetLine]:

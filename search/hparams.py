@@ -58,14 +58,18 @@ def _short(value: Any) -> str:
     return str(value)
 
 
+# Searched keys that change which data set a trial reads: its run name shows the data set's label instead.
+DATA_SET_KEYS = ("data.name", "data.root", "data.label")
+
+
 def run_name(trial_id: str, config: Mapping[str, Any], searched: Sequence[str] = ()) -> str:
     """The TensorBoard run directory name of a trial, readable in a legend.
 
     Policy, the unit when it is not neurons (``unit=input_channel``),
     budget (the scheme, else ``params=B``, ``memory=M`` or ``ratio=r``, else
     ``all``), first mask, seed, then the other searched keys as
-    ``key=value`` (the leaf of the dotted key; ``data`` / ``model`` for
-    their ``name``), then the trial id, which keeps names unique. Example:
+    ``key=value`` (the leaf of the dotted key; ``model`` for its ``name``;
+    ``data=<data.label>`` for a searched data set), then the trial id, which keeps names unique. Example:
     ``velocity,mbv2-w0.35_scheme_3,init=random,seed=0,lr=0.1,trial=3f2a1_00000``.
     ``/`` and white space in values become ``_``.
     """
@@ -85,7 +89,11 @@ def run_name(trial_id: str, config: Mapping[str, Any], searched: Sequence[str] =
     shown = {"budget.policy", "budget.scheme", "budget.params", "budget.memory", "budget.ratio", "budget.initialization", "budget.unit",
              "training.seed"}  # fmt: skip
     for key in searched:
-        if key not in shown:
+        if key in DATA_SET_KEYS and config.get("data.label") is not None:  # its label (a folder's own name), once
+            if "data.label" not in shown:
+                parts.append(f"data={_short(config['data.label'])}")
+                shown.add("data.label")
+        elif key not in shown:
             section, _, leaf = key.rpartition(".")
             parts.append(f"{section.split('.')[0] if leaf == 'name' else leaf}={_short(config.get(key))}")
     parts.append(f"trial={trial_id}")

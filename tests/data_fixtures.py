@@ -27,6 +27,8 @@ CIFAR_TEST_PER_CLASS = 1
 FASHION_TRAIN, FASHION_TEST = 30, 10
 VWW_TRAIN, VWW_TEST = 16, 6
 FOLDER_CLASSES = {"flowers": 102, "food": 101, "pets": 37, "cub": 200}
+USER_FOLDER = (5, 4, 1)  # image-folder: classes, train and test images per class
+HF_FOLDER = (4, 4, 1)  # hf-disk: the same
 
 
 def label_colour(label: int) -> tuple[int, int, int]:
@@ -206,6 +208,45 @@ def _cub_folder(root: Path) -> Path:
     return write_image_folder(root, FOLDER_CLASSES["cub"])
 
 
+def write_user_folder(root: Path) -> Path:
+    """``image-folder``: a user's ``train/`` and ``test/`` class folders, PNG and JPEG mixed."""
+    write_image_folder(root, USER_FOLDER[0], train_per_class=USER_FOLDER[1], test_per_class=USER_FOLDER[2])
+    first_train = root / "train" / "001.class" / "img_0.jpg"
+    Image.open(first_train).save(first_train.with_suffix(".png"))  # a PNG among the JPEGs, colour kept
+    first_train.unlink()
+    return root
+
+
+def huggingface_installed() -> bool:
+    """Whether HuggingFace's ``datasets`` (neqtune's extra ``[hf]``) can be imported."""
+    from neqtune.datasets.hf_disk import huggingface
+    from neqtune.datasets.parsing import ConfigError
+
+    try:
+        huggingface()
+    except ConfigError:
+        return False
+    return True
+
+
+def write_hf_disk(root: Path) -> Path:
+    """``hf-disk``: a ``DatasetDict`` of ``train`` and ``test`` written by ``save_to_disk`` (columns ``image``, ``label``)."""
+    from neqtune.datasets.hf_disk import huggingface
+
+    hf = huggingface()
+    hf.disable_progress_bars()
+    classes, train_per_class, test_per_class = HF_FOLDER
+    features = hf.Features({"image": hf.Image(), "label": hf.ClassLabel(names=[f"kind{c}" for c in range(classes)])})
+
+    def split(per_class: int) -> object:
+        labels = [c for c in range(classes) for _ in range(per_class)]
+        images = [Image.new("RGB", IMAGE_SIZE, label_colour(c)) for c in labels]
+        return hf.Dataset.from_dict({"image": images, "label": labels}, features=features)
+
+    hf.DatasetDict({"train": split(train_per_class), "test": split(test_per_class)}).save_to_disk(str(root))
+    return root
+
+
 WRITERS: dict[str, Callable[[Path], Path]] = {
     "c10": lambda root: write_cifar("c10", root),
     "c100": lambda root: write_cifar("c100", root),
@@ -215,11 +256,18 @@ WRITERS: dict[str, Callable[[Path], Path]] = {
     "food": write_food_release,
     "pets": write_pets_release,
     "cub": _cub_folder,  # the study read CUB as an image folder built by its split script
+    "image-folder": write_user_folder,
 }
+if huggingface_installed():  # without the extra [hf] there is no hf-disk fixture, and its tests skip
+    WRITERS["hf-disk"] = write_hf_disk
 
 
 def write_fixture(name: str, root: Path) -> Path:
     """Write a tiny copy of data set ``name`` in its real format under ``root``; returns the ``data.root`` to use."""
+    if name == "hf-disk" and name not in WRITERS:
+        import pytest
+
+        pytest.skip("HuggingFace's datasets is not installed (the extra [hf]: pip install 'neqtune[hf]')")
     if name not in WRITERS:
         raise ValueError(f"no fixture for data set {name!r}; fixtures: {', '.join(sorted(WRITERS))}")
     return WRITERS[name](Path(root))

@@ -481,7 +481,7 @@ def test_memory_pareto_front_over_measured_memory(grid: Path, memory: Path) -> N
         {
             "experiment": "e", "trial_id": ["a", "b", "c", "d", "e"], "usable": [True, True, True, False, True],
             "memory_used": [100.0, 100.0, 50.0, 10.0, NAN], "test_top1_at_best_val": [80.0, 80.0, 70.0, 99.0, 99.0],
-            **{key: analyze_module.MISSING for key in ("model.name", "budget.scheme", "budget.unit", "budget.initialization", "budget.policy")},
+            **{key: analyze_module.MISSING for key in ("data.label", "model.name", "budget.scheme", "budget.unit", "budget.initialization", "budget.policy")},
             "budget_params": pd.array([None] * 5, dtype="Int64"), "memory_budget": pd.array([100] * 5, dtype="Int64"),
             "training.seed": 0, "best_epoch": 1, "best_val_top1": 1.0, "memory_used_kb": 1.0, "activation_sparsity_pct": 1.0,
             "memory_budget_kb": 0.4,

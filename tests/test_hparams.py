@@ -142,6 +142,8 @@ def test_run_names_say_policy_budget_first_mask_seed_and_searched_values() -> No
         "random,ratio=0.125,init=su,seed=42,lr=0.03123,model=mcunet-in1,trial=t_00001"
     )
     assert run_name("t", {**config, "budget.params": 22_410}, ["data.root"]) == "random,params=22410,init=su,seed=42,root=_data_my_sets,trial=t"
+    labelled = {**config, "data.name": "image-folder", "data.label": "my sets"}  # a data set searched: its label, once
+    assert run_name("t", labelled, ["data.root", "data.name"]) == "random,ratio=0.125,init=su,seed=42,data=my_sets,trial=t"
     full = {**config, "budget.policy": "full", "budget.ratio": None, "budget.initialization": "full"}
     assert run_name("t", full) == "full,all,init=full,seed=42,trial=t"
     channels = {**config, "budget.unit": "input_channel", "budget.ratio": None, "budget.memory": 15_936}
