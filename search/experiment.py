@@ -49,6 +49,11 @@ os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 # Keeping one checkpoint per trial forces an experiment snapshot per epoch; at
 # our epoch lengths that is cheap, so Ray's warning about it is noise.
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+# A trial whose config is invalid reports its reason as its only result, without metrics, and ends
+# (Ray would retry a raised error max_failures times); Tune's check that every result carries the
+# searcher's metrics would turn that report into an error of the whole run. Every epoch's report
+# carries all the metrics (neqtune.trainables.metrics), so the check has nothing else to catch.
+os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
 
 
 # One trial's resident memory, measured here (ru_maxrss of one mbv2-w0.35 digits epoch in a
@@ -574,6 +579,7 @@ def build_trainable(space: Space, gpus_per_trial: float) -> Any:
         tune.with_parameters(
             budgeted_trainable,
             base=space.base,
+            plugins=space.plugins,
             threads=max(1, int(search.cpus_per_trial)),
             repeats=search.repeats,
             checkpoint_interval_s=search.checkpoint_interval_s,
@@ -873,7 +879,7 @@ def finish_search(
         experiment_dir=experiment_dir,
         best=best,
         num_trials=len(results),
-        errors=results.num_errors,
+        errors=results.num_errors + recorder.invalid_trials,
         wall_time_s=time.monotonic() - started,
         pareto=pareto,
         objectives=tuple(search.metrics),
