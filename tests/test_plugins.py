@@ -419,3 +419,19 @@ def test_a_bad_model_name_stops_the_dry_run_and_the_search(tmp_path: Path, capsy
 def test_plugin_errors_read_as_one_line() -> None:
     err = PluginError("--plugin", "mine.py", "NameError: name 'nn' is not defined")
     assert str(err) == "--plugin: mine.py: NameError: name 'nn' is not defined"
+
+
+def test_the_docs_example_runs_as_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """docs/plugins.md: its plug-in file, its space file and its command, as written."""
+    text = (Path(__file__).resolve().parent.parent / "docs" / "plugins.md").read_text()
+    blocks = {lang: text.split(f"```{lang}\n", 1)[1].split("```", 1)[0] for lang in ("python", "yaml", "sh")}
+    (tmp_path / "my_models.py").write_text(blocks["python"])
+    (tmp_path / "my_space.yaml").write_text(blocks["yaml"])
+    monkeypatch.chdir(tmp_path)
+    command = blocks["sh"].split()
+    assert command[:2] == ["python", "run_search.py"]
+    code, out, err = run_cli(command[2:], capsys)
+    assert code == 0, err
+    assert out.startswith("my_space.yaml: valid; 3 trials (grid)")
+    for line in ("model my-cnn (my lab", "model my_models:small_cnn (callable", "model torchvision:mobilenet_v3_small (torchvision, native 224 px"):
+        assert line in out, out
