@@ -6,7 +6,8 @@ built-ins use (``neqtune.register_model``, ``neqtune.register_dataset``,
 It comes from
 
 - a ``plugins:`` list at the top of a space file: ``.py`` files or package
-  folders (paths relative to the space file) and module names;
+  folders (paths relative to the space file) and module names (looked for
+  beside the space file, then on ``sys.path``);
 - ``run_search.py --plugin`` (repeatable; paths relative to the current directory);
 - the entry-point group ``neqtune.plugins`` of any installed distribution
   (each entry point names a module, loaded like a module plug-in; like pytest's ``pytest11``).
@@ -129,7 +130,19 @@ def _from_path(spec: str, key: str, relative_to: Path) -> Plugin:
     return Plugin(spec=spec, key=key, module=module, path=path, archive=_zip_source(path))
 
 
-def _from_module(spec: str, key: str) -> Plugin:
+def _beside(top: str, folder: Path) -> Path | None:
+    """The module ``top`` as a file or package folder in ``folder``, if it is there."""
+    for candidate in (folder / top, folder / f"{top}.py"):
+        if candidate.is_file() or (candidate / "__init__.py").is_file():
+            return candidate.resolve()
+    return None
+
+
+def _from_module(spec: str, key: str, relative_to: Path) -> Plugin:
+    top = spec.split(".")[0]
+    local = _beside(top, relative_to)
+    if local is not None:  # beside the space file (or in the current directory): imported from there, not from sys.path
+        return Plugin(spec=spec, key=key, module=spec, path=local, archive=_zip_source(local))
     try:
         found = importlib.util.find_spec(spec)
     except (ImportError, ValueError) as err:
@@ -139,19 +152,23 @@ def _from_module(spec: str, key: str) -> Plugin:
     origin = Path(found.origin).resolve() if found.origin and found.has_location else None
     if origin is None or any(origin.is_relative_to(root) for root in _installed_roots()):
         return Plugin(spec=spec, key=key, module=spec)  # installed: every node has it
-    top = importlib.util.find_spec(spec.split(".")[0])  # a submodule travels with its whole top-level package
-    assert top is not None and top.origin is not None
-    source = Path(top.origin).resolve()
-    return Plugin(spec=spec, key=key, module=spec, archive=_zip_source(source.parent if top.submodule_search_locations else source))
+    top_spec = importlib.util.find_spec(top)  # a submodule travels with its whole top-level package
+    assert top_spec is not None and top_spec.origin is not None
+    source = Path(top_spec.origin).resolve()
+    return Plugin(spec=spec, key=key, module=spec, archive=_zip_source(source.parent if top_spec.submodule_search_locations else source))
 
 
 def resolve_plugins(specs: Iterable[str], *, key: str, relative_to: Path) -> list[Plugin]:
     """The plug-ins ``specs`` name, with the source of those that must travel (nothing is imported).
 
+    A module name is looked for in ``relative_to`` first (a module or package
+    beside the space file, or in the current directory for ``--plugin``),
+    then on ``sys.path``.
+
     Args:
         specs: ``.py`` paths, package folders or module names.
         key: where they were named, for messages (``plugins``, ``--plugin``).
-        relative_to: the folder relative paths start from (the space file's, or the current directory).
+        relative_to: the folder relative paths and local modules start from (the space file's, or the current directory).
 
     Raises:
         PluginError: a missing path, a folder that is no package, an unknown module.
@@ -160,7 +177,7 @@ def resolve_plugins(specs: Iterable[str], *, key: str, relative_to: Path) -> lis
     for spec in specs:
         if not isinstance(spec, str) or not spec:
             raise PluginError(key, repr(spec), "expected a module name or the path of a .py file")
-        plugins.append(_from_path(spec, key, relative_to) if _looks_like_path(spec) else _from_module(spec, key))
+        plugins.append(_from_path(spec, key, relative_to) if _looks_like_path(spec) else _from_module(spec, key, relative_to))
     return plugins
 
 
@@ -248,8 +265,8 @@ def _load(plugin: Plugin, *, shipped: bool) -> None:
             _import_once(plugin, top, unpack(plugin))
             module = importlib.import_module(plugin.module)
         elif plugin.path is not None:
-            _import_once(plugin, plugin.module, plugin.path)
-            module = sys.modules[plugin.module]
+            _import_once(plugin, plugin.module.split(".")[0], plugin.path)
+            module = importlib.import_module(plugin.module)
         else:
             module = importlib.import_module(plugin.module)
         offered: object = module
@@ -281,4 +298,8 @@ def load_plugins(plugins: Sequence[Plugin], *, shipped: bool = False) -> None:
 
 def saved_specs(plugins: Sequence[Plugin]) -> list[str]:
     """What a saved space lists under ``plugins:`` to load the same plug-ins again (absolute paths, module names; no entry points)."""
-    return [str(plugin.path) if plugin.path is not None else plugin.spec for plugin in plugins if not plugin.key.startswith("entry point")]
+    return [
+        str(plugin.path) if plugin.path is not None and "." not in plugin.module else plugin.spec
+        for plugin in plugins
+        if not plugin.key.startswith("entry point")
+    ]

@@ -284,6 +284,15 @@ def test_a_module_plugin_outside_site_packages_travels_and_an_installed_one_does
     assert installed.archive is None
 
 
+def test_a_module_name_is_looked_for_beside_the_space_file_first(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    module = write_plugin(tmp_path / "spaces")
+    space = tmp_path / "spaces" / "space.yaml"
+    space.write_text(yaml.safe_dump(plugin_space(module, write_digits(tmp_path / "data"), [module])))
+    loaded = load_space(space)
+    assert [(plugin.module, plugin.path) for plugin in loaded.plugins] == [(module, tmp_path / "spaces" / f"{module}.py")]
+    assert loaded.to_dict()["plugins"] == [str(tmp_path / "spaces" / f"{module}.py")]
+
+
 def test_a_shipped_plugin_is_imported_from_the_node_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """What a worker node that never saw the file does: unpack the source by its hash and import it from there."""
     module = write_plugin(tmp_path / "own")
