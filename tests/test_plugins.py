@@ -175,6 +175,18 @@ def test_a_search_on_two_nodes_uses_a_plugin_the_worker_node_never_saw(tmp_path:
     print(f"plug-in search on two nodes: {time.monotonic() - started:.0f} s")
 
 
+def test_resume_loads_the_plugins_again(tmp_path: Path) -> None:
+    """``--resume`` in a fresh process knows the plug-in's names only if it imports the plug-ins the saved space lists."""
+    module = write_plugin(tmp_path / "own")
+    space = tmp_path / "own.yaml"
+    space.write_text(yaml.safe_dump(plugin_space(module, write_digits(tmp_path / "data"), [f"own/{module}.py"], max_concurrent=1)))
+    mark = secrets.token_hex(8)
+    first = finish(run_search(["--space", str(space), "--results", str(tmp_path / "results"), "--name", "own"], cwd=tmp_path, mark=mark), 150, mark)
+    assert "neqtune: 1 trials (0 failed)" in first, first
+    again = finish(run_search(["--resume", str(tmp_path / "results" / "own")], cwd=tmp_path / "data", mark=mark), 150, mark)
+    assert "neqtune: resuming experiment own" in again and "neqtune: 1 trials (0 failed)" in again, again
+
+
 # --- a trial whose config is invalid ------------------------------------------------------------------------------
 
 
