@@ -18,6 +18,7 @@ from typing import Any
 
 import optuna
 import yaml
+from ray.tune.search.optuna import OptunaSearch
 from ray.tune.stopper import Stopper
 
 from neqtune.search.checkpoints import checkpoint_dirs, checkpoint_name
@@ -38,7 +39,7 @@ from neqtune.search.tables import (
     storage_fault,
     write_atomic,
 )
-from neqtune.search.trainable import budgeted_trainable
+from neqtune.search.trainable import INVALID_CONFIG, budgeted_trainable
 from neqtune.trainables.config import TrialConfig
 
 # Our recorder writes the tables and TensorBoard files and prints progress;
@@ -198,16 +199,30 @@ def build_sampler(search: SearchConfig) -> optuna.samplers.BaseSampler:
     return optuna.samplers.RandomSampler(seed=search.seed)
 
 
+class RefusingOptunaSearch(OptunaSearch):
+    """Ray's OptunaSearch, told of trials that refused their config (:data:`~neqtune.search.trainable.INVALID_CONFIG`).
+
+    Such a trial's one result carries no metric: it is not an intermediate
+    value (Ray's searcher would look the metric up), and it ends the Optuna
+    trial as failed, not as pruned.
+    """
+
+    def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        if INVALID_CONFIG not in result:
+            super().on_trial_result(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
+        super().on_trial_complete(trial_id, result, error=error or INVALID_CONFIG in (result or {}))
+
+
 def build_searcher(search: SearchConfig) -> Any:
-    """OptunaSearch over the space's objectives (one metric, or lists of metrics and modes); None for a grid."""
+    """Optuna over the space's objectives (one metric, or lists of metrics and modes); None for a grid."""
     if search.algorithm == "grid":
         return None
-    from ray.tune.search.optuna import OptunaSearch
-
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     metric: str | list[str] = search.metrics if search.multi_objective else search.metrics[0]
     mode: str | list[str] = list(search.modes) if search.multi_objective else search.modes[0]
-    return OptunaSearch(sampler=build_sampler(search), metric=metric, mode=mode)
+    return RefusingOptunaSearch(sampler=build_sampler(search), metric=metric, mode=mode)
 
 
 def build_scheduler(space: Space) -> Any:

@@ -201,9 +201,14 @@ def ray_session() -> Iterator[None]:
     ray.shutdown()
 
 
-def test_a_trial_whose_config_is_invalid_fails_once_with_its_reason(ray_session: None, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "search", [{"algorithm": "grid", "params": {"training.seed": {"choice": [0]}}}, {"algorithm": "optuna", "params": {"training.lr": {"loguniform": [0.01, 0.1]}}}]
+)
+def test_a_trial_whose_config_is_invalid_fails_once_with_its_reason(ray_session: None, tmp_path: Path, search: dict[str, Any]) -> None:
     """A trial refuses a model name its worker does not know (the driver checked another base): one failure, no retry."""
-    from neqtune.search.experiment import run_search as search
+    import optuna
+
+    from neqtune.search.experiment import run_search as run
 
     space = build_space(
         {
@@ -211,20 +216,22 @@ def test_a_trial_whose_config_is_invalid_fails_once_with_its_reason(ray_session:
             "model": {"name": "mbv2-w0.35"},
             "training": {"epochs": 1},
             "budget": {"policy": "random", "ratio": 0.1},
-            "search": {"algorithm": "grid", "num_samples": 1, "max_failures": 3, "max_concurrent": 1,
-                       "params": {"training.seed": {"choice": [0]}}},
+            "search": {"num_samples": 1, "max_failures": 3, "max_concurrent": 1, **search},
         },
         "invalid.yaml",
-    )  # fmt: skip
+    )
     space.base["model"]["name"] = "no-such-net"  # what the trial sees
     lines: list[str] = []
-    outcome = search(space, results_dir=tmp_path, name="invalid", echo=lines.append)
+    outcome = run(space, results_dir=tmp_path, name="invalid", echo=lines.append)
     assert outcome.errors == 1 and outcome.best is None
     trials = pd.read_parquet(tmp_path / "invalid" / "trials.parquet")
     assert trials.status.tolist() == ["ERROR"]
     assert trials.error[0].startswith("model.name: unknown model 'no-such-net'; known models: "), trials.error[0]
     assert sum("started" in line for line in lines) == 1, lines  # not retried
     assert any("FAILED: model.name: unknown model 'no-such-net'" in line for line in lines), lines
+    storage = f"sqlite:///{tmp_path / 'invalid' / 'optuna.db'}"
+    (name,) = optuna.study.get_all_study_names(storage)
+    assert [trial.state for trial in optuna.load_study(study_name=name, storage=storage).trials] == [optuna.trial.TrialState.FAIL]
 
 
 def test_config_errors_survive_pickling() -> None:
