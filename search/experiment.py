@@ -212,7 +212,8 @@ class RefusingOptunaSearch(OptunaSearch):
             super().on_trial_result(trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
-        super().on_trial_complete(trial_id, result, error=error or INVALID_CONFIG in (result or {}))
+        refused = INVALID_CONFIG in (result or {})
+        super().on_trial_complete(trial_id, None if refused else result, error=error or refused)  # no values: FAIL (one objective or several)
 
 
 def build_searcher(search: SearchConfig) -> Any:
