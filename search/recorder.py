@@ -340,7 +340,7 @@ class ResultRecorder(Callback):
 
     def on_trial_result(self, iteration: int, trials: list[Trial], trial: Trial, result: dict[str, Any], **info: Any) -> None:
         if isinstance(result.get(INVALID_CONFIG), str):
-            self._record_invalid(trial, result[INVALID_CONFIG])
+            self._record_invalid(trial, result)
             return
         if "epoch" not in result:
             return
@@ -365,11 +365,13 @@ class ResultRecorder(Callback):
         run = int(self._last.get(trial.trial_id, {}).get("epoch", 0))
         return "STOPPED" if run < planned else "TERMINATED"
 
-    def _record_invalid(self, trial: Trial, reason: str) -> None:
+    def _record_invalid(self, trial: Trial, result: dict[str, Any]) -> None:
         """A trial that refused its config (:data:`~neqtune.search.trainable.INVALID_CONFIG`): failed, with its reason, not retried."""
         if trial.trial_id in self._done:
             return
         self.invalid_trials += 1
+        reason = str(result[INVALID_CONFIG])
+        self._last[trial.trial_id] = {key: result[key] for key in ("node_id", "hostname") if key in result}
         row = self._summary_row(trial, "ERROR", reason)
         self.trials.add(row)
         self._write_hparams(trial, row)

@@ -88,16 +88,16 @@ def budgeted_trainable(
             after every epoch).
     """
     torch.set_num_threads(max(1, threads))
+    placement = {"node_id": ray.get_runtime_context().get_node_id(), "hostname": socket.gethostname(), "pid": os.getpid()}
     try:
         load_plugins(plugins, shipped=True)
         trial_config = resolve_trial_config(base, config)
     except (ConfigError, PluginError) as err:
-        tune.report({INVALID_CONFIG: _one_line(err)})
+        tune.report({INVALID_CONFIG: _one_line(err), **placement})  # where: a node may lack what the driver has
         return
     trial_dir = Path(tune.get_context().get_trial_dir())
     trial_dir.mkdir(parents=True, exist_ok=True)
     (trial_dir / CONFIG_FILE).write_text(yaml.safe_dump(trial_config.to_dict(), sort_keys=False))
-    placement = {"node_id": ray.get_runtime_context().get_node_id(), "hostname": socket.gethostname(), "pid": os.getpid()}
 
     resume, note = restore_state(tune.get_checkpoint())
     history: list[dict[str, Any]] = list(resume.pop(REPORTS_KEY, [])) if resume is not None else []
@@ -128,7 +128,7 @@ def budgeted_trainable(
     except ConfigError as err:
         if history:
             raise  # it trained before: not a question of the config alone
-        tune.report({INVALID_CONFIG: _one_line(err)})
+        tune.report({INVALID_CONFIG: _one_line(err), **placement})
 
 
 def _one_line(err: Exception) -> str:

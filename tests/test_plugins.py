@@ -225,7 +225,7 @@ def test_a_trial_whose_config_is_invalid_fails_once_with_its_reason(ray_session:
     outcome = run(space, results_dir=tmp_path, name="invalid", echo=lines.append)
     assert outcome.errors == 1 and outcome.best is None
     trials = pd.read_parquet(tmp_path / "invalid" / "trials.parquet")
-    assert trials.status.tolist() == ["ERROR"]
+    assert trials.status.tolist() == ["ERROR"] and trials.node_id.notna().all()  # the node that refused it
     assert trials.error[0].startswith("model.name: unknown model 'no-such-net'; known models: "), trials.error[0]
     assert sum("started" in line for line in lines) == 1, lines  # not retried
     assert any("FAILED: model.name: unknown model 'no-such-net'" in line for line in lines), lines
