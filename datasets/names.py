@@ -4,7 +4,11 @@ Each registry knows what it holds (``kind``, e.g. ``"policy"``) so that its
 errors read the same everywhere::
 
     unknown policy 'vgg'; known policies: full, random, velocity
-    policy 'random' is already registered
+    policy 'random' is already registered by neqtune.trainables.policies.study (.../study.py); again by my_policies (.../my_policies.py)
+
+Each entry remembers where it was registered (its origin: the module that
+defined it and that module's file), so that a plug-in that takes a name
+already taken is told which module holds it.
 
 It imports nothing from the project; it sits in the lowest layer (the data
 sets) so that every layer above may use it.
@@ -12,10 +16,30 @@ sets) so that every layer above may use it.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterator
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
+
+
+def origin_of(item: Any) -> str:
+    """Where ``item`` (a function or class; else its type) was defined: its module's name and file (``my_models (/home/me/my_models.py)``)."""
+    module = getattr(item, "__module__", None)
+    if not isinstance(module, str):
+        module = type(item).__module__
+    file = getattr(sys.modules.get(module), "__file__", None)
+    return f"{module} ({file})" if file else module
+
+
+class DuplicateNameError(ValueError):
+    """A second registration under a taken name; the message names both origins."""
+
+    def __init__(self, message: str, *, name: str, existing: str, new: str) -> None:
+        super().__init__(message)
+        self.name = name
+        self.existing = existing
+        self.new = new
 
 
 class Registry(Generic[T]):
@@ -34,12 +58,25 @@ class Registry(Generic[T]):
         self.plural = plural
         self._duplicate = duplicate if duplicate is not None else f"{kind} {{name}} is already registered"
         self._items: dict[str, T] = {}
+        self._origins: dict[str, str] = {}
 
-    def add(self, name: str, item: T) -> None:
-        """Store ``item`` under ``name``; ValueError if the name is taken."""
+    def add(self, name: str, item: T, *, origin: str | None = None) -> None:
+        """Store ``item`` under ``name``, registered from ``origin`` (default: :func:`origin_of` the item).
+
+        Raises:
+            DuplicateNameError: the name is taken (the message names the module that holds it and the new one).
+        """
+        origin = origin if origin is not None else origin_of(item)
         if name in self._items:
-            raise ValueError(self._duplicate.format(name=repr(name)))
+            existing = self._origins[name]
+            message = f"{self._duplicate.format(name=repr(name))} by {existing}; again by {origin}"
+            raise DuplicateNameError(message, name=name, existing=existing, new=origin)
         self._items[name] = item
+        self._origins[name] = origin
+
+    def origin(self, name: str) -> str:
+        """Where the entry ``name`` was registered (see :func:`origin_of`); KeyError if it is not."""
+        return self._origins[name]
 
     def register(self, name: str) -> Callable[[T], T]:
         """Decorator that stores the decorated object under ``name`` and returns it unchanged."""

@@ -32,6 +32,10 @@ class ConfigError(ValueError):
         self.key = key
         self.message = message
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Ray pickles a trial's exception to hand it to the driver; the default would call cls(str(self)).
+        return (type(self), (self.key, self.message))
+
 
 def join(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
@@ -129,6 +133,8 @@ class ConfigProblems(ConfigError):
         super().__init__(problems[0].key, problems[0].message)
         self.problems = list(problems)
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.problems,))
 
 
 def flatten(nested: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

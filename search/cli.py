@@ -95,6 +95,15 @@ def build_parser(prog: str = "run_search.py") -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="override a space value, e.g. --set training.epochs=3 (repeatable)",
     )
+    parser.add_argument(
+        "--plugin",
+        dest="plugins",
+        action="append",
+        default=[],
+        metavar="MODULE_OR_FILE",
+        help="import a plug-in (a module name, or a .py file / package folder relative to the current directory) "
+        "that registers models, data sets or policies, before the space is checked (repeatable; see docs/plugins.md)",
+    )
     parser.add_argument("--dry-run", action="store_true", help="validate the space, print the trials it would run, and stop")
     return parser
 
@@ -152,14 +161,23 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "run_search.py") -> i
         )
         if value is not None
     }
+    from neqtune.search.plugins import PluginError, load_plugins, resolve_plugins
     from neqtune.search.space import SpaceError, load_space
     from neqtune.trainables.config import ConfigError
 
+    try:
+        plugins = resolve_plugins(args.plugins, key="--plugin", relative_to=Path.cwd())
+        load_plugins(plugins)
+    except PluginError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     if args.dry_run:
         from neqtune.search.dry_run import dry_run
 
         try:
-            report, problems = dry_run(args.space, overrides=args.overrides, search_overrides=search_overrides, variant=args.variant)
+            report, problems = dry_run(
+                args.space, overrides=args.overrides, search_overrides=search_overrides, variant=args.variant, plugins=plugins
+            )
         except SpaceError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
@@ -168,7 +186,7 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "run_search.py") -> i
             print(f"error: {problem}", file=sys.stderr)
         return 2 if problems else 0
     try:
-        space = load_space(args.space, overrides=args.overrides, search_overrides=search_overrides, variant=args.variant)
+        space = load_space(args.space, overrides=args.overrides, search_overrides=search_overrides, variant=args.variant, plugins=plugins)
         from neqtune.search.weights import fetch_space_weights
 
         fetch_space_weights(space)  # before Ray starts: a run that cannot get its weights is refused here

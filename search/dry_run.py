@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from neqtune.search.plugins import Plugin
 from neqtune.search.space import Space, SpaceError, load_space
 from neqtune.trainables.config import BudgetConfig, ConfigError, ConfigProblems, DataConfig, ModelConfig, from_mapping
 
@@ -147,15 +148,16 @@ def describe_models(space: Space, problems: Problems) -> Iterator[str]:
     """Per model: its source, convs and conv parameters, its ImageNet weights, then every budget in parameters."""
     from neqtune.trainables.budget.units import conv_neuron_params, total_params
     from neqtune.trainables.checks import model_problems
-    from neqtune.trainables.models.registry import build_model, model_names, model_spec, ungrouped_conv_params
+    from neqtune.trainables.models.registry import build_model, model_spec, ungrouped_conv_params
 
     sizes = sorted({s for s in choices(space, "data.image_size") if s is not None}) or [DataConfig().image_size]
     for name in choices(space, "model.name"):
-        if name not in model_names():
+        try:
+            spec = model_spec(name)
+        except ValueError:
             continue  # reported when the space loaded
         values = _section(space, "model", {"name": name})
         pretrained = values.get("pretrained")
-        spec = model_spec(name)
         try:
             config = from_mapping(ModelConfig, {**values, "pretrained": None}, "model")
             found = model_problems(config)
@@ -233,8 +235,10 @@ def dry_run(
     overrides: Sequence[tuple[str, Any]] = (),
     search_overrides: Mapping[str, Any] | None = None,
     variant: str | None = None,
+    plugins: Sequence[Plugin] = (),
 ) -> tuple[list[str], list[SpaceError]]:
-    """Load the space at ``path`` and describe it: the report's lines and every problem found.
+    """Load the space at ``path`` (with the ``--plugin`` plug-ins ``plugins``, loaded already) and describe it:
+    the report's lines and every problem found.
 
     The first line says ``valid`` only when there is no problem. Problems of
     the file's structure (YAML, unknown sections, the search section) stop
@@ -244,7 +248,7 @@ def dry_run(
         SpaceError: the file cannot be loaded at all.
     """
     found: list[SpaceError] = []
-    space = load_space(path, overrides=overrides, search_overrides=search_overrides, problems=found, variant=variant)
+    space = load_space(path, overrides=overrides, search_overrides=search_overrides, problems=found, variant=variant, plugins=plugins)
     problems = Problems(space.source, found)
     lines = describe_space(space, problems)
     if problems.found:

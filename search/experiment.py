@@ -18,6 +18,7 @@ from typing import Any
 
 import optuna
 import yaml
+from ray.tune.search.optuna import OptunaSearch
 from ray.tune.stopper import Stopper
 
 from neqtune.search.checkpoints import checkpoint_dirs, checkpoint_name
@@ -38,7 +39,7 @@ from neqtune.search.tables import (
     storage_fault,
     write_atomic,
 )
-from neqtune.search.trainable import budgeted_trainable
+from neqtune.search.trainable import INVALID_CONFIG, budgeted_trainable
 from neqtune.trainables.config import TrialConfig
 
 # Our recorder writes the tables and TensorBoard files and prints progress;
@@ -49,6 +50,11 @@ os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 # Keeping one checkpoint per trial forces an experiment snapshot per epoch; at
 # our epoch lengths that is cheap, so Ray's warning about it is noise.
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+# A trial whose config is invalid reports its reason as its only result, without metrics, and ends
+# (Ray would retry a raised error max_failures times); Tune's check that every result carries the
+# searcher's metrics would turn that report into an error of the whole run. Every epoch's report
+# carries all the metrics (neqtune.trainables.metrics), so the check has nothing else to catch.
+os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
 
 
 # One trial's resident memory, measured here (ru_maxrss of one mbv2-w0.35 digits epoch in a
@@ -193,16 +199,31 @@ def build_sampler(search: SearchConfig) -> optuna.samplers.BaseSampler:
     return optuna.samplers.RandomSampler(seed=search.seed)
 
 
+class RefusingOptunaSearch(OptunaSearch):
+    """Ray's OptunaSearch, told of trials that refused their config (:data:`~neqtune.search.trainable.INVALID_CONFIG`).
+
+    Such a trial's one result carries no metric: it is not an intermediate
+    value (Ray's searcher would look the metric up), and it ends the Optuna
+    trial as failed, not as pruned.
+    """
+
+    def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        if INVALID_CONFIG not in result:
+            super().on_trial_result(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
+        refused = INVALID_CONFIG in (result or {})
+        super().on_trial_complete(trial_id, None if refused else result, error=error or refused)  # no values: FAIL (one objective or several)
+
+
 def build_searcher(search: SearchConfig) -> Any:
-    """OptunaSearch over the space's objectives (one metric, or lists of metrics and modes); None for a grid."""
+    """Optuna over the space's objectives (one metric, or lists of metrics and modes); None for a grid."""
     if search.algorithm == "grid":
         return None
-    from ray.tune.search.optuna import OptunaSearch
-
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     metric: str | list[str] = search.metrics if search.multi_objective else search.metrics[0]
     mode: str | list[str] = list(search.modes) if search.multi_objective else search.modes[0]
-    return OptunaSearch(sampler=build_sampler(search), metric=metric, mode=mode)
+    return RefusingOptunaSearch(sampler=build_sampler(search), metric=metric, mode=mode)
 
 
 def build_scheduler(space: Space) -> Any:
@@ -574,6 +595,7 @@ def build_trainable(space: Space, gpus_per_trial: float) -> Any:
         tune.with_parameters(
             budgeted_trainable,
             base=space.base,
+            plugins=space.plugins,
             threads=max(1, int(search.cpus_per_trial)),
             repeats=search.repeats,
             checkpoint_interval_s=search.checkpoint_interval_s,
@@ -873,7 +895,7 @@ def finish_search(
         experiment_dir=experiment_dir,
         best=best,
         num_trials=len(results),
-        errors=results.num_errors,
+        errors=results.num_errors + recorder.invalid_trials,
         wall_time_s=time.monotonic() - started,
         pareto=pareto,
         objectives=tuple(search.metrics),

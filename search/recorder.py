@@ -54,8 +54,8 @@ from neqtune.search.tables import (
     resolve_location,
     storage_fault,
 )
-from neqtune.search.trainable import resolve_trial_config
-from neqtune.trainables.config import TrialConfig, flatten
+from neqtune.search.trainable import INVALID_CONFIG, resolve_trial_config
+from neqtune.trainables.config import ConfigError, TrialConfig, flatten, with_overrides
 from neqtune.trainables.metrics import ADAPTER_COLUMNS, fixed_dtypes, metric_names
 from neqtune.trainables.repeats import SEED_KEYS as REPEAT_SEED_KEYS
 from neqtune.trainables.repeats import STD_KEYS as REPEAT_STD_KEYS
@@ -138,6 +138,7 @@ class ResultRecorder(Callback):
         self.epochs = ParquetTable(join_location(self.tables_dir, EPOCHS_TABLE), key=("experiment", "trial_id", "epoch"), types=types)
         self.trials = ParquetTable(join_location(self.tables_dir, TRIALS_TABLE), key=("experiment", "trial_id"), types=types)
         self.storage_error: StorageError | None = None
+        self.invalid_trials = 0  # trials that refused their config (failed, not retried), this driver's
         self._config_columns: dict[str, dict[str, Any]] = {}
         self._last: dict[str, dict[str, Any]] = {}
         self._layer_names: dict[str, list[str]] = {}
@@ -190,7 +191,10 @@ class ResultRecorder(Callback):
     # --- helpers -----------------------------------------------------------
     def _config_of(self, trial: Trial) -> dict[str, Any]:
         if trial.trial_id not in self._config_columns:
-            resolved = resolve_trial_config(self.base, dict(trial.config)).to_dict()
+            try:
+                resolved = resolve_trial_config(self.base, dict(trial.config)).to_dict()
+            except ConfigError:  # a trial that refused its config: its values as written
+                resolved = with_overrides(self.base, dict(trial.config))
             self._config_columns[trial.trial_id] = flatten(resolved)
         return self._config_columns[trial.trial_id]
 
@@ -335,6 +339,9 @@ class ResultRecorder(Callback):
         self.echo(f"trial {trial.trial_id} started: {self._describe(trial)}")
 
     def on_trial_result(self, iteration: int, trials: list[Trial], trial: Trial, result: dict[str, Any], **info: Any) -> None:
+        if isinstance(result.get(INVALID_CONFIG), str):
+            self._record_invalid(trial, result)
+            return
         if "epoch" not in result:
             return
         if isinstance(result.get("resume_note"), str):  # its newest checkpoint was unreadable (neqtune.search.trainable)
@@ -358,7 +365,23 @@ class ResultRecorder(Callback):
         run = int(self._last.get(trial.trial_id, {}).get("epoch", 0))
         return "STOPPED" if run < planned else "TERMINATED"
 
+    def _record_invalid(self, trial: Trial, result: dict[str, Any]) -> None:
+        """A trial that refused its config (:data:`~neqtune.search.trainable.INVALID_CONFIG`): failed, with its reason, not retried."""
+        if trial.trial_id in self._done:
+            return
+        self.invalid_trials += 1
+        reason = str(result[INVALID_CONFIG])
+        self._last[trial.trial_id] = {key: result[key] for key in ("node_id", "hostname") if key in result}
+        row = self._summary_row(trial, "ERROR", reason)
+        self.trials.add(row)
+        self._write_hparams(trial, row)
+        self._done.add(trial.trial_id)
+        self.echo(f"trial {trial.trial_id} FAILED: {reason} (invalid config, not retried)")
+        self._flush()
+
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        if trial.trial_id in self._done:  # recorded already: a trial that refused its config
+            return
         row = self._summary_row(trial, self._completed_status(trial), None)
         self.trials.add(row)
         self._write_hparams(trial, row)

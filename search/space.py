@@ -11,6 +11,12 @@ A space file has the trial sections of :class:`~neqtune.trainables.config.TrialC
         budget.policy: {choice: [velocity, random, su, full]}
         training.lr: {loguniform: [0.01, 0.2]}
 
+A ``plugins`` list names the researcher's own modules (``.py`` files or
+package folders relative to the space file, or module names) that register
+models, data sets and policies; they are imported before anything else is
+checked (:mod:`neqtune.search.plugins`), and travel with the search to every
+trial.
+
 A ``variants`` section names alternative recipes of the same study: each
 variant maps dotted keys to the values it fixes (``training.epochs: 200``);
 ``load_space(..., variant="paper")`` (``run_search.py --variant paper``)
@@ -39,6 +45,7 @@ from typing import Any, Literal
 
 import yaml
 
+from neqtune.search.plugins import Plugin, PluginError, entry_point_plugins, load_plugins, resolve_plugins, saved_specs
 from neqtune.trainables.config import ConfigError, TrialConfig, from_mapping, iter_leaf_keys, with_overrides
 from neqtune.trainables.metrics import metric_names
 
@@ -259,12 +266,15 @@ class Space:
         base: the nested trial config before sampling (plain dicts).
         search: how to search.
         source: the file it came from (for messages), or ``<default>``.
+        plugins: the plug-ins loaded for it (``--plugin``, the file's
+            ``plugins``, the installed entry points), which every trial imports.
     """
 
     experiment: str
     base: dict[str, Any]
     search: SearchConfig
     source: str
+    plugins: list[Plugin] = field(default_factory=list)
 
     def grid_size(self) -> int:
         """Trials a grid search runs (choices multiplied, times ``num_samples``)."""
@@ -295,7 +305,8 @@ class Space:
         search = {k: v for k, v in vars(self.search).items() if k not in ("params", "asha")}
         search["asha"] = dataclasses.asdict(self.search.asha)
         search["params"] = {k: {spec.kind: getattr(spec, spec.kind)} for k, spec in self.search.params.items()}
-        return {"experiment": self.experiment, **self.base, "search": search}
+        plugins = {"plugins": saved_specs(self.plugins)} if saved_specs(self.plugins) else {}
+        return {"experiment": self.experiment, **plugins, **self.base, "search": search}
 
 
 def _read_yaml(path: Path) -> Any:
@@ -499,8 +510,12 @@ def build_space(
     search_overrides: Mapping[str, Any] | None = None,
     problems: list[SpaceError] | None = None,
     variant: str | None = None,
+    plugins: Sequence[Plugin] = (),
 ) -> Space:
     """Validate a parsed space mapping (with a variant and command-line overrides applied).
+
+    First the plug-ins are imported: the installed entry points', ``plugins``
+    (loaded already, from ``--plugin``), then the file's ``plugins`` list.
 
     Without ``problems`` the first problem is raised. With a list, the
     problems of the trial values (written values, every combination: data
@@ -518,10 +533,11 @@ def build_space(
 
     if not isinstance(raw, Mapping):
         raise SpaceError(source, "", f"a space file must be a mapping of sections, got {type(raw).__name__}")
-    known = ("experiment", *TRIAL_SECTIONS, "search", "variants")
+    known = ("experiment", "plugins", *TRIAL_SECTIONS, "search", "variants")
     for key in raw:
         if key not in known:
             raise SpaceError(source, str(key), f"unknown section; known sections: {', '.join(known)}")
+    loaded = space_plugins(raw.get("plugins"), source, given=plugins)
     experiment = raw.get("experiment", Path(source).stem if source != "<default>" else "digits")
     if not isinstance(experiment, str) or not experiment or "/" in experiment:
         raise SpaceError(source, "experiment", f"expected a non-empty name without '/', got {experiment!r}")
@@ -546,7 +562,7 @@ def build_space(
         search_raw.update(search_overrides or {})
         search = from_mapping(SearchConfig, search_raw, "search")
         _absolute_paths(base, Path.cwd())
-        space = Space(experiment=experiment, base=base, search=search, source=source)
+        space = Space(experiment=experiment, base=base, search=search, source=source, plugins=loaded)
         written_errors = _written_value_errors(base)
         for problem in written_errors:
             found(problem)
@@ -580,6 +596,28 @@ def build_space(
     return space
 
 
+def space_plugins(written: Any, source: str, *, given: Sequence[Plugin] = ()) -> list[Plugin]:
+    """Import the plug-ins of a space: the entry points', ``given`` (loaded by the caller), then ``written`` (the file's
+    ``plugins`` list, paths relative to the file's folder); returns them all, in that order.
+
+    Raises:
+        SpaceError: ``plugins`` is not a list of strings, or a plug-in is missing, fails to import or
+            registers a name that is taken (one line, naming the plug-in).
+    """
+    if written is not None and (not isinstance(written, list) or not all(isinstance(spec, str) and spec for spec in written)):
+        raise SpaceError(source, "plugins", f"expected a list of module names or .py paths, got {written!r}")
+    folder = Path(source).parent if source != "<default>" and Path(source).suffix in (".yaml", ".yml") else Path.cwd()
+    try:
+        installed = entry_point_plugins()
+        load_plugins(installed)
+        own = resolve_plugins(written or [], key="plugins", relative_to=folder)
+        load_plugins(own)
+    except PluginError as err:
+        raise SpaceError(source, err.key, f"{err.plugin}: {err.reason}") from None
+    given_modules = {plugin.module for plugin in given}
+    return [*installed, *given, *(plugin for plugin in own if plugin.module not in given_modules)]
+
+
 def _variant_values(variants: Any, variant: str | None, source: str) -> dict[str, Any]:
     """The dotted keys and values that ``variant`` fixes (empty without one).
 
@@ -604,6 +642,7 @@ def load_space(
     search_overrides: Mapping[str, Any] | None = None,
     problems: list[SpaceError] | None = None,
     variant: str | None = None,
+    plugins: Sequence[Plugin] = (),
 ) -> Space:
     """Read and validate a space file (``None``: the embedded digits default).
 
@@ -614,6 +653,7 @@ def load_space(
         problems: collect the trial values' problems here instead of raising
             the first (see :func:`build_space`).
         variant: a variant of the file's ``variants`` section to apply.
+        plugins: plug-ins loaded already (``--plugin``), kept with the space.
 
     Raises:
         SpaceError: the first problem found, naming the file and the key.
@@ -626,4 +666,5 @@ def load_space(
         search_overrides=search_overrides,
         problems=problems,
         variant=variant,
+        plugins=plugins,
     )

@@ -45,7 +45,7 @@ from ray.tune.experiment import Trial
 from neqtune.search.recorder import read_results
 from neqtune.search.space import ParamSpec
 from neqtune.search.tables import EPOCHS_TABLE, join_location, read_table
-from neqtune.search.trainable import resolve_trial_config
+from neqtune.search.trainable import INVALID_CONFIG, resolve_trial_config
 
 OPTUNA_DB = "optuna.db"
 TUNE_TRIAL_ID = "tune_trial_id"
@@ -209,7 +209,9 @@ class StudyRecorder(Callback):  # type: ignore[misc]
         storage.set_trial_state_values(trial_id, state=state, values=[float(v) for v in values if v is not None] if complete else None)
 
     def _ended_state(self, trial: Trial) -> TrialState:
-        """``COMPLETE`` for a trial that ran all its epochs, ``PRUNED`` for one stopped early."""
+        """``COMPLETE`` for a trial that ran all its epochs, ``PRUNED`` for one stopped early, ``FAIL`` for one that refused its config."""
+        if INVALID_CONFIG in (trial.last_result or {}):
+            return TrialState.FAIL
         last = self._last.get(trial.trial_id) or dict(trial.last_result or {})
         ran = int(last.get("epoch", 0) or 0)
         planned = resolve_trial_config(self.base, dict(trial.config)).training.total_epochs

@@ -14,6 +14,15 @@ checkpoint, so a driver killed in between would otherwise lose the epochs
 that the resumed trial does not run again (see
 :func:`checkpoint_reports`).
 
+The trial first imports the space's plug-ins from the source that travelled
+with it (:mod:`neqtune.search.plugins`), then resolves its config. A config
+that is invalid (a :class:`~neqtune.trainables.config.ConfigError` before the
+first epoch: a name no registry knows on this node, a file missing here, fp16
+without a GPU) or a plug-in that fails to import here would fail the same way
+on every retry: the trial reports its one-line reason under
+:data:`INVALID_CONFIG` as its only result and ends, which the driver records
+as a failed trial and does not retry.
+
 A checkpoint holds the state and its CRC-32. A restarted trial whose newest
 checkpoint is unreadable (truncated, or not what was written) goes back to
 an older checkpoint of the trial if one is kept, else starts from scratch,
@@ -26,6 +35,7 @@ import os
 import socket
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,9 +52,13 @@ from neqtune.search.checkpoints import (
     save_state,
     write_reports,
 )
-from neqtune.trainables.config import TrialConfig, with_overrides
+from neqtune.search.plugins import Plugin, PluginError, load_plugins
+from neqtune.trainables.config import ConfigError, TrialConfig, with_overrides
 from neqtune.trainables.repeats import train_repeats
 from neqtune.trainables.trainer import Metrics, StateFn, train
+
+INVALID_CONFIG = "invalid_config"
+"""The key of the one result a trial with an invalid config reports: its reason, one line."""
 
 
 def resolve_trial_config(base: dict[str, Any], sampled: dict[str, Any]) -> TrialConfig:
@@ -53,13 +67,20 @@ def resolve_trial_config(base: dict[str, Any], sampled: dict[str, Any]) -> Trial
 
 
 def budgeted_trainable(
-    config: dict[str, Any], *, base: dict[str, Any], threads: int = 1, repeats: int = 1, checkpoint_interval_s: float = 0.0
+    config: dict[str, Any],
+    *,
+    base: dict[str, Any],
+    plugins: Sequence[Plugin] = (),
+    threads: int = 1,
+    repeats: int = 1,
+    checkpoint_interval_s: float = 0.0,
 ) -> None:
     """Ray Tune function trainable for one budgeted fine-tuning trial.
 
     Args:
         config: Tune's sampled values, by dotted key.
         base: the nested trial config from the space, before sampling.
+        plugins: the space's plug-ins, imported before the config is resolved (shipped ones from their source).
         threads: torch CPU threads (the trial's CPU share).
         repeats: seeds per configuration; above 1 the seeds run in lockstep
             and every report carries their mean (:mod:`neqtune.trainables.repeats`).
@@ -67,11 +88,16 @@ def budgeted_trainable(
             after every epoch).
     """
     torch.set_num_threads(max(1, threads))
-    trial_config = resolve_trial_config(base, config)
+    placement = {"node_id": ray.get_runtime_context().get_node_id(), "hostname": socket.gethostname(), "pid": os.getpid()}
+    try:
+        load_plugins(plugins, shipped=True)
+        trial_config = resolve_trial_config(base, config)
+    except (ConfigError, PluginError) as err:
+        tune.report({INVALID_CONFIG: _one_line(err), **placement})  # where: a node may lack what the driver has
+        return
     trial_dir = Path(tune.get_context().get_trial_dir())
     trial_dir.mkdir(parents=True, exist_ok=True)
     (trial_dir / CONFIG_FILE).write_text(yaml.safe_dump(trial_config.to_dict(), sort_keys=False))
-    placement = {"node_id": ray.get_runtime_context().get_node_id(), "hostname": socket.gethostname(), "pid": os.getpid()}
 
     resume, note = restore_state(tune.get_checkpoint())
     history: list[dict[str, Any]] = list(resume.pop(REPORTS_KEY, [])) if resume is not None else []
@@ -94,7 +120,17 @@ def budgeted_trainable(
                 tune.report(sent, checkpoint=tune.Checkpoint.from_directory(directory))
         placement.pop("resume_note", None)  # said once
 
-    if repeats > 1:
-        train_repeats(trial_config, repeats, report, resume=resume)
-    else:
-        train(trial_config, report, resume=resume)
+    try:
+        if repeats > 1:
+            train_repeats(trial_config, repeats, report, resume=resume)
+        else:
+            train(trial_config, report, resume=resume)
+    except ConfigError as err:
+        if history:
+            raise  # it trained before: not a question of the config alone
+        tune.report({INVALID_CONFIG: _one_line(err), **placement})
+
+
+def _one_line(err: Exception) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__

@@ -97,25 +97,25 @@ def test_registry_registers_lists_and_refuses_duplicates() -> None:
     assert registry.find("green") is None and registry.find("blue") == 2
     with pytest.raises(ValueError, match=r"^unknown colour 'green'; known colours: blue, red$"):
         registry.get("green")
-    with pytest.raises(ValueError, match=r"^colour 'red' is already registered$"):
+    with pytest.raises(ValueError, match=r"^colour 'red' is already registered by builtins; again by builtins$"):
         registry.add("red", 3)
     assert registry.get("red") == 1  # the refused registration changed nothing
     custom: Registry[int] = Registry("check", "checks", duplicate="data set {name} already has a check")
     custom.add("c10", 0)
-    with pytest.raises(ValueError, match=r"^data set 'c10' already has a check$"):
+    with pytest.raises(ValueError, match=r"^data set 'c10' already has a check by builtins; again by builtins$"):
         custom.add("c10", 1)
 
 
 def test_the_project_registries_keep_their_messages() -> None:
-    with pytest.raises(ValueError, match=r"^policy 'velocity' is already registered$"):
+    with pytest.raises(ValueError, match=r"^policy 'velocity' is already registered by neqtune.trainables.policies.study \(.*study.py\); again by neqtune\."):
         register_policy("velocity")(get_policy("random"))
     with pytest.raises(ValueError, match=rf"^unknown policy 'greedy'; known policies: {', '.join(policy_names())}$"):
         get_policy("greedy")
-    with pytest.raises(ValueError, match=r"^model 'resnet18' is already registered$"):
+    with pytest.raises(ValueError, match=r"^model 'resnet18' is already registered by neqtune.trainables.models.registry \(.*registry.py\); again by neqtune\."):
         register_model("resnet18", source="torchvision", input_size=224)(model_spec("resnet18").build)
-    with pytest.raises(ValueError, match=r"^data set 'digits' is already registered$"):
+    with pytest.raises(ValueError, match=r"^data set 'digits' is already registered by neqtune.datasets.digits \(.*digits.py\); again by test_registries\b"):
         register_dataset("digits")(lambda config: build_dataset(config))
-    with pytest.raises(ValueError, match=r"^data set 'c10' already has a check$"):
+    with pytest.raises(ValueError, match=r"^data set 'c10' already has a check by neqtune.datasets.cifar \(.*\); again by neqtune.datasets.registry\b"):
         register_check("c10")(check_dataset)
     assert {"full", "su", "random", "velocity", "trady", "rgn", "medyate"} <= set(policy_names())  # one registry holds them all
     assert "digits" in dataset_names() and "mbv2-w0.35" in model_names()

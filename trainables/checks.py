@@ -11,6 +11,7 @@ built (:class:`neqtune.trainables.trainer.BudgetedRun`).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,16 +22,39 @@ from neqtune.datasets import data_problems
 from neqtune.datasets.parsing import join
 from neqtune.trainables.budget.schemes import scheme_names
 from neqtune.trainables.config import BudgetConfig, ConfigError, ConfigProblems, ModelConfig, TrainingConfig, TrialConfig
-from neqtune.trainables.models.registry import model_names, model_spec
+from neqtune.trainables.models.registry import ClassifierError, build_model, model_spec
 from neqtune.trainables.policies.base import get_policy, policy_names
 
 
+@functools.cache
+def _build_problem(name: str, classifier: str | None) -> ConfigError | None:
+    """Build ``name`` once (random init, 10 classes) to see that it is an ``nn.Module`` with a classifier; the
+    problem, if any, under the key (``name`` or ``classifier``) it concerns."""
+    try:
+        build_model(ModelConfig(name=name, classifier=classifier), num_classes=10)
+    except ClassifierError as err:
+        return ConfigError("classifier", f"model {name!r}: {err}")
+    except ValueError as err:
+        return ConfigError("name", str(err))
+    return None
+
+
 def model_problems(model: ModelConfig, path: str = "model") -> list[ConfigError]:
-    """The model's name, its ImageNet weights (in the registry entry, not fetched), its checkpoint and net-config files."""
-    if model.name not in model_names():
-        return [ConfigError(join(path, "name"), f"unknown model {model.name!r}; known models: {', '.join(model_names())}")]
+    """The model's name, its ImageNet weights (in the registry entry, not fetched), its checkpoint and net-config files.
+
+    A ``torchvision:`` or ``module:callable`` model, and one with a named
+    ``classifier``, is built once (random init) to check that it is an
+    ``nn.Module`` whose classifier can be found.
+    """
+    try:
+        spec = model_spec(model.name)
+    except ValueError as err:
+        return [ConfigError(join(path, "name"), str(err))]
     found: list[ConfigError] = []
-    spec = model_spec(model.name)
+    if ":" in model.name or model.classifier is not None:
+        problem = _build_problem(model.name, model.classifier)
+        if problem is not None:
+            return [ConfigError(join(path, problem.key), problem.message)]
     if model.pretrained == "imagenet" and spec.imagenet is None:
         found.append(ConfigError(join(path, "pretrained"), f"model {model.name!r} has no ImageNet weights"))
     elif model.pretrained is not None and model.pretrained != "imagenet" and not Path(model.pretrained).expanduser().is_file():

@@ -57,6 +57,12 @@ class ModelConfig:
     JSON net config file to build a zoo model from instead. ``num_classes``:
     the classes the head must have; ``null`` takes the data set's, a number
     must equal the data set's class count (checked when the space loads).
+    ``name`` is a registered model, ``torchvision:<builder>`` or
+    ``<module>:<callable>`` (see :mod:`neqtune.trainables.models.registry`).
+    ``classifier``: the qualified module name of the classifier (an
+    ``nn.Linear``, e.g. ``head.fc``) where it cannot be found by itself; null
+    finds it (``fc``, ``classifier``, ``head``, ``heads.head``, else the last
+    ``nn.Linear``).
     """
 
     name: str = "mbv2-w0.35"
@@ -64,6 +70,7 @@ class ModelConfig:
     zoo_dir: str | None = None
     net_config: str | None = None
     num_classes: int | None = None
+    classifier: str | None = None
 
     def validate(self, path: str) -> None:
         if self.num_classes is not None:

@@ -7,6 +7,20 @@ the number of classes and returns a randomly initialised network whose final
 ``@register_model("name", source=..., input_size=...)``; the trainer and the
 search find it by name.
 
+Beside the registered names, ``model.name`` takes two prefixed forms
+(:func:`model_spec`): ``torchvision:<builder>``, any classification builder of
+``torchvision.models`` (ImageNet weights from the builder's ``DEFAULT``
+weights), and ``<module>:<callable>``, a factory of the researcher's own (a
+plug-in's, or any importable module's) called as ``factory(num_classes=n)``
+that returns an ``nn.Module``.
+
+Every network's classifier (its final ``nn.Linear``, always trained in full)
+is found by :func:`find_classifier`: ``model.classifier`` when given, else the
+first of torchvision's attribute names ``fc``, ``classifier``, ``head``,
+``heads.head``, ``heads``, ``last_linear`` that holds an ``nn.Linear`` (the last one
+inside a container), else the last ``nn.Linear`` in module order. A
+classifier with another number of outputs is replaced by a fresh one.
+
 ``model.pretrained`` is ``null`` (random init), ``imagenet`` (torchvision's
 ImageNet weights from the torch hub cache, or the MCUNet zoo's from the zoo
 cache; downloaded only when missing) or the path of a local state dict.
@@ -16,6 +30,9 @@ without fetching anything; :func:`imagenet_weights_path` fetches them.
 
 from __future__ import annotations
 
+import difflib
+import functools
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +41,7 @@ import torch
 import torchvision
 from torch import nn
 
-from neqtune.datasets.names import Registry
+from neqtune.datasets.names import Registry, origin_of
 from neqtune.trainables.config import ConfigError, ModelConfig
 from neqtune.trainables.models.zoo import RELEASE_URL, ZOO_NETS, build_zoo_model, fetch_weights, shipped_resolution, zoo_cache_dir
 
@@ -84,7 +101,7 @@ def register_model(
     """Decorator that registers a model builder under ``name``."""
 
     def add(builder: ModelBuilder) -> ModelBuilder:
-        _MODELS.add(name, ModelSpec(name, builder, source, input_size, imagenet))
+        _MODELS.add(name, ModelSpec(name, builder, source, input_size, imagenet), origin=origin_of(builder))
         return builder
 
     return add
@@ -95,9 +112,83 @@ def model_names() -> list[str]:
     return _MODELS.names()
 
 
+TORCHVISION_PREFIX = "torchvision:"
+CLASSIFIER_ATTRIBUTES = ("fc", "classifier", "head", "heads.head", "heads", "last_linear")
+"""Where torchvision (and timm-like) networks keep their classifier, in the order they are tried."""
+DEFAULT_INPUT_SIZE = 224
+
+
 def model_spec(name: str) -> ModelSpec:
-    """The spec of model ``name``; ValueError listing the known ones otherwise."""
+    """The spec of model ``name``: a registered name, ``torchvision:<builder>`` or ``<module>:<callable>``.
+
+    Raises:
+        ValueError: an unknown registered name (lists the known ones), an
+            unknown torchvision builder (lists close matches), a module that
+            cannot be imported or a callable it does not have.
+    """
+    if name.startswith(TORCHVISION_PREFIX):
+        return torchvision_spec(name.removeprefix(TORCHVISION_PREFIX))
+    if ":" in name:
+        return factory_spec(name)
     return _MODELS.get(name)
+
+
+@functools.cache
+def torchvision_spec(builder: str) -> ModelSpec:
+    """The spec of ``torchvision:<builder>``: ``torchvision.models.get_model(builder, num_classes=n)``, random init;
+    its ``DEFAULT`` weights are its ImageNet weights, and their crop size its native input side."""
+    known = torchvision.models.list_models(module=torchvision.models)
+    if builder not in known:
+        close = difflib.get_close_matches(builder, known, n=5, cutoff=0.5)
+        hint = f"close matches: {', '.join(TORCHVISION_PREFIX + c for c in close)}" if close else "see torchvision.models.list_models()"
+        raise ValueError(f"unknown torchvision classification builder {builder!r}; {hint}")
+    weights = torchvision.models.get_model_weights(builder)
+    default = getattr(weights, "DEFAULT", None)
+    input_size = int(default.transforms().crop_size[0]) if default is not None else DEFAULT_INPUT_SIZE
+    extra = {"aux_logits": False} if builder in ("googlenet", "inception_v3") else {}  # one output tensor in training too
+
+    def build(config: ModelConfig, num_classes: int) -> nn.Module:
+        model: nn.Module = torchvision.models.get_model(builder, weights=None, num_classes=num_classes, **extra)
+        return model
+
+    build.__doc__ = f"torchvision's {builder}."
+    name = TORCHVISION_PREFIX + builder
+    return ModelSpec(name, build, "torchvision", input_size, torchvision_weights(default) if default is not None else None)
+
+
+def factory_spec(name: str) -> ModelSpec:
+    """The spec of ``<module>:<callable>``: ``callable(num_classes=n)`` must return an ``nn.Module``.
+
+    The module is imported by name (a plug-in is imported already); the
+    callable may be a dotted path inside it (``zoo:Nets.small``). Its native
+    input side is the callable's ``input_size`` attribute, else 224.
+    """
+    module_name, _, qualname = name.partition(":")
+    if not module_name or not qualname:
+        raise ValueError(f"expected <module>:<callable>, got {name!r}")
+    try:
+        found: object = importlib.import_module(module_name)
+    except Exception as err:
+        raise ValueError(f"{name}: cannot import module {module_name!r}: {type(err).__name__}: {str(err).strip().splitlines()[0]}") from None
+    for part in qualname.split("."):
+        if not hasattr(found, part):
+            raise ValueError(f"{name}: module {module_name!r} has no {qualname!r}")
+        found = getattr(found, part)
+    if not callable(found):
+        raise ValueError(f"{name}: {qualname!r} is a {type(found).__name__}, not a callable")
+    factory = found
+
+    def build(config: ModelConfig, num_classes: int) -> nn.Module:
+        try:
+            model = factory(num_classes=num_classes)
+        except Exception as err:
+            raise ValueError(f"{name}(num_classes={num_classes}) failed: {type(err).__name__}: {str(err).strip().splitlines()[0]}") from None
+        if not isinstance(model, nn.Module):
+            raise ValueError(f"{name}(num_classes={num_classes}) returned a {type(model).__name__}, not an nn.Module")
+        return model
+
+    input_size = getattr(factory, "input_size", DEFAULT_INPUT_SIZE)
+    return ModelSpec(name, build, "callable", int(input_size) if isinstance(input_size, int) else DEFAULT_INPUT_SIZE)
 
 
 def torchvision_weights(weights: torchvision.models.WeightsEnum) -> WeightsLocator:
@@ -169,20 +260,70 @@ for _name in ZOO_NETS:
 # --- checkpoints and the entry point ----------------------------------------------
 
 
+class ClassifierError(ValueError):
+    """A network whose classifier cannot be found, or a ``model.classifier`` that names no ``nn.Linear``."""
+
+
+def _last_linear(module: nn.Module, prefix: str = "") -> str | None:
+    names = [name for name, child in module.named_modules(prefix=prefix) if isinstance(child, nn.Linear)]
+    return names[-1] if names else None
+
+
+def find_classifier(model: nn.Module, name: str | None = None) -> str:
+    """Qualified name of the classifier: ``name`` when given, else the first of :data:`CLASSIFIER_ATTRIBUTES`
+    that is (or holds) an ``nn.Linear``, else the last ``nn.Linear`` in module order.
+
+    Raises:
+        ClassifierError: ``name`` is no ``nn.Linear`` of the model, or the model has no ``nn.Linear`` at all.
+    """
+    if name is not None:
+        try:
+            module = model.get_submodule(name)
+        except AttributeError:
+            raise ClassifierError(f"{type(model).__name__} has no module {name!r}") from None
+        if not isinstance(module, nn.Linear):
+            raise ClassifierError(f"{name!r} is a {type(module).__name__}, not an nn.Linear")
+        return name
+    for attribute in CLASSIFIER_ATTRIBUTES:
+        try:
+            found = _last_linear(model.get_submodule(attribute), attribute)
+        except AttributeError:
+            continue
+        if found is not None:
+            return found
+    last = _last_linear(model)
+    if last is None:
+        raise ClassifierError(
+            f"{type(model).__name__} has no nn.Linear classifier (looked at {', '.join(CLASSIFIER_ATTRIBUTES)} and every module); "
+            "the head must be an nn.Linear, found by name or named with model.classifier"
+        )
+    return last
+
+
 def classifier_name(model: nn.Module) -> str:
-    """Qualified name of the last ``nn.Linear`` (the classification head)."""
-    linears: list[str] = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
-    if not linears:
-        raise ValueError(f"{type(model).__name__} has no nn.Linear classifier")
-    return linears[-1]
+    """Qualified name of the classification head (:func:`find_classifier` without a given name)."""
+    return find_classifier(model)
 
 
-def load_checkpoint(model: nn.Module, path: str | Path) -> list[str]:
+def fit_classifier(model: nn.Module, num_classes: int, name: str | None = None) -> str:
+    """Make the classifier (:func:`find_classifier`) give ``num_classes`` outputs: a fresh ``nn.Linear`` replaces one
+    with another count. Returns its qualified name."""
+    found = find_classifier(model, name)
+    head = model.get_submodule(found)
+    assert isinstance(head, nn.Linear)
+    if head.out_features != num_classes:
+        parent, _, leaf = found.rpartition(".")
+        setattr(model.get_submodule(parent), leaf, nn.Linear(head.in_features, num_classes, bias=head.bias is not None))
+    return found
+
+
+def load_checkpoint(model: nn.Module, path: str | Path, *, classifier: str | None = None) -> list[str]:
     """Load a local state dict into ``model``; the classifier may differ in size.
 
     The file may hold a plain state dict or a dict with a ``state_dict`` or
     ``model`` entry. Classifier tensors whose shape differs from the model's
-    (another number of classes) are skipped and keep their fresh init.
+    (another number of classes) are skipped and keep their fresh init;
+    ``classifier`` names the head (see :func:`find_classifier`).
 
     Returns:
         The skipped keys.
@@ -199,7 +340,7 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> list[str]:
         for key in ("state_dict", "model"):
             if isinstance(loaded.get(key), dict):
                 loaded = loaded[key]
-    head = classifier_name(model) + "."
+    head = find_classifier(model, classifier) + "."
     own = model.state_dict()
     skipped = [k for k, v in loaded.items() if k.startswith(head) and k in own and own[k].shape != v.shape]
     state = {k: v for k, v in loaded.items() if k not in skipped}
@@ -256,16 +397,21 @@ def build_model(config: ModelConfig, num_classes: int) -> nn.Module:
     state-dict file; the classifier keeps its fresh init when the number of
     classes differs.
 
+    The classifier is found by :func:`find_classifier` (``config.classifier``
+    when given) and replaced when its number of outputs differs.
+
     Raises:
         ValueError: unknown model name (lists the known ones); a zoo net
-            config that cannot be built.
+            config that cannot be built; a factory that returns no
+            ``nn.Module``; a classifier that cannot be found.
         ConfigError: ``imagenet`` for a model without ImageNet weights, or
             weights neither cached nor downloadable (names the file).
     """
     spec = model_spec(config.name)
     model = spec.build(config, num_classes)
+    fit_classifier(model, num_classes, config.classifier)
     if config.pretrained == "imagenet":
-        load_checkpoint(model, imagenet_weights_path(config))
+        load_checkpoint(model, imagenet_weights_path(config), classifier=config.classifier)
     elif config.pretrained:
-        load_checkpoint(model, config.pretrained)
+        load_checkpoint(model, config.pretrained, classifier=config.classifier)
     return model
