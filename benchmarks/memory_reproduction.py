@@ -105,7 +105,8 @@ def space(kind: str, *, weights: Path, image_size: int, epochs: int, warmup: int
         "training": {"epochs": epochs, "warmup_epochs": warmup, "warmup_lr": 0.0, "optimizer": "sgd", "momentum": 0.0,
                      "weight_decay": 0.0, "lr": 0.125, "final_lr": 0.0, "seed": 0},
         "budget": {"policy": policies[0], "unit": "neuron" if kind == "velocity" else "input_channel",
-                   "scheme": None if kind == "full" else SCHEMES[0], "rgn_refresh": "epoch", "velocity_mu": 0.5},
+                   "scheme": None if kind == "full" else SCHEMES[0],
+                   "options": {"rgn": {"refresh": "epoch"}, "velocity": {"mu": 0.5}}},
         "search": {"algorithm": "grid", "num_samples": 1, "max_concurrent": 2, "cpus_per_trial": 1, "metric": "best_val_top1",
                    "mode": "max", "params": params},
     }  # fmt: skip

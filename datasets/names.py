@@ -87,6 +87,10 @@ class Registry(Generic[T]):
 
         return add
 
+    def remove(self, name: str) -> None:
+        """Drop ``name`` (a check that registered an item for its own duration); KeyError if absent."""
+        del self._items[name]
+
     def names(self) -> list[str]:
         """Registered names, sorted."""
         return sorted(self._items)

@@ -101,13 +101,18 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
 def from_mapping(cls: type[T], data: Any, path: str = "") -> T:
     """Build the dataclass ``cls`` from ``data``, rejecting unknown keys and wrong types.
 
-    Missing keys take the field defaults. After construction, a ``validate``
+    Missing keys take the field defaults. A section that renamed keys has a
+    classmethod ``upgrade_keys(data, path)`` that returns ``data`` with its
+    former keys moved to their new place; it runs first. After construction, a ``validate``
     method of the dataclass (if any) is called with ``path``.
     """
     if data is None:
         data = {}
     if not isinstance(data, Mapping):
         raise ConfigError(path, f"expected a mapping, got {data!r}")
+    upgrade = getattr(cls, "upgrade_keys", None)
+    if upgrade is not None:  # a section that still reads its former keys moves them first
+        data = upgrade(data, path)
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(typing.cast(Any, cls))}
     for key in data:

@@ -46,7 +46,7 @@ from typing import Any, Literal
 import yaml
 
 from neqtune.search.plugins import Plugin, PluginError, entry_point_plugins, load_plugins, resolve_plugins, saved_specs
-from neqtune.trainables.config import ConfigError, TrialConfig, from_mapping, iter_leaf_keys, with_overrides
+from neqtune.trainables.config import LEGACY_OPTIONS, ConfigError, TrialConfig, from_mapping, iter_leaf_keys, with_overrides
 from neqtune.trainables.metrics import metric_names
 
 DEFAULT_SPACE = Path(__file__).resolve().parent.parent / "spaces" / "digits.yaml"
@@ -98,6 +98,12 @@ class ParamSpec:
             return list(self.choice)
         low, high = getattr(self, self.kind)
         return [low, high - 1] if self.kind == "randint" else [low, high]
+
+
+def _is_policy_option(key: str) -> bool:
+    """``budget.options.<policy>.<key>``: a policy's own option, checked by that policy when the trials are checked."""
+    parts = key.split(".")
+    return len(parts) >= 4 and parts[:2] == ["budget", "options"] and all(parts[2:])
 
 
 # Per-epoch metrics a search or a scheduler may steer by (all numeric, reported every epoch).
@@ -249,9 +255,9 @@ class SearchConfig:
             raise ConfigError(f"{path}.repeats", "repeats run seeds training.seed, +1, ...; do not also search training.seed")
         if self.algorithm == "grid" and not self.params:
             raise ConfigError(f"{path}.params", "the grid is empty: give at least one key with a choice list (seeds: training.seed)")
-        known = set(iter_leaf_keys(TrialConfig))
+        known = set(iter_leaf_keys(TrialConfig)) | {f"budget.{old}" for old in LEGACY_OPTIONS}
         for key, spec in self.params.items():
-            if key not in known:
+            if key not in known and not _is_policy_option(key):
                 raise ConfigError(f"{path}.params.{key}", "not a config key (expected a dotted key such as training.lr)")
             if self.algorithm == "grid" and spec.kind != "choice":
                 raise ConfigError(f"{path}.params.{key}", f"a grid takes choice lists only, got {spec.kind}")
@@ -461,13 +467,14 @@ def trial_problems(overrides: Mapping[str, Any], base: Mapping[str, Any]) -> tup
 def _check_budget_cached(budget_key: str, model_name: str, image_size: int) -> None:
     from neqtune.trainables.budget.resolve import build_budget
     from neqtune.trainables.config import BudgetConfig
+    from neqtune.trainables.policies.base import check_policy_fit
 
     budget = from_mapping(BudgetConfig, yaml.safe_load(budget_key), "budget")
-    build_budget(budget, _conv_count_model(model_name), model_name=model_name, image_size=image_size)
+    check_policy_fit(budget, build_budget(budget, _conv_count_model(model_name), model_name=model_name, image_size=image_size))
 
 
 def _check_budget(budget: Any, model_name: str, image_size: int) -> None:
-    """Resolve the budget against the model at the image size (scheme fit, memory bounds), once per distinct combination."""
+    """Resolve the budget against the model at the image size (scheme fit, memory bounds, the policy's options), once per distinct combination."""
     _check_budget_cached(yaml.safe_dump(dataclasses.asdict(budget), sort_keys=True), model_name, image_size)
 
 

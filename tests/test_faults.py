@@ -51,7 +51,7 @@ EXACT_COLUMNS = (
 
 
 # The memory-budget policies carry more state across a restart (layer ranking, gradient norms, channels seen).
-MEMORY_BUDGET = {"unit": "input_channel", "memory": 20000, "rgn_refresh": "epoch", "ranking_batches": 2}
+MEMORY_BUDGET = {"unit": "input_channel", "memory": 20000, "options": {name: {"ranking_batches": 2} for name in ("trady", "rgn", "medyate")}}
 
 
 @pytest.mark.parametrize("policy", ["velocity", "trady", "rgn", "medyate"])

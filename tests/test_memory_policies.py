@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +30,9 @@ TIMING = ("epoch_time_s", "velocity_time_s", "ranking_time_s", "grad_norm_time_s
 MEMORY = 1500  # elements per image: mbv2-w0.35 at 8 px holds 32,432
 
 
-def config(policy: str, **budget: Any) -> dict[str, Any]:
+def config(policy: str, options: dict[str, Any] | None = None, **budget: Any) -> dict[str, Any]:
     unit = get_policy(policy).units[0]
+    own = {"ranking_batches": 2, **(options or {})} if get_policy(policy).preselects else dict(options or {})
     return {
         "data": {"name": "digits", "image_size": 8, "batch_size": 256},
         "model": {"name": "mbv2-w0.35"},
@@ -40,7 +42,7 @@ def config(policy: str, **budget: Any) -> dict[str, Any]:
             "unit": unit,
             "memory": MEMORY,
             "scheme": "mbv2-w0.35_scheme_3",
-            "ranking_batches": 2,
+            "options": {policy: own},
             **budget,
         },
     }
@@ -204,7 +206,7 @@ def test_a_restarted_run_keeps_the_stored_layer_ranking(straight_runs: dict[str,
 
 
 def test_static_rgn_keeps_its_first_mask_and_measures_only_at_the_start() -> None:
-    run_ = BudgetedRun(TrialConfig.from_dict(config("rgn", rgn_refresh="once", layers=list(range(30, 52)))))
+    run_ = BudgetedRun(TrialConfig.from_dict(config("rgn", {"refresh": "once", "layers": list(range(30, 52))})))
     first = {k: v.clone() for k, v in run_.masks.items()}
     assert run_.policy.reselect(run_) is None
     run_.next_masks()
@@ -225,18 +227,21 @@ def test_medyate_sees_more_channels_every_epoch(straight_runs: dict[str, tuple[l
 @pytest.mark.parametrize(
     ("values", "key", "message"),
     [
-        ({"policy": "trady", "unit": "input_channel", "memory": 5000, "layers": {"top_rgn_share": 0}}, "budget.layers.top_rgn_share", "(0, 1]"),
-        ({"policy": "trady", "unit": "input_channel", "memory": 5000, "layers": {"top_rgn_share": 1.5}}, "budget.layers.top_rgn_share", "(0, 1]"),
-        ({"policy": "medyate", "unit": "input_channel", "memory": 5000, "layers": {"lara_alpha": 0}}, "budget.layers.lara_alpha", "> 0"),
-        ({"policy": "medyate", "unit": "input_channel", "memory": 5000, "layers": {"alpha": 0.2}}, "budget.layers", "give one of"),
-        ({"policy": "rgn", "unit": "input_channel", "memory": 5000, "rgn_refresh": "sometimes"}, "budget.rgn_refresh", "'once', 'epoch'"),
+        ({"policy": "trady", "unit": "input_channel", "memory": 5000, "options": {"trady": {"layers": {"top_rgn_share": 0}}}}, "budget.options.trady.layers.top_rgn_share", "(0, 1]"),
+        ({"policy": "trady", "unit": "input_channel", "memory": 5000, "options": {"trady": {"layers": {"top_rgn_share": 1.5}}}}, "budget.options.trady.layers.top_rgn_share", "(0, 1]"),
+        ({"policy": "medyate", "unit": "input_channel", "memory": 5000, "options": {"medyate": {"layers": {"lara_alpha": 0}}}}, "budget.options.medyate.layers.lara_alpha", "> 0"),
+        ({"policy": "medyate", "unit": "input_channel", "memory": 5000, "options": {"medyate": {"layers": {"alpha": 0.2}}}}, "budget.options.medyate.layers", "give one of"),
+        ({"policy": "rgn", "unit": "input_channel", "memory": 5000, "options": {"rgn": {"refresh": "sometimes"}}}, "budget.options.rgn.refresh", "'once', 'epoch'"),
         ({"policy": "trady", "unit": "neuron", "memory": 5000}, "budget.unit", "needs unit input_channel"),
-        ({"policy": "random", "memory": 5000, "layers": [1, 2]}, "budget.layers", "layers applies to trady, rgn and medyate"),
-        ({"policy": "rgn", "unit": "input_channel", "memory": 5000, "ranking_batches": 0}, "budget.ranking_batches", ">= 1"),
+        ({"policy": "random", "memory": 5000, "options": {"random": {"layers": [1, 2]}}}, "budget.options.random.layers", "this policy takes no options"),
+        ({"policy": "rgn", "unit": "input_channel", "memory": 5000, "options": {"rgn": {"ranking_batches": 0}}}, "budget.options.rgn.ranking_batches", ">= 1"),
+        ({"policy": "rgn", "unit": "input_channel", "memory": 5000, "options": {"velocity": {"mu": 2}}}, "budget.options.velocity.mu", "[0, 1]"),
+        ({"policy": "rgn", "unit": "input_channel", "memory": 5000, "options": {"rgn": {"mu": 0.5}}}, "budget.options.rgn.mu", "unknown key"),
+        ({"policy": "rgn", "unit": "input_channel", "memory": 5000, "options": {"greedy": {}}}, "budget.options.greedy", "unknown policy"),
     ],
 )
 def test_bad_policy_values(values: dict[str, Any], key: str, message: str) -> None:
-    """Ranges are refused when the section parses, what the policy accepts when a trial is checked."""
+    """Ranges are refused when the section parses, what the policy accepts (its units, its options) when a trial is checked."""
     with pytest.raises(ConfigError) as caught:
         check_config(TrialConfig.from_dict({"budget": values}))
     assert caught.value.key == key and message in caught.value.message, caught.value
@@ -245,11 +250,11 @@ def test_bad_policy_values(values: dict[str, Any], key: str, message: str) -> No
 @pytest.mark.parametrize(
     ("budget", "message"),
     [
-        ({"layers": [3, 99]}, "budget.layers: conv index 99 is out of range: the model has 52 convs"),
-        ({"layers": [1, 2]}, "budget.layers: convs [1, 2] hold"),
-        ({"layers": {"top_rgn_share": 0.0}}, "budget.layers.top_rgn_share: must lie in (0, 1], got 0.0"),
-        ({"layers": {"lara_alpha": -1}}, "budget.layers.lara_alpha: must be > 0, got -1"),
-        ({"rgn_refresh": "never"}, "budget.rgn_refresh: expected one of 'once', 'epoch', got 'never'"),
+        ({"options": {"rgn": {"layers": [3, 99]}}}, "budget.options.rgn.layers: conv index 99 is out of range: the model has 52 convs"),
+        ({"options": {"rgn": {"layers": [1, 2]}}}, "budget.options.rgn.layers: convs [1, 2] hold"),
+        ({"options": {"rgn": {"layers": {"top_rgn_share": 0.0}}}}, "budget.options.rgn.layers.top_rgn_share: must lie in (0, 1], got 0.0"),
+        ({"options": {"rgn": {"layers": {"lara_alpha": -1}}}}, "budget.options.rgn.layers.lara_alpha: must be > 0, got -1"),
+        ({"options": {"rgn": {"refresh": "never"}}}, "budget.options.rgn.refresh: expected one of 'once', 'epoch', got 'never'"),
         ({"unit": "neuron"}, "budget.unit: policy 'rgn' does not select neuron channels"),
     ],
 )
@@ -265,3 +270,34 @@ def test_bad_policies_from_the_command_line(tmp_path: Path, capsys: pytest.Captu
     assert len(err.splitlines()) == 1, err
     assert err.startswith(f"error: {path}: {message}"), err
     assert not (tmp_path / "out").exists()
+
+
+# --- the former flat keys ---------------------------------------------------------
+
+
+def test_former_policy_keys_move_to_the_policies_options() -> None:
+    budget = TrialConfig.from_dict(
+        {"budget": {"policy": "medyate", "velocity_mu": 0.3, "rgn_refresh": "once", "ranking_batches": 4, "layers": {"lara_alpha": 0.1}}}
+    ).budget
+    assert budget.options == {"velocity": {"mu": 0.3}, "rgn": {"refresh": "once"}, "medyate": {"ranking_batches": 4, "layers": {"lara_alpha": 0.1}}}
+    assert TrialConfig.from_dict({"budget": {"policy": "velocity", "ranking_batches": 4}}).budget.options == {"trady": {"ranking_batches": 4}}
+
+
+@pytest.mark.parametrize(
+    ("budget", "message"),
+    [
+        ({"velocity_mu": 0.3, "options": {"velocity": {"mu": 0.5}}}, "budget.velocity_mu: given twice, as budget.velocity_mu and as budget.options.velocity.mu"),
+        ({"policy": "rgn", "layers": [1], "options": {"rgn": {"layers": [2]}}}, "budget.layers: given twice, as budget.layers and as budget.options.rgn.layers"),
+        ({"policy": "random", "layers": [1, 2]}, "budget.layers: policy 'random' selects from every layer; layers applies to trady, rgn and medyate"),
+    ],
+)
+def test_former_policy_keys_refused_where_they_clash(budget: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        TrialConfig.from_dict({"budget": budget})
+
+
+def test_a_former_key_gives_the_same_run_as_the_new_one() -> None:
+    old = config("rgn", {"refresh": "once"})
+    del old["budget"]["options"]
+    old["budget"] |= {"rgn_refresh": "once", "ranking_batches": 2}
+    assert TrialConfig.from_dict(old) == TrialConfig.from_dict(config("rgn", {"refresh": "once"}))

@@ -59,7 +59,7 @@ def test_grid_writes_one_row_per_trial_epoch(grid_run: tuple[subprocess.Complete
     columns = epochs.column_names
     # config columns first, then the metrics
     assert columns[:3] == ["schema_version", "experiment", "trial_id"]
-    assert columns.index("budget.velocity_mu") < columns.index("epoch")
+    assert columns.index("budget.scheme") < columns.index("epoch")
     assert epochs.schema.field("training.lr").type == pa.float64()
     assert epochs.schema.field("training.no_wd_keys").type == pa.list_(pa.string())
     assert epochs.schema.field("layer_frozen_pct").type == pa.list_(pa.float64())

@@ -198,3 +198,29 @@ def test_a_searched_key_in_error_keeps_its_search_prefix_and_its_section_neighbo
     message = space_error(tmp_path, edit({"search/params": searched}))
     expected = "search.params.training.nesterov: needs momentum > 0 (with training.momentum=0.0, training.nesterov=True)"
     assert message == f"{tmp_path / 'space.yaml'}: {expected}"  # the policy it was tried with is no part of it
+
+
+def test_a_policy_option_is_searched_by_its_dotted_key(tmp_path: Path) -> None:
+    searched = {"budget.policy": {"choice": ["velocity", "random"]}, "budget.options.velocity.mu": {"uniform": [0.1, 0.9]}}
+    space = load_space(write(tmp_path, edit({"search/params": searched})))
+    assert "budget.options.velocity.mu" in space.search.params
+
+
+def test_a_former_policy_key_may_still_be_searched(tmp_path: Path) -> None:
+    space = good_space()
+    del space["budget"]["options"]
+    space["search"]["params"] = {"budget.velocity_mu": {"uniform": [0.1, 0.9]}}
+    assert "budget.velocity_mu" in load_space(write(tmp_path, space)).search.params
+
+
+@pytest.mark.parametrize(
+    ("searched", "expected"),
+    [
+        ({"budget.options.velocity.mu": {"uniform": [0.5, 1.5]}}, "budget.options.velocity.mu: must lie in [0, 1], got 1.5"),
+        ({"budget.options.velocity.momentum": {"choice": [0.5]}}, "budget.options.velocity.momentum: unknown key; known keys: mu"),
+        ({"budget.options": {"choice": [0.5]}}, "search.params.budget.options: expected a mapping, got 0.5"),
+    ],
+)
+def test_a_bad_searched_policy_option_names_its_key(tmp_path: Path, searched: dict[str, Any], expected: str) -> None:
+    message = space_error(tmp_path, edit({"search/params": searched}))
+    assert expected in message, message

@@ -54,7 +54,7 @@ def test_every_data_set_and_model_has_its_pair_of_spaces_with_the_recipe() -> No
         assert params["training.seed"] == {"choice": [0, 42, 100]}
         velocity = path.stem.endswith("_velocity")
         assert params["budget.policy"]["choice"] == (["velocity"] if velocity else ["su", "random", "rgn", "trady", "medyate"])
-        assert raw["budget"]["unit"] == ("neuron" if velocity else "input_channel") and raw["budget"]["rgn_refresh"] == "epoch"
+        assert raw["budget"]["unit"] == ("neuron" if velocity else "input_channel") and raw["budget"]["options"]["rgn"]["refresh"] == "epoch"
         assert len(params["budget.scheme"]["choice"]) == 3
 
 

@@ -23,7 +23,7 @@ from neqtune.datasets.parsing import join
 from neqtune.trainables.budget.schemes import scheme_names
 from neqtune.trainables.config import BudgetConfig, ConfigError, ConfigProblems, ModelConfig, TrainingConfig, TrialConfig
 from neqtune.trainables.models.registry import ClassifierError, build_model, model_spec
-from neqtune.trainables.policies.base import get_policy, policy_names
+from neqtune.trainables.policies.base import get_policy, options_problems, policy_names
 
 
 @functools.cache
@@ -68,7 +68,8 @@ def model_problems(model: ModelConfig, path: str = "model") -> list[ConfigError]
 
 
 def budget_problems(budget: BudgetConfig, path: str = "budget") -> list[ConfigError]:
-    """The policy and scheme names, and what the policy accepts (its units, layer preselection)."""
+    """The policy and scheme names, what the policy accepts (its units, whether it needs a budget), and every
+    policy's options (each parsed by its policy)."""
     known = policy_names()
     if budget.policy not in known:
         return [ConfigError(join(path, "policy"), f"unknown policy {budget.policy!r}; known policies: {', '.join(sorted(known))}")]
@@ -77,10 +78,9 @@ def budget_problems(budget: BudgetConfig, path: str = "budget") -> list[ConfigEr
     if budget.unit not in policy.units:
         refusal = policy.unit_refusal or f"policy {budget.policy!r} does not select {budget.unit} channels; it needs unit {' or '.join(policy.units)}"
         found.append(ConfigError(join(path, "unit"), refusal))
-    if budget.layers is not None and not policy.preselects:
-        found.append(
-            ConfigError(join(path, "layers"), f"policy {budget.policy!r} selects from every layer; layers applies to trady, rgn and medyate")
-        )
+    if policy.needs_budget and not budget.has_budget:
+        found.append(ConfigError(path, "give a scheme, a ratio, params or memory (the budget)"))
+    found += options_problems(budget)
     if budget.scheme is not None and budget.scheme not in scheme_names():
         found.append(ConfigError(join(path, "scheme"), f"unknown scheme {budget.scheme!r}; known schemes: {', '.join(scheme_names())}"))
     return found

@@ -148,7 +148,11 @@ class BudgetConfig:
     ``bytes_per_element`` converts elements to bytes for reporting (4:
     float32; 1: tiny-training's int8). ``bn_update``: ``all`` normalisation
     layers train (the study), or only those after convs that hold updated
-    channels (``selected``).
+    channels (``selected``). ``options``: each policy's own options, by
+    policy name (``options.velocity.mu``, ``options.rgn.refresh``), parsed
+    and checked by that policy when the trial is checked (see
+    :mod:`neqtune.trainables.policies.base`); the chosen policy reads its
+    entry, the others stay inert.
     """
 
     policy: str = "velocity"
@@ -160,15 +164,46 @@ class BudgetConfig:
     memory: int | None = None
     bytes_per_element: float = 4.0
     fill: Literal["auto", "prefix", "skip"] = "auto"
-    velocity_mu: float = 0.5
     bn_update: Literal["all", "selected"] = "all"
-    layers: dict[str, float] | list[int] | None = None
-    rgn_refresh: Literal["once", "epoch"] = "epoch"
-    ranking_batches: int = 10
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @classmethod
+    def upgrade_keys(cls, data: Mapping[str, Any], path: str) -> dict[str, Any]:
+        """Move the former policy keys of the section (:data:`LEGACY_OPTIONS`) to ``options.<policy>.<key>``.
+
+        A former key goes to the chosen policy when that policy owns it, else
+        to its first owner, where it stays inert as it always did for other
+        policies; ``layers`` for a policy that preselects none is refused, as
+        before. A key given both ways is refused, naming both. Called by
+        :func:`~neqtune.datasets.parsing.from_mapping` before the keys are checked.
+        """
+        upgraded = dict(data)
+        policy = upgraded.get("policy", cls.policy)
+        raw_options = upgraded.get("options")
+        options = {k: dict(v) if isinstance(v, Mapping) else v for k, v in raw_options.items()} if isinstance(raw_options, Mapping) else raw_options
+        for old, (owners, new) in LEGACY_OPTIONS.items():
+            if old not in upgraded:
+                continue
+            value = upgraded.pop(old)
+            if policy not in owners and old == "layers":
+                raise ConfigError(join(path, old), f"policy {policy!r} selects from every layer; layers applies to {', '.join(owners[:-1])} and {owners[-1]}")
+            owner = policy if policy in owners else owners[0]
+            if options is None:
+                options = {}
+            if not isinstance(options, dict):
+                break  # the options' own type error is reported when the section parses
+            entry = options.setdefault(owner, {})
+            if isinstance(entry, dict):
+                if new in entry:
+                    raise ConfigError(
+                        join(path, old), f"given twice, as {join(path, old)} and as {join(path, f'options.{owner}.{new}')}; keep the second"
+                    )
+                entry[new] = value
+        if options is not None:
+            upgraded["options"] = options
+        return upgraded
 
     def validate(self, path: str) -> None:
-        self._validate_layers(join(path, "layers"))
-        require(self.ranking_batches >= 1, join(path, "ranking_batches"), f"must be >= 1 batch, got {self.ranking_batches}")
         if self.ratio is not None:
             require(0 < self.ratio <= 1, join(path, "ratio"), f"must lie in (0, 1], got {self.ratio}")
         if self.params is not None:
@@ -176,40 +211,26 @@ class BudgetConfig:
         if self.memory is not None:
             require(self.memory >= 1, join(path, "memory"), f"must be >= 1 element, got {self.memory}")
         require(self.bytes_per_element > 0, join(path, "bytes_per_element"), f"must be > 0, got {self.bytes_per_element}")
-        needs_budget = self.policy != "full"
-        require(
-            not needs_budget or any(v is not None for v in (self.scheme, self.ratio, self.params, self.memory)),
-            path or "budget",
-            "give a scheme, a ratio, params or memory (the budget)",
-        )
         require(
             self.memory is None or (self.params is None and self.ratio is None),
             join(path, "memory"),
             "is a budget of its own: give memory, or params / ratio, not both",
         )
-        require(0 <= self.velocity_mu <= 1, join(path, "velocity_mu"), f"must lie in [0, 1], got {self.velocity_mu}")
 
-    def _validate_layers(self, key: str) -> None:
-        """``layers``: null, ``{top_rgn_share: x}`` with x in (0, 1], ``{lara_alpha: a}`` with a > 0, or conv indices."""
-        if self.layers is None:
-            return
-        if isinstance(self.layers, list):
-            require(bool(self.layers), key, "the list of conv indices is empty")
-            require(all(i >= 0 for i in self.layers), key, f"conv indices must be >= 0, got {self.layers}")
-            require(len(set(self.layers)) == len(self.layers), key, f"a conv index repeats: {self.layers}")
-            return
-        rules = ("top_rgn_share", "lara_alpha")
-        require(
-            len(self.layers) == 1 and next(iter(self.layers)) in rules,
-            key,
-            f"give one of {{top_rgn_share: x}}, {{lara_alpha: a}} or a list of conv indices, got {self.layers}",
-        )
-        if "top_rgn_share" in self.layers:
-            share = self.layers["top_rgn_share"]
-            require(0 < share <= 1, join(key, "top_rgn_share"), f"must lie in (0, 1], got {share}")
-        else:
-            alpha = self.layers["lara_alpha"]
-            require(alpha > 0, join(key, "lara_alpha"), f"must be > 0, got {alpha}")
+    @property
+    def has_budget(self) -> bool:
+        """Whether a budget is given (a scheme, a ratio, params or memory)."""
+        return any(v is not None for v in (self.scheme, self.ratio, self.params, self.memory))
+
+
+# The former flat keys of the budget section that belong to one policy or a family: old key -> (its owners, the
+# key in their options). Read and moved by BudgetConfig.upgrade_keys, so that older spaces and results' configs load.
+LEGACY_OPTIONS: dict[str, tuple[tuple[str, ...], str]] = {
+    "velocity_mu": (("velocity",), "mu"),
+    "rgn_refresh": (("rgn",), "refresh"),
+    "ranking_batches": (("trady", "rgn", "medyate"), "ranking_batches"),
+    "layers": (("trady", "rgn", "medyate"), "layers"),
+}
 
 
 @dataclass

@@ -132,16 +132,16 @@ class BudgetedRun:
         """The velocity split, in order."""
         return self.velocity_loader
 
-    def ranking_batches(self) -> DataLoader[Any]:
-        """The first ``budget.ranking_batches`` batches of the training split, the same ones at every call (own fixed shuffle)."""
+    def ranking_batches(self, batches: int) -> DataLoader[Any]:
+        """The first ``batches`` batches of the training split, the same ones at every call (own fixed shuffle)."""
         size = self.config.data.batch_size
         images = len(cast(Sized, self.data.train))
-        count = min(images, self.config.budget.ranking_batches * size)
+        count = min(images, batches * size)
         order = torch.randperm(images, generator=torch.Generator().manual_seed(self.config.training.seed + 2))[:count]
         return DataLoader(torch.utils.data.Subset(self.data.train, order.tolist()), batch_size=size, shuffle=False)
 
-    def gradient_norms(self, masks: Masks) -> GradientNorms:
-        """Weight-gradient norms of the units True in ``masks``, over :meth:`ranking_batches`, without changing the run.
+    def gradient_norms(self, masks: Masks, batches: int) -> GradientNorms:
+        """Weight-gradient norms of the units True in ``masks``, over ``batches`` :meth:`ranking_batches`, without changing the run.
 
         The engine is switched to ``masks``, so only those units' weight
         gradients are computed and the backward stops at the deepest conv
@@ -160,10 +160,10 @@ class BudgetedRun:
         self.engine.set_masks(masks)  # the measured convs' weights (and biases) require gradients again
         sums = {name: torch.zeros(len(mask), dtype=torch.float64) for name, mask in masks.items()}
         layer_sums = dict.fromkeys(masks, 0.0)
-        batches = 0
+        measured = 0
         was_training = self.model.training
         self.model.train()
-        for inputs, labels in self.ranking_batches():
+        for inputs, labels in self.ranking_batches(batches):
             self.model.zero_grad(set_to_none=True)
             loss = F.cross_entropy(self.model(inputs.to(self.device)), labels.to(self.device))
             loss.backward()
@@ -173,7 +173,7 @@ class BudgetedRun:
                 norms = unit_norms(conv.weight.grad, conv, unit).cpu() * masks[name].double()
                 sums[name] += norms
                 layer_sums[name] += float(norms.pow(2).sum().sqrt())
-            batches += 1
+            measured += 1
         self.model.zero_grad(set_to_none=True)
         self.model.train(was_training)
         with torch.no_grad():
@@ -183,10 +183,10 @@ class BudgetedRun:
             param.requires_grad_(flag)
         if self.masks:
             self.apply_masks()
-        batches = max(batches, 1)
+        measured = max(measured, 1)
         return GradientNorms(
-            {name: total / batches for name, total in sums.items()},
-            {name: total / batches for name, total in layer_sums.items()},
+            {name: total / measured for name, total in sums.items()},
+            {name: total / measured for name, total in layer_sums.items()},
             time.perf_counter() - started,
         )
 

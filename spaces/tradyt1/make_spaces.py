@@ -64,8 +64,9 @@ budget:
   policy: {policy}
   unit: {unit}
   scheme: {scheme_base}_scheme_1
-  rgn_refresh: epoch       # rgn = TraDy's D-Det RGN
-  velocity_mu: 0.5
+  options:                 # each policy's own options (budget.options.<policy>)
+    rgn: {{refresh: epoch}}  # rgn = TraDy's D-Det RGN
+    velocity: {{mu: 0.5}}
 
 search:
   algorithm: grid

@@ -146,12 +146,10 @@ def build_budget(budget: BudgetConfig, model: nn.Module, *, model_name: str, ima
         total_weight = sum(c.total_weight for c in costs.values())
         amount = budget.params if budget.params is not None else int(total_weight * budget.ratio) if budget.ratio is not None else total_weight
     pricing = budget_pricing(costs, neuron_params, unit=budget.unit, kind=kind, fill=fill_rule(budget))
-    if isinstance(budget.layers, list):
-        check_layer_list(budget.layers, pricing, amount)
     return ResolvedBudget(budget.unit, kind, amount, pricing, costs)
 
 
-def check_layer_list(layers: list[int], pricing: Pricing, amount: int) -> None:
+def check_layer_list(layers: list[int], pricing: Pricing, amount: int, *, key: str) -> None:
     """Refuse an explicit preselection with an index out of range, or whose convs cannot hold the budget.
 
     The convs hold the budget when all their units together cost at least
@@ -160,11 +158,11 @@ def check_layer_list(layers: list[int], pricing: Pricing, amount: int) -> None:
     names = list(pricing.unit_cost)
     for index in layers:
         if not 0 <= index < len(names):
-            raise ConfigError("budget.layers", f"conv index {index} is out of range: the model has {len(names)} convs (0..{len(names) - 1})")
+            raise ConfigError(key, f"conv index {index} is out of range: the model has {len(names)} convs (0..{len(names) - 1})")
     held = sum(int(pricing.unit_cost[names[i]].sum()) for i in layers)
     if held < amount:
         raise ConfigError(
-            "budget.layers", f"convs {sorted(layers)} hold {held:,} elements in all, less than the budget of {amount:,}: they cannot hold it"
+            key, f"convs {sorted(layers)} hold {held:,} elements in all, less than the budget of {amount:,}: they cannot hold it"
         )
 
 

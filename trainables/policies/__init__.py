@@ -5,6 +5,8 @@
 - :mod:`~neqtune.trainables.policies.fill`: how a ranked or drawn order of units fills a budget (plain functions).
 - :mod:`~neqtune.trainables.policies.study`: full, su, random and velocity (the study's).
 - :mod:`~neqtune.trainables.policies.memory`: trady, rgn and medyate (the memory-budget successors).
+- :mod:`~neqtune.trainables.policies.contract`: :func:`check_policy`, the contract every policy passes
+  (``neqtune.check_policy``; not imported here: it runs the trainer, which imports this package).
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """The memory-budget policies over input channels: TraDy, deterministic RGN and MeDyate, with layer preselection.
 
 All three select input channels (``unit: input_channel``) inside a set of
-preselected convs ``L_K`` (``budget.layers``):
+preselected convs ``L_K`` (their option ``layers``, e.g.
+``budget.options.trady.layers``; formerly ``budget.layers``):
 
 - ``{top_rgn_share: x}``: TraDy's rule, the convs of highest layer RGN
   (``sum_c g_c / (C^W_c + C^A_c)``) holding the share ``x`` of its sum;
@@ -11,7 +12,8 @@ preselected convs ``L_K`` (``budget.layers``):
 - a list of conv indices (module order).
 
 The rules rank from a short gradient pass at the start of the run: the
-mean over ``budget.ranking_batches`` training batches of every input
+mean over ``ranking_batches`` training batches (an option, formerly
+``budget.ranking_batches``) of every input
 channel's weight-gradient norm ``g_c``, no weights changed. The ranking and
 the layers chosen are in the checkpoint, so a restarted run keeps them.
 Defaults: TraDy and RGN take ``{top_rgn_share: 0.97}``, MeDyate
@@ -22,11 +24,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
 
 import torch
 
+from neqtune.datasets.parsing import join, require
 from neqtune.trainables.budget.costs import ConvCosts
+from neqtune.trainables.budget.resolve import ResolvedBudget, check_layer_list
 from neqtune.trainables.budget.units import Masks, Unit, conv_layers, unit_norms
 from neqtune.trainables.policies.base import BudgetPolicy, GradientNorms, Need, PolicyContext, Probe, register_policy
 from neqtune.trainables.policies.fill import Policy as SelectionFn
@@ -76,6 +81,50 @@ def lara_layers(lara: Sequence[float], memory: Sequence[int], budget: int, alpha
     return sorted(order)
 
 
+@dataclass
+class PreselectOptions:
+    """The options of TraDy and MeDyate (``budget.options.trady``, ``budget.options.medyate``).
+
+    ``layers``: the preselection rule, ``{top_rgn_share: x}`` with x in
+    (0, 1], ``{lara_alpha: a}`` with a > 0, or a list of conv indices
+    (module order); null takes the policy's default rule.
+    ``ranking_batches``: training batches of the ranking gradient pass.
+    """
+
+    layers: dict[str, float] | list[int] | None = None
+    ranking_batches: int = 10
+
+    def validate(self, path: str) -> None:
+        require(self.ranking_batches >= 1, join(path, "ranking_batches"), f"must be >= 1 batch, got {self.ranking_batches}")
+        key = join(path, "layers")
+        if self.layers is None:
+            return
+        if isinstance(self.layers, list):
+            require(bool(self.layers), key, "the list of conv indices is empty")
+            require(all(i >= 0 for i in self.layers), key, f"conv indices must be >= 0, got {self.layers}")
+            require(len(set(self.layers)) == len(self.layers), key, f"a conv index repeats: {self.layers}")
+            return
+        rules = ("top_rgn_share", "lara_alpha")
+        require(
+            len(self.layers) == 1 and next(iter(self.layers)) in rules,
+            key,
+            f"give one of {{top_rgn_share: x}}, {{lara_alpha: a}} or a list of conv indices, got {self.layers}",
+        )
+        if "top_rgn_share" in self.layers:
+            share = self.layers["top_rgn_share"]
+            require(0 < share <= 1, join(key, "top_rgn_share"), f"must lie in (0, 1], got {share}")
+        else:
+            alpha = self.layers["lara_alpha"]
+            require(alpha > 0, join(key, "lara_alpha"), f"must be > 0, got {alpha}")
+
+
+@dataclass
+class RgnOptions(PreselectOptions):
+    """The options of deterministic RGN (``budget.options.rgn``): TraDy's, and ``refresh`` (``once`` or ``epoch``)."""
+
+    refresh: Literal["once", "epoch"] = "epoch"
+
+
 class PreselectingPolicy(BudgetPolicy):
     """Input-channel selection inside preselected convs; subclasses draw the channels.
 
@@ -85,22 +134,34 @@ class PreselectingPolicy(BudgetPolicy):
 
     units: ClassVar[tuple[Unit, ...]] = ("input_channel",)
     preselects: ClassVar[bool] = True
+    options_type: ClassVar[type[Any] | None] = PreselectOptions
     metrics: ClassVar[tuple[str, ...]] = TIME_METRICS
     default_rule: ClassVar[Mapping[str, float]] = {"top_rgn_share": DEFAULT_SHARE}
     measures_at_start: ClassVar[bool] = False  # needs every channel's norm at the start even with an explicit layer list
 
     def __init__(self, context: PolicyContext) -> None:
         super().__init__(context)
+        self.options: PreselectOptions = context.options if context.options is not None else self.parse_options(None, "")
         self.layers: list[int] = []
         self.ranking: dict[str, list[float]] = {}
         self.ranking_time_s: float | None = None
         self.grad_norm_time_s = 0.0  # spent on gradient norms since the last epoch_metrics
         self.current: Masks = {}
 
+    @classmethod
+    def check_fit(cls, options: Any, budget: ResolvedBudget, path: str) -> None:
+        """A list of conv indices must lie in the model and hold the budget."""
+        if isinstance(options.layers, list):
+            check_layer_list(options.layers, budget.pricing, budget.amount, key=join(path, "layers"))
+
     def rule(self) -> Mapping[str, float] | list[int]:
-        """``budget.layers``, or the policy's default rule."""
-        layers = self.context.config.layers
+        """The ``layers`` option, or the policy's default rule."""
+        layers = self.options.layers
         return self.default_rule if layers is None else layers
+
+    def measure(self, probe: Probe, masks: Masks) -> GradientNorms:
+        """The gradient norms of ``masks``' units over the ``ranking_batches`` option's batches."""
+        return probe.gradient_norms(masks, self.options.ranking_batches)
 
     def preselect(self, probe: Probe) -> GradientNorms | None:
         """Choose ``self.layers``; the norms of every channel when a ranking pass ran (None for a layer list that needs none)."""
@@ -110,9 +171,9 @@ class PreselectingPolicy(BudgetPolicy):
             self.layers = sorted(rule)
             if not self.measures_at_start:
                 return None
-            norms = probe.gradient_norms(self.candidates())  # the listed convs' channels only
+            norms = self.measure(probe, self.candidates())  # the listed convs' channels only
         else:
-            norms = probe.gradient_norms({name: torch.ones(conv.in_channels, dtype=torch.bool) for name, conv in costs.items()})
+            norms = self.measure(probe, {name: torch.ones(conv.in_channels, dtype=torch.bool) for name, conv in costs.items()})
         self.ranking_time_s = norms.seconds
         rgn, lara = layer_scores(norms, costs)
         self.ranking = {"rgn": rgn, "lara": lara}
@@ -185,17 +246,19 @@ class TradyPolicy(PreselectingPolicy):
 class RgnPolicy(PreselectingPolicy):
     """Deterministic RGN: the highest ``g_c / (C^W_c + C^A_c)`` channels of the preselected convs.
 
-    ``budget.rgn_refresh``: ``once`` (TraDy's S-Det RGN, the start's norms)
+    Option ``refresh``: ``once`` (TraDy's S-Det RGN, the start's norms)
     or ``epoch`` (D-Det RGN: the norms measured again after every epoch,
     the engine computing only the preselected convs' weight gradients).
     """
 
     needs: ClassVar[Need] = "gradient_norms"
     measures_at_start: ClassVar[bool] = True
+    options_type: ClassVar[type[Any] | None] = RgnOptions
 
     @property
     def reselects_every_epoch(self) -> bool:
-        return self.context.config.rgn_refresh == "epoch"
+        assert isinstance(self.options, RgnOptions)
+        return self.options.refresh == "epoch"
 
     def start(self, probe: Probe) -> Masks:
         norms = self.preselect(probe)
@@ -205,7 +268,7 @@ class RgnPolicy(PreselectingPolicy):
     def reselect(self, probe: Probe) -> Masks | None:
         if not self.reselects_every_epoch:
             return None
-        norms = probe.gradient_norms(self.candidates())
+        norms = self.measure(probe, self.candidates())
         self.grad_norm_time_s += norms.seconds
         return self.draw(rgn_policy, norms.units)
 

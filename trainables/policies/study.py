@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from neqtune.datasets.parsing import join, require
 from neqtune.trainables.budget.resolve import scheme_su_mask
 from neqtune.trainables.budget.schemes import get_scheme
 from neqtune.trainables.budget.units import Masks, Unit
@@ -16,6 +18,8 @@ from neqtune.trainables.policies.velocity import VelocityTracker
 @register_policy("full")
 class FullPolicy(BudgetPolicy):
     """Every unit updated, the budget ignored (the baseline)."""
+
+    needs_budget: ClassVar[bool] = False
 
     def start(self, probe: Probe) -> Masks:
         return self.select("full")
@@ -57,11 +61,22 @@ class RandomPolicy(BudgetPolicy):
         return self.select("random")
 
 
+@dataclass
+class VelocityOptions:
+    """``budget.options.velocity``: ``mu``, the velocity momentum in [0, 1] (0.5 in the study; formerly ``budget.velocity_mu``)."""
+
+    mu: float = 0.5
+
+    def validate(self, path: str) -> None:
+        require(0 <= self.mu <= 1, join(path, "mu"), f"must lie in [0, 1], got {self.mu}")
+
+
 @register_policy("velocity")
 class VelocityPolicy(BudgetPolicy):
     """NEq velocity over output neurons: a velocity pass after every epoch, the top ``|v| / p`` neurons filled."""
 
     needs: ClassVar[Need] = "velocity"
+    options_type: ClassVar[type[Any] | None] = VelocityOptions
     units: ClassVar[tuple[Unit, ...]] = ("neuron",)
     unit_refusal: ClassVar[str] = (
         "policy 'velocity' measures output neurons; it needs unit neuron (give it a memory budget to bound its memory)"
@@ -69,7 +84,8 @@ class VelocityPolicy(BudgetPolicy):
 
     def __init__(self, context: PolicyContext) -> None:
         super().__init__(context)
-        self.tracker = VelocityTracker(context.model, context.config.velocity_mu)
+        options = context.options if context.options is not None else VelocityOptions()
+        self.tracker = VelocityTracker(context.model, options.mu)
 
     @classmethod
     def needs_scheme_mask(cls, budget: BudgetConfig) -> bool:

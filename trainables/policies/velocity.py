@@ -59,7 +59,7 @@ class VelocityTracker:
 
     Args:
         model: the network; its convs are found by ``named_modules()``.
-        mu: the velocity momentum (``velocity_mu``, 0.5 in the study).
+        mu: the velocity momentum (``budget.options.velocity.mu``, 0.5 in the study).
     """
 
     def __init__(self, model: nn.Module, mu: float = 0.5) -> None:
