@@ -151,3 +151,15 @@ def test_without_huggingface_s_package_the_shadowed_import_says_how_to_install_i
 
 # From the root: where ``import datasets`` came from, HuggingFace's site-packages (True) or the repository's folder.
 WHERE = "import datasets; print('site-packages' in datasets.__file__ and not hasattr(datasets, 'dataset_names'))"
+
+
+def test_the_policies_name_no_layer_type() -> None:
+    """A policy reaches layers through neqtune.trainables.budget.units only, so a new layer kind leaves the policies alone."""
+    named = []
+    for path in (ROOT / "trainables" / "policies").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            name = node.attr if isinstance(node, ast.Attribute) else node.id if isinstance(node, ast.Name) else None
+            name = name or (node.name if isinstance(node, ast.alias) else None)
+            if name in {"Conv2d", "Linear", "conv_layers"}:
+                named.append(f"{path.name}: {name}")
+    assert named == []

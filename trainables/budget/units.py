@@ -30,6 +30,45 @@ def conv_layers(model: nn.Module) -> dict[str, nn.Conv2d]:
     return {name: module for name, module in model.named_modules() if isinstance(module, nn.Conv2d)}
 
 
+# --- what the policies ask of a budgeted layer ---------------------------------------------------------------------
+# The policies reach the layers through the four functions below, never through a layer type: a new layer kind
+# (nn.Linear: a neuron is a row of W, an input channel a column) extends these, the cost model and the engine, and
+# leaves every policy as it is.
+
+
+def budgeted_layers(model: nn.Module) -> dict[str, nn.Conv2d]:
+    """The layers whose weights hold the budget's units, keyed by qualified name in module order (today every conv)."""
+    return conv_layers(model)
+
+
+def neuron_outputs(output: torch.Tensor) -> torch.Tensor:
+    """A budgeted layer's output as ``[batch, neurons, positions]``: what the velocity compares neuron by neuron.
+
+    A conv's output ``[B, C, H, W]`` becomes ``[B, C, H * W]``.
+    """
+    return output.flatten(2)
+
+
+def frozen_weight_elements(layer: nn.Conv2d, mask: torch.Tensor, unit: Unit) -> torch.Tensor:
+    """A bool tensor shaped like ``layer.weight``: True where the element belongs to a unit out of ``mask``."""
+    out_channels, in_per_group = layer.weight.shape[:2]
+    if unit == "neuron":
+        return (~mask).view(-1, *([1] * (layer.weight.dim() - 1))).expand_as(layer.weight)
+    out_per_group = out_channels // layer.groups
+    group = torch.arange(out_channels) // out_per_group
+    channel = group.view(-1, 1) * in_per_group + torch.arange(in_per_group).view(1, -1)  # the input channel of (o, j)
+    return (~mask[channel]).view(out_channels, in_per_group, *([1] * (layer.weight.dim() - 2))).expand_as(layer.weight)
+
+
+def frozen_bias_elements(layer: nn.Conv2d, mask: torch.Tensor, unit: Unit) -> torch.Tensor:
+    """A bool tensor shaped like ``layer.bias``: the bias of a neuron out of the mask is frozen; under input channels
+    the bias trains while any of the layer's channels does (its gradient does not depend on which)."""
+    assert layer.bias is not None
+    if unit == "neuron":
+        return ~mask
+    return torch.full(layer.bias.shape, not bool(mask.any()), dtype=torch.bool)
+
+
 def neuron_param_count(conv: nn.Conv2d) -> int:
     """Parameters of one output neuron of ``conv``: ``in/groups * kh * kw`` (+1 with a bias).
 
@@ -158,7 +197,7 @@ def mask_stats(masks: Masks, neuron_params: dict[str, torch.Tensor], flops: dict
     )
 
 
-def unit_norms(tensor: torch.Tensor, conv: nn.Conv2d, unit: Unit) -> torch.Tensor:
+def unit_norms(tensor: torch.Tensor, conv: nn.Conv2d, unit: Unit) -> torch.Tensor:  # also asked by the policies
     """L2 norm of every unit's slice of a weight-shaped ``tensor`` (a weight or its gradient): ``[c]`` per neuron, ``[:, c]`` per input channel.
 
     Computed in float64 on the tensor's device.

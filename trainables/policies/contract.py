@@ -37,7 +37,7 @@ import torch
 
 from neqtune.trainables.budget.costs import mask_memory
 from neqtune.trainables.budget.resolve import ResolvedBudget
-from neqtune.trainables.budget.units import Masks, Unit, conv_layers
+from neqtune.trainables.budget.units import Masks, Unit, budgeted_layers, frozen_bias_elements, frozen_weight_elements
 from neqtune.trainables.config import TrialConfig
 from neqtune.trainables.policies.base import BudgetPolicy, get_policy, registered_as
 from neqtune.trainables.trainer import BudgetedRun, run_epoch
@@ -186,28 +186,16 @@ def _spent(masks: Masks, budget: ResolvedBudget) -> int:
 
 def _check_frozen(model: torch.nn.Module, before: Mapping[str, torch.Tensor], masks: Masks, unit: Unit, fail: Any, epoch: int) -> None:
     """The conv weights (and biases) of the units out of ``masks`` are bit-identical to ``before``."""
-    for conv_name, conv in conv_layers(model).items():
+    for conv_name, conv in budgeted_layers(model).items():
         mask = masks[conv_name].cpu()
-        frozen = _frozen_elements(conv, mask, unit)
+        frozen = frozen_weight_elements(conv, mask, unit)
         weight, old = conv.weight.detach().cpu(), before[f"{conv_name}.weight"].cpu()
         if not torch.equal(weight[frozen], old[frozen]):
             raise fail("frozen", f"epoch {epoch} changed weights of units out of the mask in conv {conv_name!r}")
         if conv.bias is not None:
-            bias_frozen = ~mask if unit == "neuron" else torch.full_like(conv.bias, not bool(mask.any()), dtype=torch.bool).cpu()
+            bias_frozen = frozen_bias_elements(conv, mask, unit)
             if not torch.equal(conv.bias.detach().cpu()[bias_frozen], before[f"{conv_name}.bias"].cpu()[bias_frozen]):
                 raise fail("frozen", f"epoch {epoch} changed the bias of units out of the mask in conv {conv_name!r}")
-
-
-def _frozen_elements(conv: torch.nn.Conv2d, mask: torch.Tensor, unit: Unit) -> torch.Tensor:
-    """A bool tensor shaped like ``conv.weight``: True where the element belongs to a unit out of ``mask``."""
-    out_channels, in_per_group = conv.weight.shape[:2]
-    if unit == "neuron":
-        rows = ~mask
-        return rows.view(-1, 1, 1, 1).expand_as(conv.weight)
-    out_per_group = out_channels // conv.groups
-    group = torch.arange(out_channels) // out_per_group
-    channel = group.view(-1, 1) * in_per_group + torch.arange(in_per_group).view(1, -1)  # the input channel of (o, j)
-    return (~mask[channel]).view(out_channels, in_per_group, 1, 1).expand_as(conv.weight)
 
 
 def _through_a_file(state: Mapping[str, Any]) -> dict[str, Any]:

@@ -32,7 +32,7 @@ import torch
 from neqtune.datasets.parsing import join, require
 from neqtune.trainables.budget.costs import ConvCosts
 from neqtune.trainables.budget.resolve import ResolvedBudget, check_layer_list
-from neqtune.trainables.budget.units import Masks, Unit, conv_layers, unit_norms
+from neqtune.trainables.budget.units import Masks, Unit, budgeted_layers, unit_norms
 from neqtune.trainables.policies.base import BudgetPolicy, GradientNorms, Need, PolicyContext, Probe, register_policy
 from neqtune.trainables.policies.fill import Policy as SelectionFn
 from neqtune.trainables.policies.fill import medyate_policy, restrict_pricing, rgn_policy, trady_policy
@@ -297,7 +297,7 @@ class MedyatePolicy(PreselectingPolicy):
         self.sums = {name: torch.zeros(conv.in_channels, dtype=torch.float64) for name, conv in costs.items()}
         self.steps = 0
         self.epochs_done = 0
-        self._convs = conv_layers(context.model)
+        self._convs = budgeted_layers(context.model)
         self._trained: list[str] = []  # the layers with a trained channel under the current masks
 
     @property

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from neqtune.trainables.budget.units import conv_layers
+from neqtune.trainables.budget.units import budgeted_layers, neuron_outputs
 
 
 def output_change(current: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
@@ -52,7 +52,7 @@ def output_change(current: torch.Tensor, previous: torch.Tensor) -> torch.Tensor
 class VelocityTracker:
     """Measures the velocity of every conv neuron of ``model``.
 
-    Forward hooks on every ``nn.Conv2d`` record its output while
+    Forward hooks on every budgeted layer (each ``nn.Conv2d`` today) record its output while
     :meth:`observe` runs; they do nothing during training. Only what the rule
     needs is kept: the last outputs on the velocity split, ``phi`` of the
     last pass and the recurrence state.
@@ -65,7 +65,7 @@ class VelocityTracker:
     def __init__(self, model: nn.Module, mu: float = 0.5) -> None:
         self.model = model
         self.mu = float(mu)
-        self._convs = conv_layers(model)
+        self._convs = budgeted_layers(model)
         self._recording: dict[str, list[torch.Tensor]] | None = None
         self._previous: dict[str, torch.Tensor] | None = None
         self._last_phi: dict[str, torch.Tensor] = {}
@@ -75,7 +75,7 @@ class VelocityTracker:
     def _make_hook(self, name: str) -> Any:
         def hook(_module: nn.Module, _inputs: object, output: torch.Tensor) -> None:
             if self._recording is not None:
-                self._recording[name].append(output.detach().flatten(2).clone())
+                self._recording[name].append(neuron_outputs(output.detach()).clone())
 
         return hook
 
