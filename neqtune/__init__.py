@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from neqtune.datasets import DataSplits, register_check, register_dataset
     from neqtune.trainables import BudgetPolicy, register_model, register_policy
+    from neqtune.trainables.metrics import Metric, register_metric
     from neqtune.trainables.policies.contract import check_policy
 
 __version__ = "0.2.0"
@@ -62,6 +63,8 @@ if not (Path(__file__).parent / "search").is_dir() and all((_ROOT / part / "__in
 _HOMES = {
     "BudgetPolicy": "neqtune.trainables",
     "DataSplits": "neqtune.datasets",
+    "Metric": "neqtune.trainables.metrics",
+    "register_metric": "neqtune.trainables.metrics",
     "check_policy": "neqtune.trainables.policies.contract",
     "register_check": "neqtune.datasets",
     "register_dataset": "neqtune.datasets",
@@ -69,7 +72,18 @@ _HOMES = {
     "register_policy": "neqtune.trainables",
 }
 
-__all__ = ["BudgetPolicy", "DataSplits", "__version__", "check_policy", "register_check", "register_dataset", "register_model", "register_policy"]
+__all__ = [
+    "BudgetPolicy",
+    "DataSplits",
+    "Metric",
+    "__version__",
+    "check_policy",
+    "register_check",
+    "register_dataset",
+    "register_metric",
+    "register_model",
+    "register_policy",
+]
 
 
 def __getattr__(name: str) -> Any:

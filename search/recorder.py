@@ -60,8 +60,13 @@ from neqtune.trainables.metrics import ADAPTER_COLUMNS, fixed_dtypes, metric_nam
 from neqtune.trainables.repeats import SEED_KEYS as REPEAT_SEED_KEYS
 from neqtune.trainables.repeats import STD_KEYS as REPEAT_STD_KEYS
 
-# What the trainer and the adapter report, in table order (see docs/results.md, "Result tables").
-METRIC_COLUMNS = (*metric_names(), *ADAPTER_COLUMNS)
+
+def metric_columns() -> tuple[str, ...]:
+    """What the trainer and the adapter report, in table order (see docs/results.md, "Result tables"); with the
+    metrics the plug-ins declared."""
+    return (*metric_names(), *ADAPTER_COLUMNS)
+
+
 # Per-layer lists become one scalar per conv, grouped under a prefix: (group, value from the list's entry).
 LAYER_SCALARS: dict[str, tuple[str, Callable[[float], float]]] = {
     "layer_frozen_pct": ("updated_pct_by_layer", lambda frozen: 100.0 - frozen),
@@ -204,7 +209,7 @@ class ResultRecorder(Callback):
             "experiment": self.experiment,
             "trial_id": trial_id,
             **self._config_columns[trial_id],
-            **{key: result.get(key) for key in METRIC_COLUMNS},
+            **{key: result.get(key) for key in metric_columns()},
             **{key: result[key] for key in REPEAT_COLUMNS if key in result},
         }
 
@@ -229,7 +234,7 @@ class ResultRecorder(Callback):
     def _write_scalars(self, trial_id: str, result: dict[str, Any]) -> None:
         writer = self._writer(trial_id)
         step = int(result["epoch"])
-        for key in METRIC_COLUMNS:
+        for key in metric_columns():
             value = result.get(key)
             if key in LAYER_SCALARS and isinstance(value, list):
                 group, transform = LAYER_SCALARS[key]

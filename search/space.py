@@ -107,7 +107,6 @@ def _is_policy_option(key: str) -> bool:
 
 
 # Per-epoch metrics a search or a scheduler may steer by (all numeric, reported every epoch).
-OBJECTIVE_METRICS = metric_names(objective=True)
 Mode = Literal["max", "min"]
 
 
@@ -132,8 +131,8 @@ class AshaConfig:
     max_epochs: int | None = None
 
     def validate(self, path: str) -> None:
-        if self.metric not in OBJECTIVE_METRICS:
-            raise ConfigError(f"{path}.metric", f"unknown metric {self.metric!r}; known: {', '.join(OBJECTIVE_METRICS)}")
+        if self.metric not in metric_names(objective=True):
+            raise ConfigError(f"{path}.metric", f"unknown metric {self.metric!r}; known: {', '.join(metric_names(objective=True))}")
         if _is_test_metric(self.metric):
             raise ConfigError(f"{path}.metric", f"early stopping must not look at the test split, got {self.metric!r}")
         if self.grace_period < 1:
@@ -220,8 +219,8 @@ class SearchConfig:
         if len(set(metrics)) != len(metrics):
             raise ConfigError(f"{path}.metric", f"objectives repeat a metric: {metrics}")
         for metric in metrics:
-            if metric not in OBJECTIVE_METRICS:
-                raise ConfigError(f"{path}.metric", f"unknown metric {metric!r}; known: {', '.join(OBJECTIVE_METRICS)}")
+            if metric not in metric_names(objective=True):
+                raise ConfigError(f"{path}.metric", f"unknown metric {metric!r}; known: {', '.join(metric_names(objective=True))}")
         if len(metrics) == 1 and _is_test_metric(metrics[0]):
             raise ConfigError(f"{path}.metric", f"a single objective must not steer by the test split, got {metrics[0]!r}; use best_val_top1")
 

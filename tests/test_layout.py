@@ -163,3 +163,15 @@ def test_the_policies_name_no_layer_type() -> None:
             if name in {"Conv2d", "Linear", "conv_layers"}:
                 named.append(f"{path.name}: {name}")
     assert named == []
+
+
+def test_a_declared_metric_joins_the_schema_once() -> None:
+    from neqtune.trainables.metrics import Metric, all_metrics, metric_names, register_metric
+
+    metric = register_metric(Metric("layout_probe_units", "mean", objective=True))
+    assert register_metric(Metric("layout_probe_units", "mean", objective=True)) is not None  # a plug-in imported twice
+    assert "layout_probe_units" in metric_names(objective=True) and all_metrics()[-1] == metric
+    with pytest.raises(ValueError, match=r"^metric 'layout_probe_units' is already declared"):
+        register_metric(Metric("layout_probe_units", "sum"))
+    with pytest.raises(ValueError, match=r"per-seed values and stds are kept for the accuracies only"):
+        register_metric(Metric("layout_probe_spread", "mean", std=True))

@@ -80,12 +80,21 @@ def build_npz_digits(config):
     )
 
 
+UNITS = neqtune.register_metric(neqtune.Metric("{module}_units", "mean"))  # its own column in the epochs table
+
+
 @neqtune.register_policy("{module}-once")
 class RandomOnce(neqtune.BudgetPolicy):
-    """Random units that fill the budget, chosen once."""
+    """Random units that fill the budget, chosen once; reports how many it chose."""
+
+    metrics = (UNITS.name,)
 
     def start(self, probe):
-        return self.select("random")
+        self.chosen = self.select("random")
+        return self.chosen
+
+    def epoch_metrics(self, epoch_time_s):
+        return {UNITS.name: sum(int(mask.sum()) for mask in self.chosen.values())}
 '''
 
 
@@ -168,6 +177,7 @@ def test_a_search_on_two_nodes_uses_a_plugin_the_worker_node_never_saw(tmp_path:
     assert trials.node_id.nunique() == 2, trials[["trial_id", "node_id"]]  # one trial per node: each has one CPU
     assert sorted(trials["model.name"]) == sorted([f"{module}-cnn", f"{module}:tiny_cnn"])
     assert set(trials["budget.policy"]) == {f"{module}-once"} and set(trials["data.name"]) == {f"{module}-npz"}
+    assert (epochs[f"{module}_units"] > 0).all(), epochs.columns  # the plug-in's metric, declared with register_metric
     for node, cache in caches.items():
         assert list(cache.glob(f"*/{module}.py")), f"the {node} node did not unpack the plug-in"
     saved = yaml.safe_load((storage / "own" / "space.yaml").read_text())

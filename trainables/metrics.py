@@ -81,6 +81,35 @@ METRICS: tuple[Metric, ...] = (
     Metric("channels_seen_pct", dtype="double"),  # medyate: share of the preselected channels trained so far
 )
 
+_REGISTERED: list[Metric] = []
+
+
+def register_metric(metric: Metric) -> Metric:
+    """Declare a metric that a plug-in's policy reports (in its :attr:`~BudgetPolicy.metrics` and ``epoch_metrics``).
+
+    A declared metric becomes a column of the epochs table and a TensorBoard scalar, is combined across seed repeats
+    by its ``seeds`` rule, and may steer a search when ``objective`` is set. Declaring a name again is allowed only
+    with the same declaration (a plug-in imported twice); per-seed values and stds are the accuracies' alone.
+
+    Returns:
+        ``metric``, so that a module can keep it: ``MY_METRIC = register_metric(Metric("my_metric", "mean"))``.
+    """
+    known = {m.name: m for m in all_metrics()}
+    if metric.name in known:
+        if known[metric.name] == metric:
+            return metric
+        raise ValueError(f"metric {metric.name!r} is already declared, as {known[metric.name]}")
+    if metric.per_seed or metric.std:
+        raise ValueError(f"metric {metric.name!r}: per-seed values and stds are kept for the accuracies only")
+    _REGISTERED.append(metric)
+    return metric
+
+
+def all_metrics() -> tuple[Metric, ...]:
+    """The built-in metrics, then those the plug-ins declared, in report order."""
+    return (*METRICS, *_REGISTERED)
+
+
 ADAPTER_COLUMNS = ("node_id", "hostname", "pid")
 """Added to every report by the Ray Tune adapter: where the epoch ran."""
 
@@ -88,20 +117,20 @@ ADAPTER_COLUMNS = ("node_id", "hostname", "pid")
 def metric_names(*, seeds: SeedRule | None = None, objective: bool | None = None) -> tuple[str, ...]:
     """Names of the metrics, in report order, optionally only those with a seed rule or objective flag."""
     return tuple(
-        m.name for m in METRICS if (seeds is None or m.seeds == seeds) and (objective is None or m.objective == objective)
+        m.name for m in all_metrics() if (seeds is None or m.seeds == seeds) and (objective is None or m.objective == objective)
     )
 
 
 def per_seed_names() -> tuple[str, ...]:
     """Metrics whose per-seed values a repeated trial reports."""
-    return tuple(m.name for m in METRICS if m.per_seed)
+    return tuple(m.name for m in all_metrics() if m.per_seed)
 
 
 def std_names() -> tuple[str, ...]:
     """Metrics whose sample std a repeated trial reports."""
-    return tuple(m.name for m in METRICS if m.std)
+    return tuple(m.name for m in all_metrics() if m.std)
 
 
 def fixed_dtypes() -> dict[str, str]:
     """Metric name -> Arrow type name, for the metrics whose column type is fixed."""
-    return {m.name: m.dtype for m in METRICS if m.dtype is not None}
+    return {m.name: m.dtype for m in all_metrics() if m.dtype is not None}

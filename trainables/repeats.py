@@ -29,14 +29,10 @@ from neqtune.trainables.config import TrialConfig
 from neqtune.trainables.metrics import metric_names, per_seed_names, std_names
 from neqtune.trainables.trainer import BudgetedRun, Metrics, Reporter, run_epoch
 
-# How the seeds combine each metric: declared once in trainables/metrics.py.
-MEAN_KEYS = metric_names(seeds="mean")
-LIST_MEAN_KEYS = metric_names(seeds="list_mean")
-# Kept per seed (``<key>_seeds``); the accuracies also get a sample std (``<key>_std``).
+# How the seeds combine each metric is declared once in trainables/metrics.py (asked when merging: a plug-in may
+# declare more). Kept per seed (``<key>_seeds``); the accuracies also get a sample std (``<key>_std``).
 SEED_KEYS = per_seed_names()
 STD_KEYS = std_names()
-# Summed: the wall time of the epoch is that of all its seeds.
-SUM_KEYS = metric_names(seeds="sum")
 
 
 def repeat_seeds(seed: int, repeats: int) -> list[int]:
@@ -75,16 +71,16 @@ def aggregate(per_seed: Sequence[Metrics], seeds: Sequence[int]) -> Metrics:
         # a metric of the schema that this trial does not report (another policy's own) is left out
         return [key for key in keys if key in first]
 
-    for key in reported(MEAN_KEYS):
+    for key in reported(metric_names(seeds="mean")):
         merged[key] = _mean([float(m[key]) for m in per_seed])
-    for key in reported(LIST_MEAN_KEYS):
+    for key in reported(metric_names(seeds="list_mean")):
         merged[key] = [float(v) for v in np.mean(np.array([m[key] for m in per_seed], dtype=float), axis=0)]
     for key in reported(SEED_KEYS):
         merged[f"{key}_seeds"] = [m[key] for m in per_seed]
     for key in reported(STD_KEYS):
         merged[f"{key}_std"] = _std([float(m[key]) for m in per_seed])
     merged["best_epoch"] = max(int(m["best_epoch"]) for m in per_seed)
-    for key in reported(SUM_KEYS):
+    for key in reported(metric_names(seeds="sum")):  # the wall time of the epoch is that of all its seeds
         merged[key] = float(sum(float(m[key]) for m in per_seed))
     merged["seeds"] = list(seeds)
     merged["repeats"] = len(per_seed)
