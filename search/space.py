@@ -439,6 +439,8 @@ def trial_problems(overrides: Mapping[str, Any], base: Mapping[str, Any]) -> tup
         except ConfigError as err:
             problems.append(err)
     try:
+        with _depending_on("model.name", "data.image_size"):
+            _check_input_size(config.model.name, config.data.image_size)
         with _depending_on("budget", "model.name", "data.image_size"):
             _check_budget(budget, config.model.name, config.data.image_size)
     except ConfigError as err:
@@ -447,17 +449,43 @@ def trial_problems(overrides: Mapping[str, Any], base: Mapping[str, Any]) -> tup
 
 
 @functools.cache
-def _check_budget_cached(budget_key: str, model_name: str, image_size: int) -> None:
+def _input_size_problem(model_name: str, image_size: int) -> ConfigError | None:
+    from neqtune.trainables.checks import input_size_problems
+
+    found = input_size_problems(_conv_count_model(model_name), model_name, image_size)
+    return found[0] if found else None
+
+
+def _check_input_size(model_name: str, image_size: int) -> None:
+    """Refuse a model that does not take the data's image side (one probe per model and size)."""
+    problem = _input_size_problem(model_name, image_size)
+    if problem is not None:
+        raise ConfigError(problem.key, problem.message)
+
+
+@functools.cache
+def _check_budget_cached(budget_key: str, model_name: str, image_size: int) -> int:
     from neqtune.trainables.budget.resolve import build_budget
     from neqtune.trainables.config import BudgetConfig
 
     budget = from_mapping(BudgetConfig, yaml.safe_load(budget_key), "budget")
-    build_budget(budget, _conv_count_model(model_name), model_name=model_name, image_size=image_size)
+    return build_budget(budget, _conv_count_model(model_name), model_name=model_name, image_size=image_size).amount
 
 
-def _check_budget(budget: Any, model_name: str, image_size: int) -> None:
-    """Resolve the budget against the model at the image size (scheme fit, memory bounds), once per distinct combination."""
-    _check_budget_cached(yaml.safe_dump(dataclasses.asdict(budget), sort_keys=True), model_name, image_size)
+def _check_budget(budget: Any, model_name: str, image_size: int) -> int:
+    """Resolve the budget against the model at the image size (scheme fit, memory bounds), once per distinct combination; its amount."""
+    return _check_budget_cached(yaml.safe_dump(dataclasses.asdict(budget), sort_keys=True), model_name, image_size)
+
+
+def trial_budget(config: TrialConfig) -> tuple[Any, int]:
+    """The model a checked trial's budget was resolved against (random init, 10 classes, shared) and the budget's amount.
+
+    Raises:
+        ConfigError: the model does not take the image size, or the budget does not resolve.
+    """
+    _check_input_size(config.model.name, config.data.image_size)
+    amount = _check_budget(config.budget, config.model.name, config.data.image_size)
+    return _conv_count_model(config.model.name), amount
 
 
 def _written_value_errors(base: dict[str, Any]) -> list[ConfigError]:
