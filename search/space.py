@@ -592,6 +592,9 @@ def build_space(
                 message = f"{err.message} (with {where})" if where else err.message
                 key = f"search.params.{err.key}" if err.key.split("[")[0] in combination else err.key
                 found(ConfigError(key, message))
+        ignored = _ignored_scheme_search(space)
+        if ignored is not None:
+            found(ignored)
         precision = search.params.get("training.precision")
         precisions = precision.choice if precision is not None and precision.choice else [base.get("training", {}).get("precision")]
         if search.gpus_per_trial == 0 and "fp16" in precisions:
@@ -606,6 +609,31 @@ def build_space(
     except ConfigError as err:
         raise SpaceError(source, err.key, err.message) from None
     return space
+
+
+def _ignored_scheme_search(space: Space) -> ConfigError | None:
+    """A searched ``budget.scheme`` that no trial would use: a fixed ``budget.memory`` sets the budget, and no trial takes the SU mask.
+
+    Under a memory budget a scheme only lends its static SU mask to policy
+    ``su`` or to ``initialization: su``; without either, every choice of the
+    search would run the same trial.
+    """
+    from neqtune.trainables.policies.base import needs_su_mask
+
+    params = space.search.params
+    if "budget.scheme" not in params or "budget.memory" in params or (space.base.get("budget") or {}).get("memory") is None:
+        return None
+    for combination in itertools.islice(space.combinations(), MAX_CHECKED_COMBINATIONS):
+        try:
+            if needs_su_mask(TrialConfig.from_dict(with_overrides(space.base, combination)).budget):
+                return None
+        except (ConfigError, ValueError):  # a bad value or an unknown policy: reported on its own
+            continue
+    return ConfigError(
+        "search.params.budget.scheme",
+        "is searched beside a fixed budget.memory, which sets the budget; no trial uses the scheme (only policy su or "
+        "initialization su take its SU mask), so every choice would run the same trial: search budget.memory instead, or drop it",
+    )
 
 
 def _variant_values(variants: Any, variant: str | None, source: str) -> dict[str, Any]:

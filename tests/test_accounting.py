@@ -273,7 +273,7 @@ def test_a_searched_scheme_beside_a_fixed_memory(tmp_path: Path, capsys: pytest.
     out = tmp_path / "out"
     assert main(["--space", str(path), "--results", str(out)]) == 2
     line = one_error(capsys)
-    assert line.startswith(f"error: {path}: search.params.budget.scheme: is ignored beside budget.memory")
+    assert line.startswith(f"error: {path}: search.params.budget.scheme: is searched beside a fixed budget.memory")
     assert not out.exists()
     raw["budget"]["policy"] = "su"  # the su policy takes the scheme's mask under the memory budget: accepted
     path.write_text(yaml.safe_dump(raw))

@@ -23,7 +23,7 @@ from neqtune.datasets.parsing import join
 from neqtune.trainables.budget.schemes import scheme_names
 from neqtune.trainables.config import BudgetConfig, ConfigError, ConfigProblems, ModelConfig, TrainingConfig, TrialConfig
 from neqtune.trainables.models.registry import model_names, model_spec
-from neqtune.trainables.policies.base import get_policy, needs_su_mask, policy_names
+from neqtune.trainables.policies.base import get_policy, policy_names
 
 
 def model_problems(model: ModelConfig, path: str = "model") -> list[ConfigError]:
@@ -60,15 +60,6 @@ def budget_problems(budget: BudgetConfig, path: str = "budget") -> list[ConfigEr
         )
     if budget.scheme is not None and budget.scheme not in scheme_names():
         found.append(ConfigError(join(path, "scheme"), f"unknown scheme {budget.scheme!r}; known schemes: {', '.join(scheme_names())}"))
-    elif budget.scheme is not None and budget.memory is not None and not needs_su_mask(budget):
-        # the memory sets the budget; the scheme would be silently ignored (it only lends its SU mask to su)
-        found.append(
-            ConfigError(
-                join(path, "scheme"),
-                f"is ignored beside budget.memory: the memory sets the budget, and policy {budget.policy!r} with initialization "
-                f"{budget.initialization!r} does not use the scheme's SU mask; give one of budget.scheme or budget.memory",
-            )
-        )
     return found
 
 
