@@ -190,6 +190,10 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "run_search.py") -> i
         from neqtune.search.weights import fetch_space_weights
 
         fetch_space_weights(space)  # before Ray starts: a run that cannot get its weights is refused here
+        from neqtune.search.dry_run import budget_warnings
+
+        for warning in budget_warnings(space):  # parameters that would train beside a budget smaller than them
+            print(warning)
     except SpaceError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

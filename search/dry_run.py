@@ -147,7 +147,7 @@ def weights_line(config: ModelConfig) -> str:
 def describe_models(space: Space, problems: Problems) -> Iterator[str]:
     """Per model: its source, convs and conv parameters, its ImageNet weights, then every budget in parameters."""
     from neqtune.trainables.budget.units import conv_neuron_params, total_params
-    from neqtune.trainables.checks import model_problems
+    from neqtune.trainables.checks import input_size_problems, model_problems
     from neqtune.trainables.models.registry import build_model, model_spec, ungrouped_conv_params
 
     sizes = sorted({s for s in choices(space, "data.image_size") if s is not None}) or [DataConfig().image_size]
@@ -177,10 +177,75 @@ def describe_models(space: Space, problems: Problems) -> Iterator[str]:
         )
         if pretrained == "imagenet" and spec.imagenet is not None:
             yield weights_line(ModelConfig(name=name, pretrained="imagenet", zoo_dir=config.zoo_dir))
+        yield from accounting_lines(space, model, name)
+        sizes_taken = [size for size in sizes if not input_size_problems(model, name, size)]  # the others are problems of the space
+        if len(sizes_taken) < len(sizes):
+            yield f"  does not take {'/'.join(str(s) for s in sizes if s not in sizes_taken)} px inputs (see the errors below)"
         for line in budget_lines(space, model, total):
             note = f"; {line.su}" if line.su else ""
             yield f"  {line.label}: budget {line.params:,} parameters ({line.share_pct:.2f}% of the convs){note}"
-        yield from memory_budget_lines(space, model, name, sizes)
+        yield from memory_budget_lines(space, model, name, sizes_taken)
+
+
+def accounting_lines(space: Space, model: Any, model_name: str) -> Iterator[str]:
+    """What trains under the space's budgets: budgeted, outside-the-budget and frozen parameters, and a note naming the frozen layers.
+
+    Counted under the first budgeted policy of the space (the ``full``
+    policy trains everything); ``budget.bn_update: selected`` makes the
+    norms' count a ceiling.
+    """
+    from neqtune.trainables.budget.accounting import account_parameters, frozen_note
+
+    policies = [p for p in choices(space, "budget.policy") if p not in (None, "full")]
+    if not policies:
+        total = sum(p.numel() for p in model.parameters())
+        yield f"  parameters: full update, all {total:,} train"
+        return
+    bn_updates = [b for b in choices(space, "budget.bn_update") if b is not None] or [BudgetConfig().bn_update]
+    account = account_parameters(model, BudgetConfig(policy=policies[0], bn_update=bn_updates[0]))
+    ceiling = " at most" if "selected" in bn_updates else ""
+    yield (
+        f"  parameters under a budget: {account.budgeted:,} budgeted (conv units), {account.outside:,}{ceiling} trained outside "
+        f"the budget ({', '.join(account.reasons_of('outside')) or 'none'}), {account.frozen:,} frozen"
+    )
+    note = frozen_note(model_name, account)
+    if note is not None:
+        yield f"  {note}"
+
+
+def budget_warnings(space: Space) -> list[str]:
+    """One warning per model whose parameters trained outside the budget exceed its smallest budget in the space.
+
+    A parameter budget is compared in parameters; a memory budget in
+    elements, each parameter outside counting one weight element (its
+    activations are not counted, so the comparison understates it).
+    Combinations that do not check out are skipped: they are the space's
+    problems, reported on their own.
+    """
+    from neqtune.search.space import MAX_CHECKED_COMBINATIONS, trial_budget
+    from neqtune.trainables.budget.accounting import account_parameters, outside_warning
+    from neqtune.trainables.budget.resolve import budget_kind
+    from neqtune.trainables.config import TrialConfig, with_overrides
+
+    smallest: dict[str, tuple[int, str, Any]] = {}
+    for combination in itertools.islice(space.combinations(), MAX_CHECKED_COMBINATIONS):
+        try:
+            config = TrialConfig.from_dict(with_overrides(space.base, combination))
+            if config.budget.policy == "full":
+                continue
+            model, amount = trial_budget(config)
+        except INPUT_ERRORS:
+            continue
+        name = config.model.name
+        if name not in smallest or amount < smallest[name][0]:
+            unit = "elements per image" if budget_kind(config.budget) == "memory" else "parameters"
+            smallest[name] = (amount, unit, account_parameters(model, config.budget))
+    warnings = []
+    for name, (amount, unit, account) in smallest.items():
+        line = outside_warning(name, account, amount, unit=unit)
+        if line is not None:
+            warnings.append(line)
+    return warnings
 
 
 def memory_budget_lines(space: Space, model: Any, model_name: str, sizes: list[int]) -> Iterator[str]:
@@ -222,6 +287,7 @@ def describe_space(space: Space, problems: Problems | None = None) -> list[str]:
     lines += list(describe_data(space, collected))
     try:
         lines += list(describe_models(space, collected))
+        lines += budget_warnings(space)
     except INPUT_ERRORS as err:  # a budget that cannot be resolved for a model
         collected.add(err)
     if problems is None and collected.found:

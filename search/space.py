@@ -455,6 +455,8 @@ def trial_problems(overrides: Mapping[str, Any], base: Mapping[str, Any]) -> tup
         except ConfigError as err:
             problems.append(err)
     try:
+        with _depending_on("model.name", "data.image_size"):
+            _check_input_size(config.model.name, config.data.image_size)
         with _depending_on("budget", "model.name", "data.image_size"):
             _check_budget(budget, config.model.name, config.data.image_size)
     except ConfigError as err:
@@ -463,18 +465,46 @@ def trial_problems(overrides: Mapping[str, Any], base: Mapping[str, Any]) -> tup
 
 
 @functools.cache
-def _check_budget_cached(budget_key: str, model_name: str, image_size: int) -> None:
+def _input_size_problem(model_name: str, image_size: int) -> ConfigError | None:
+    from neqtune.trainables.checks import input_size_problems
+
+    found = input_size_problems(_conv_count_model(model_name), model_name, image_size)
+    return found[0] if found else None
+
+
+def _check_input_size(model_name: str, image_size: int) -> None:
+    """Refuse a model that does not take the data's image side (one probe per model and size)."""
+    problem = _input_size_problem(model_name, image_size)
+    if problem is not None:
+        raise ConfigError(problem.key, problem.message)
+
+
+@functools.cache
+def _check_budget_cached(budget_key: str, model_name: str, image_size: int) -> int:
     from neqtune.trainables.budget.resolve import build_budget
     from neqtune.trainables.config import BudgetConfig
     from neqtune.trainables.policies.base import check_policy_fit
 
     budget = from_mapping(BudgetConfig, yaml.safe_load(budget_key), "budget")
-    check_policy_fit(budget, build_budget(budget, _conv_count_model(model_name), model_name=model_name, image_size=image_size))
+    resolved = build_budget(budget, _conv_count_model(model_name), model_name=model_name, image_size=image_size)
+    check_policy_fit(budget, resolved)
+    return resolved.amount
 
 
-def _check_budget(budget: Any, model_name: str, image_size: int) -> None:
-    """Resolve the budget against the model at the image size (scheme fit, memory bounds, the policy's options), once per distinct combination."""
-    _check_budget_cached(yaml.safe_dump(dataclasses.asdict(budget), sort_keys=True), model_name, image_size)
+def _check_budget(budget: Any, model_name: str, image_size: int) -> int:
+    """Resolve the budget against the model at the image size (scheme fit, memory bounds, the policy's options), once per distinct combination; its amount."""
+    return _check_budget_cached(yaml.safe_dump(dataclasses.asdict(budget), sort_keys=True), model_name, image_size)
+
+
+def trial_budget(config: TrialConfig) -> tuple[Any, int]:
+    """The model a checked trial's budget was resolved against (random init, 10 classes, shared) and the budget's amount.
+
+    Raises:
+        ConfigError: the model does not take the image size, or the budget does not resolve.
+    """
+    _check_input_size(config.model.name, config.data.image_size)
+    amount = _check_budget(config.budget, config.model.name, config.data.image_size)
+    return _conv_count_model(config.model.name), amount
 
 
 def _written_value_errors(base: dict[str, Any]) -> list[ConfigError]:
@@ -586,6 +616,9 @@ def build_space(
                 message = f"{err.message} (with {where})" if where else err.message
                 key = f"search.params.{err.key}" if err.key.split("[")[0] in combination else err.key
                 found(ConfigError(key, message))
+        ignored = _ignored_scheme_search(space)
+        if ignored is not None:
+            found(ignored)
         precision = search.params.get("training.precision")
         precisions = precision.choice if precision is not None and precision.choice else [base.get("training", {}).get("precision")]
         if search.gpus_per_trial == 0 and "fp16" in precisions:
@@ -622,6 +655,31 @@ def space_plugins(written: Any, source: str, *, given: Sequence[Plugin] = ()) ->
         raise SpaceError(source, err.key, f"{err.plugin}: {err.reason}") from None
     given_modules = {plugin.module for plugin in given}
     return [*installed, *given, *(plugin for plugin in own if plugin.module not in given_modules)]
+
+
+def _ignored_scheme_search(space: Space) -> ConfigError | None:
+    """A searched ``budget.scheme`` that no trial would use: a fixed ``budget.memory`` sets the budget, and no trial takes the SU mask.
+
+    Under a memory budget a scheme only lends its static SU mask to policy
+    ``su`` or to ``initialization: su``; without either, every choice of the
+    search would run the same trial.
+    """
+    from neqtune.trainables.policies.base import needs_su_mask
+
+    params = space.search.params
+    if "budget.scheme" not in params or "budget.memory" in params or (space.base.get("budget") or {}).get("memory") is None:
+        return None
+    for combination in itertools.islice(space.combinations(), MAX_CHECKED_COMBINATIONS):
+        try:
+            if needs_su_mask(TrialConfig.from_dict(with_overrides(space.base, combination)).budget):
+                return None
+        except (ConfigError, ValueError):  # a bad value or an unknown policy: reported on its own
+            continue
+    return ConfigError(
+        "search.params.budget.scheme",
+        "is searched beside a fixed budget.memory, which sets the budget; no trial uses the scheme (only policy su or "
+        "initialization su take its SU mask), so every choice would run the same trial: search budget.memory instead, or drop it",
+    )
 
 
 def _variant_values(variants: Any, variant: str | None, source: str) -> dict[str, Any]:

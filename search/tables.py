@@ -266,7 +266,9 @@ def config_column_types(cls: type[Any], prefix: str = "") -> dict[str, pa.DataTy
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         name = f"{prefix}{f.name}"
-        if dataclasses.is_dataclass(hints[f.name]):
+        if "column_type" in f.metadata:  # a field written in several forms and stored in one (budget.memory: elements)
+            found[name] = pa.type_for_alias(f.metadata["column_type"])
+        elif dataclasses.is_dataclass(hints[f.name]):
             found.update(config_column_types(hints[f.name], f"{name}."))
         elif (tp := arrow_type(hints[f.name])) is not None:
             found[name] = tp

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from neqtune.datasets import data_problems
 from neqtune.datasets.parsing import join
@@ -84,6 +85,31 @@ def budget_problems(budget: BudgetConfig, path: str = "budget") -> list[ConfigEr
     if budget.scheme is not None and budget.scheme not in scheme_names():
         found.append(ConfigError(join(path, "scheme"), f"unknown scheme {budget.scheme!r}; known schemes: {', '.join(scheme_names())}"))
     return found
+
+
+@torch.no_grad()
+def input_size_problems(model: nn.Module, model_name: str, image_size: int, key: str = "data.image_size") -> list[ConfigError]:
+    """Whether ``model`` takes square ``image_size`` inputs: one forward pass of a zero image (batch 1, eval mode, no gradients).
+
+    A model that asserts its input size (torchvision's ``vit_b_16`` wants
+    224 px) or whose layers stop fitting a small image fails here, and its
+    exception becomes one line under ``key`` instead of a traceback in a trial.
+    """
+    first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    channels = first.in_channels if first is not None else 3
+    parameter = next(model.parameters(), None)
+    device = parameter.device if parameter is not None else torch.device("cpu")
+    was_training = model.training
+    model.eval()
+    try:
+        model(torch.zeros(1, channels, image_size, image_size, device=device))
+    except Exception as err:  # any failure of the model's own code is the answer: it does not take this size
+        lines = str(err).strip().splitlines()
+        why = lines[0] if lines else type(err).__name__
+        return [ConfigError(key, f"model {model_name} does not take {image_size} px inputs ({why})")]
+    finally:
+        model.train(was_training)
+    return []
 
 
 def resolve_device(name: str) -> torch.device:

@@ -12,6 +12,7 @@ are saved with every run and flattened into every result row.
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -146,7 +147,8 @@ class BudgetConfig:
     budget; ``auto`` is the study's ``prefix`` for parameter budgets over
     neurons and ``skip`` otherwise (see :mod:`neqtune.trainables.policies.fill`).
     ``bytes_per_element`` converts elements to bytes for reporting (4:
-    float32; 1: tiny-training's int8). ``bn_update``: ``all`` normalisation
+    float32; 1: tiny-training's int8) and a ``memory`` given in bytes to
+    elements (:func:`memory_elements`). ``bn_update``: ``all`` normalisation
     layers train (the study), or only those after convs that hold updated
     channels (``selected``). ``options``: each policy's own options, by
     policy name (``options.velocity.mu``, ``options.rgn.refresh``), parsed
@@ -161,7 +163,7 @@ class BudgetConfig:
     scheme: str | None = None
     ratio: float | None = None
     params: int | None = None
-    memory: int | None = None
+    memory: int | str | None = field(default=None, metadata={"column_type": "int64"})  # elements once validated
     bytes_per_element: float = 4.0
     fill: Literal["auto", "prefix", "skip"] = "auto"
     bn_update: Literal["all", "selected"] = "all"
@@ -208,14 +210,20 @@ class BudgetConfig:
             require(0 < self.ratio <= 1, join(path, "ratio"), f"must lie in (0, 1], got {self.ratio}")
         if self.params is not None:
             require(self.params >= 1, join(path, "params"), f"must be >= 1 parameter, got {self.params}")
-        if self.memory is not None:
-            require(self.memory >= 1, join(path, "memory"), f"must be >= 1 element, got {self.memory}")
         require(self.bytes_per_element > 0, join(path, "bytes_per_element"), f"must be > 0, got {self.bytes_per_element}")
+        if self.memory is not None:
+            self.memory = memory_elements(self.memory, self.bytes_per_element, join(path, "memory"))
         require(
             self.memory is None or (self.params is None and self.ratio is None),
             join(path, "memory"),
             "is a budget of its own: give memory, or params / ratio, not both",
         )
+
+    @property
+    def memory_budget(self) -> int | None:
+        """``memory`` in elements per image (a unit given in bytes is converted when the section is validated)."""
+        assert not isinstance(self.memory, str), "validate() converts budget.memory to elements"
+        return self.memory
 
     @property
     def has_budget(self) -> bool:
@@ -231,6 +239,40 @@ LEGACY_OPTIONS: dict[str, tuple[tuple[str, ...], str]] = {
     "ranking_batches": (("trady", "rgn", "medyate"), "ranking_batches"),
     "layers": (("trady", "rgn", "medyate"), "layers"),
 }
+
+
+MEMORY_UNITS: dict[str, int] = {"B": 1, "kB": 1000, "KiB": 1024, "MB": 1000**2, "MiB": 1024**2, "GB": 1000**3, "GiB": 1024**3}
+"""Byte units a ``budget.memory`` may be written in: SI (``kB`` = 1,000 B) and IEC (``KiB`` = 1,024 B); case matters."""
+
+_MEMORY_TEXT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([A-Za-z]+)\s*$")
+
+
+def memory_elements(value: int | str, bytes_per_element: float, key: str) -> int:
+    """A memory budget in elements per image: an integer is elements already; ``"256kB"`` is bytes.
+
+    Bytes become elements by dividing by ``bytes_per_element`` and rounding
+    down (a budget never grows by rounding): ``256kB`` at 4 bytes per element
+    is 64,000 elements, ``64KiB`` 16,384. Units are case-sensitive, as
+    written in :data:`MEMORY_UNITS`: ``kb`` would read as kilobits and ``KB``
+    is neither SI nor IEC, so both are refused rather than guessed.
+
+    Raises:
+        ConfigError: (``key``) an unknown unit (the message lists the known
+            ones), a malformed value, or less than one element.
+    """
+    accepted = ", ".join(f"{unit} ({factor:,} B)" if factor > 1 else unit for unit, factor in MEMORY_UNITS.items())
+    if isinstance(value, str):
+        match = _MEMORY_TEXT.match(value)
+        if match is None or match.group(2) not in MEMORY_UNITS:
+            raise ConfigError(
+                key, f"cannot read {value!r}: give elements per image (an integer) or bytes with a unit, one of {accepted}; case matters"
+            )
+        number, unit = match.groups()
+        elements = int(float(number) * MEMORY_UNITS[unit] // bytes_per_element)
+        require(elements >= 1, key, f"{value} is less than one element of {bytes_per_element:g} bytes")
+        return elements
+    require(value >= 1, key, f"must be >= 1 element, got {value}")
+    return value
 
 
 @dataclass

@@ -56,6 +56,7 @@ METRICS: tuple[Metric, ...] = (
     Metric("budget_params", objective=True, dtype="int64"),  # null under a memory budget
     Metric("total_conv_params"),
     Metric("params_updated", "mean", objective=True),
+    Metric("params_outside_budget", "mean", dtype="double"),  # norms and classifier that trained beside the budget (a mean over seeds)
     Metric("budget_gap", "mean"),
     Metric("neurons_updated", "mean"),
     Metric("neurons_total"),

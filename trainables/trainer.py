@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader
 
 from neqtune.datasets import build_dataset
 from neqtune.datasets.pipeline import Batches, LoaderSettings, make_loader, with_decoded_cache
+from neqtune.trainables.budget.accounting import account_parameters
 from neqtune.trainables.budget.costs import mask_memory
 from neqtune.trainables.budget.resolve import build_budget
 from neqtune.trainables.budget.units import Masks, conv_layers, conv_neuron_params, layer_flops, mask_stats, total_params, unit_norms
@@ -92,6 +93,9 @@ class BudgetedRun:
         if training.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.precision = MixedPrecision(training.precision, self.device)
+        # what the budget cannot price and the study does not always train is frozen (trainables/budget/accounting.py)
+        self.account = account_parameters(self.model, budget)
+        self.freeze_unbudgeted()
         self.neuron_params = conv_neuron_params(self.model)
         self.total_params = total_params(self.neuron_params)
         self.budget = build_budget(budget, self.model, model_name=config.model.name, image_size=config.data.image_size)
@@ -126,6 +130,18 @@ class BudgetedRun:
         self.masks: Masks = {}  # none yet: the policy's first measurements run on the whole network
         self.masks = self.policy.start(self)
         self.apply_masks()
+
+    def freeze_unbudgeted(self) -> None:
+        """Stop the parameters the accounting calls frozen from requiring gradients: the optimizer never steps them."""
+        frozen = set(self.account.names("frozen"))
+        for name, param in self.model.named_parameters():
+            if name in frozen:
+                param.requires_grad_(False)
+
+    def params_outside_budget(self) -> int:
+        """Parameters that train this epoch outside the budget: the norms the engine lets train, the classifier."""
+        outside = set(self.account.names("outside"))
+        return sum(param.numel() for name, param in self.model.named_parameters() if name in outside and param.requires_grad)
 
     # --- what a policy may ask for (neqtune.trainables.policies.base.Probe) --------------
     def velocity_batches(self) -> Batches:
@@ -332,6 +348,7 @@ def run_epoch(run: BudgetedRun) -> Metrics:
     used = mask_stats(run.masks, run.unit_params, run.flops)  # the masks this epoch trains with
     memory = mask_memory(run.masks, run.budget.costs, run.budget.unit)
     bytes_per_element = run.config.budget.bytes_per_element
+    outside = run.params_outside_budget()
     train_loss, train_top1, lr = run.train_epoch()
     velocity_time = run.next_masks()
     val_top1, test_top1 = run.evaluate() if run.should_evaluate() else (float("nan"), float("nan"))
@@ -351,6 +368,7 @@ def run_epoch(run: BudgetedRun) -> Metrics:
         "budget_params": run.budget_params if run.budget.kind == "params" else None,
         "total_conv_params": run.total_params,
         "params_updated": used.params_updated,
+        "params_outside_budget": outside,
         "budget_gap": run.budget_params - (used.params_updated if run.budget.kind == "params" else memory.elements),
         "neurons_updated": used.neurons_updated,
         "neurons_total": used.neurons_total,

@@ -133,8 +133,8 @@ def build_budget(budget: BudgetConfig, model: nn.Module, *, model_name: str, ima
     kind = budget_kind(budget)
     scheme = get_scheme(budget.scheme) if budget.scheme else None
     if kind == "memory":
-        if budget.memory is not None:
-            amount = budget.memory
+        if budget.memory_budget is not None:
+            amount = budget.memory_budget
         else:  # the scheme's SU mask on input channels sets the budget (its fit for the su policy is checked with the mask)
             assert scheme is not None
             check_scheme_fits(scheme, model, budget.unit)

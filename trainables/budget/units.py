@@ -24,6 +24,9 @@ Unit = Literal["neuron", "input_channel"]
 (weight columns ``W[:, c]``, ``in_channels`` long)."""
 UNITS: tuple[Unit, ...] = ("neuron", "input_channel")
 
+NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
+"""The normalisation layers: never units, trained beside the budget as ``budget.bn_update`` says."""
+
 
 def conv_layers(model: nn.Module) -> dict[str, nn.Conv2d]:
     """Every ``nn.Conv2d`` of ``model`` keyed by qualified name, in module order."""

@@ -45,12 +45,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from neqtune.trainables.budget.units import UNITS, Masks, Unit, conv_layers
+from neqtune.trainables.budget.units import NORM_TYPES, UNITS, Masks, Unit, conv_layers
 from neqtune.trainables.update.optim import AxisMask, UpdateMask
 from neqtune.trainables.update.precision import autocast_dtype
 
 BnUpdate = Literal["all", "selected"]
-NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
 
 
 def _convolution_backward(
