@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from neqtune.search.cli import main
 from neqtune.trainables.budget.accounting import account_parameters, outside_warning
 from neqtune.trainables.budget.units import conv_layers
 from neqtune.trainables.config import BudgetConfig, ModelConfig, TrialConfig, memory_elements
+from neqtune.trainables.models import registry as model_registry
 from neqtune.trainables.models.registry import build_model, model_names, register_model
 from neqtune.trainables.trainer import BudgetedRun
 from tests.search_procs import ROOT
@@ -79,16 +81,22 @@ class TinyViT(nn.Module):
         return out
 
 
-def _register() -> None:
+TEST_MODELS = ("tiny-mixer", "tiny-vit", "tv-vit-224")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _test_models() -> Iterator[None]:
+    """The tiny models, registered for this module's tests only: the registry-wide tests of other modules build every
+    registered model at their own sizes, which these do not take."""
     if "tiny-mixer" not in model_names():
         register_model("tiny-mixer", source="tests", input_size=16)(lambda config, classes: TinyMixer(classes))
         register_model("tiny-vit", source="tests", input_size=16)(lambda config, classes: TinyViT(classes))
         register_model("tv-vit-224", source="tests", input_size=224)(
             lambda config, classes: torchvision.models.VisionTransformer(224, 16, 1, 2, 16, 32, num_classes=classes)
         )
-
-
-_register()
+    yield
+    for name in TEST_MODELS:
+        model_registry._MODELS.remove(name)
 
 
 def trial(model: str, **budget: Any) -> TrialConfig:

@@ -165,8 +165,11 @@ def test_the_policies_name_no_layer_type() -> None:
     assert named == []
 
 
-def test_a_declared_metric_joins_the_schema_once() -> None:
+def test_a_declared_metric_joins_the_schema_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    from neqtune.trainables import metrics
     from neqtune.trainables.metrics import Metric, all_metrics, metric_names, register_metric
+
+    monkeypatch.setattr(metrics, "_REGISTERED", [])  # the probe's declarations end with the test
 
     metric = register_metric(Metric("layout_probe_units", "mean", objective=True))
     assert register_metric(Metric("layout_probe_units", "mean", objective=True)) is not None  # a plug-in imported twice
