@@ -68,8 +68,9 @@ def aggregate(per_seed: Sequence[Metrics], seeds: Sequence[int]) -> Metrics:
     merged: Metrics = dict(first)
 
     def reported(keys: Sequence[str]) -> list[str]:
-        # a metric of the schema that this trial does not report (another policy's own) is left out
-        return [key for key in keys if key in first]
+        # a metric of the schema that this trial does not report, or reports as null (another policy's own, a
+        # plug-in's), is left out: the merged row keeps the first seed's value
+        return [key for key in keys if first.get(key) is not None]
 
     for key in reported(metric_names(seeds="mean")):
         merged[key] = _mean([float(m[key]) for m in per_seed])
