@@ -267,7 +267,7 @@ def write_fixture(name: str, root: Path) -> Path:
     if name == "hf-disk" and name not in WRITERS:
         import pytest
 
-        pytest.skip("HuggingFace's datasets is not installed (the extra [hf]: pip install 'neqtune[hf]')")
+        pytest.fail("HuggingFace's datasets is not installed: the dev extra installs it (pip install -e '.[dev]')")
     if name not in WRITERS:
         raise ValueError(f"no fixture for data set {name!r}; fixtures: {', '.join(sorted(WRITERS))}")
     return WRITERS[name](Path(root))
