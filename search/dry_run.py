@@ -250,8 +250,8 @@ def budget_warnings(space: Space) -> list[str]:
 
 def memory_budget_lines(space: Space, model: Any, model_name: str, sizes: list[int]) -> Iterator[str]:
     """Every memory budget the space reaches for ``model``: elements per image, share of the network, kB (builds nothing else)."""
-    from neqtune.trainables.budget.costs import channel_costs, network_memory
-    from neqtune.trainables.budget.resolve import build_budget
+    from neqtune.trainables.budget.costs import network_memory
+    from neqtune.trainables.budget.resolve import build_budget, model_costs
 
     units = choices(space, "budget.unit")
     memories = choices(space, "budget.memory")
@@ -259,7 +259,7 @@ def memory_budget_lines(space: Space, model: Any, model_name: str, sizes: list[i
         return
     bytes_per_element = next((b for b in choices(space, "budget.bytes_per_element") if b is not None), BudgetConfig().bytes_per_element)
     for size in sizes:
-        total = network_memory(channel_costs(model, size))
+        total = network_memory(model_costs(model, size))
         combos = itertools.product(units, choices(space, "budget.scheme"), memories)
         for unit, scheme_name, memory in combos:
             values = {"policy": "full", "unit": unit or "neuron", "scheme": scheme_name, "memory": memory}

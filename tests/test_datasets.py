@@ -427,3 +427,17 @@ def test_the_benchmark_compares_cold_and_cached_builds(data_root: Path, capsys: 
     out = capsys.readouterr().out
     assert "pets: 52 train / 12 val / 10 velocity / 37 test" in out and "ratio cold / cached:" in out
     assert benchmark_main(["pets", "--root", str(data_root / "missing")]) == 2
+
+
+def test_digits_are_read_as_scikit_learn_loads_them() -> None:
+    """The digits come from scikit-learn's CSV without importing scikit-learn: the same pixels and labels as load_digits()."""
+    from sklearn.datasets import load_digits
+
+    from neqtune.datasets.digits import digit_images
+
+    bunch = load_digits()
+    images, labels = digit_images(8).tensors
+    expected = torch.as_tensor(bunch.images, dtype=torch.float32) / 16.0
+    assert torch.equal(labels, torch.as_tensor(bunch.target, dtype=torch.long))
+    assert images.shape == (1797, 3, 8, 8)
+    assert torch.allclose(images[:, 0] * 0.5 + 0.5, expected, atol=1e-6)  # 8 px: the bilinear resize keeps every pixel

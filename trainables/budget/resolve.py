@@ -20,6 +20,7 @@ its SU mask is then trimmed to fit (:func:`trim_to_budget`).
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -120,6 +121,22 @@ class ResolvedBudget:
         return self.amount if self.kind == "memory" else None
 
 
+_MEASURED: weakref.WeakKeyDictionary[nn.Module, dict[int, dict[str, ConvCosts]]] = weakref.WeakKeyDictionary()
+
+
+def model_costs(model: nn.Module, image_size: int) -> dict[str, ConvCosts]:
+    """:func:`channel_costs` of ``model`` at ``image_size``, measured by one forward pass per model object and size.
+
+    A space's check resolves every distinct budget against one shared model,
+    and a forward pass per budget was most of a dry run's time; a model's
+    layers do not change once it is built, so their sizes are measured once.
+    """
+    sizes = _MEASURED.setdefault(model, {})
+    if image_size not in sizes:
+        sizes[image_size] = channel_costs(model, image_size)
+    return dict(sizes[image_size])
+
+
 def build_budget(budget: BudgetConfig, model: nn.Module, *, model_name: str, image_size: int) -> ResolvedBudget:
     """Resolve ``budget`` for ``model`` (registered as ``model_name``) at ``image_size``, checking what only the model can tell.
 
@@ -128,7 +145,7 @@ def build_budget(budget: BudgetConfig, model: nn.Module, *, model_name: str, ima
             memory budget, or a memory budget below the cheapest unit or
             above the whole network.
     """
-    costs = channel_costs(model, image_size)
+    costs = model_costs(model, image_size)
     neuron_params = conv_neuron_params(model)
     kind = budget_kind(budget)
     scheme = get_scheme(budget.scheme) if budget.scheme else None
