@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pyarrow.parquet as pq
 import pytest
 import torch
 import torchvision
@@ -22,7 +19,6 @@ from neqtune.trainables.config import BudgetConfig, ModelConfig, TrialConfig, me
 from neqtune.trainables.models import registry as model_registry
 from neqtune.trainables.models.registry import build_model, model_names, register_model
 from neqtune.trainables.trainer import BudgetedRun
-from tests.search_procs import ROOT
 
 WIDTH = 16
 
@@ -230,18 +226,6 @@ def test_search_start_prints_the_warning(tmp_path: Path, monkeypatch: pytest.Mon
     with pytest.raises(SystemExit):
         main(["--space", str(space(tmp_path, "tiny-vit")), "--results", str(tmp_path / "out")])
     assert "warning: model tiny-vit: " in capsys.readouterr().out
-
-
-def test_the_table_gets_params_outside_budget(tmp_path: Path) -> None:
-    path = space(tmp_path, "mbv2-w0.35", policy="random", ratio=None, scheme="mbv2-w0.35_scheme_3")
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "run_search.py"), "--space", str(path), "--results", str(tmp_path / "results"), "--name", "acc"],
-        capture_output=True, text=True, cwd=tmp_path, timeout=300,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    table = pq.read_table(tmp_path / "results" / "acc" / "epochs.parquet")
-    assert str(table.schema.field("params_outside_budget").type) == "double"
-    assert table.column("params_outside_budget").to_pylist() == [26_890.0]
 
 
 # --- budget errors ----------------------------------------------------------------------------------------------------

@@ -67,6 +67,8 @@ def test_grid_writes_one_row_per_trial_epoch(grid_run: tuple[subprocess.Complete
     assert (frame["experiment"] == "e2e").all()
     assert (frame["budget_params"] == 55_920).all()
     assert (frame["params_updated"] <= frame["budget_params"]).all()
+    assert epochs.schema.field("params_outside_budget").type == pa.float64()
+    assert (frame["params_outside_budget"] == 26_890).all()  # mbv2-w0.35's norms and classifier (test_accounting counts them)
     assert frame["node_id"].notna().all()
     assert frame["layer_frozen_pct"].map(len).eq(52).all()
     assert "best trial" in done.stdout and "test top-1 at that epoch" in done.stdout
