@@ -25,9 +25,18 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from neqtune.trainables.budget.costs import BudgetKind, ConvCosts, Fill, Pricing, budget_pricing, channel_costs, mask_memory, network_memory
+from neqtune.trainables.budget.costs import (
+    BudgetKind,
+    Fill,
+    LayerCosts,
+    Pricing,
+    budget_pricing,
+    channel_costs,
+    mask_memory,
+    network_memory,
+)
 from neqtune.trainables.budget.schemes import Scheme, get_scheme, su_update_mask
-from neqtune.trainables.budget.units import Masks, Unit, channel_norms, conv_layers, conv_neuron_params, total_params
+from neqtune.trainables.budget.units import Masks, Unit, budgeted_layers, channel_norms, conv_neuron_params, total_params
 from neqtune.trainables.config import BudgetConfig, ConfigError
 
 
@@ -61,7 +70,7 @@ def resolve_budget(budget: BudgetConfig, total: int) -> int:
     return total
 
 
-def scheme_memory(scheme: Scheme, model: nn.Module, costs: Mapping[str, ConvCosts], *, model_name: str, image_size: int) -> int:
+def scheme_memory(scheme: Scheme, model: nn.Module, costs: Mapping[str, LayerCosts], *, model_name: str, image_size: int) -> int:
     """The memory budget of an SU scheme on input channels: its printed value for the model and size, else its computed cost."""
     printed = scheme.memory.get(model_name, {}).get(image_size)
     if printed is not None:
@@ -86,7 +95,7 @@ def check_scheme_fits(scheme: Scheme, model: nn.Module, unit: Unit) -> None:
     if unit == "neuron":
         scheme.su.check_fits(model, scheme.name)
         return
-    n_convs = len(conv_layers(model))
+    n_convs = len(budgeted_layers(model))
     for index in scheme.su.manual_weight_idx:
         if not 0 <= index < n_convs:
             raise ConfigError(
@@ -113,7 +122,7 @@ class ResolvedBudget:
     kind: BudgetKind
     amount: int
     pricing: Pricing
-    costs: dict[str, ConvCosts]
+    costs: dict[str, LayerCosts]
 
     @property
     def memory(self) -> int | None:
@@ -166,7 +175,7 @@ def check_layer_list(layers: list[int], pricing: Pricing, amount: int, *, key: s
         )
 
 
-def check_memory_budget(amount: int, costs: Mapping[str, ConvCosts], unit: Unit, *, key: str) -> None:
+def check_memory_budget(amount: int, costs: Mapping[str, LayerCosts], unit: Unit, *, key: str) -> None:
     """Refuse a memory budget that buys no unit at all, or more than the whole network holds."""
     total = network_memory(costs)
     # a unit alone: its weights plus the activations it needs (a neuron: its group's input)
@@ -174,7 +183,7 @@ def check_memory_budget(amount: int, costs: Mapping[str, ConvCosts], unit: Unit,
     if amount < cheapest:
         raise ConfigError(key, f"memory budget {amount:,} elements is below the cheapest {unit} of the model ({cheapest:,} elements per image)")
     if amount > total:
-        raise ConfigError(key, f"memory budget {amount:,} elements is above the whole network's {total:,} (all conv weights + conv inputs)")
+        raise ConfigError(key, f"memory budget {amount:,} elements is above the whole network's {total:,} (all weights and biases of the budgeted layers + their inputs)")
 
 
 def trim_to_budget(masks: Masks, model: nn.Module, resolved: ResolvedBudget) -> Masks:
@@ -189,7 +198,7 @@ def trim_to_budget(masks: Masks, model: nn.Module, resolved: ResolvedBudget) -> 
         return masks
     trimmed = {name: mask.clone() for name, mask in masks.items()}
     candidates: list[tuple[float, str, int]] = []
-    for name, conv in conv_layers(model).items():
+    for name, conv in budgeted_layers(model).items():
         norms = channel_norms(conv, resolved.unit)
         candidates += [(float(norms[i]), name, int(i)) for i in trimmed[name].nonzero().flatten()]
     for _norm, name, index in sorted(candidates):

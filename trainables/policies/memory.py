@@ -30,7 +30,7 @@ from typing import Any, ClassVar, Literal
 import torch
 
 from neqtune.datasets.parsing import join, require
-from neqtune.trainables.budget.costs import ConvCosts
+from neqtune.trainables.budget.costs import LayerCosts
 from neqtune.trainables.budget.resolve import ResolvedBudget, check_layer_list
 from neqtune.trainables.budget.units import Masks, Unit, budgeted_layers, unit_norms
 from neqtune.trainables.policies.base import BudgetPolicy, GradientNorms, Need, PolicyContext, Probe, register_policy
@@ -42,12 +42,12 @@ DEFAULT_ALPHA = 0.2
 TIME_METRICS = ("ranking_time_s", "grad_norm_time_s", "grad_norm_overhead_pct")
 
 
-def channel_memory(conv: ConvCosts) -> torch.Tensor:
+def channel_memory(conv: LayerCosts) -> torch.Tensor:
     """Each input channel's weight + input plane elements (per image)."""
     return conv.weight + conv.activation
 
 
-def layer_scores(norms: GradientNorms, costs: Mapping[str, ConvCosts]) -> tuple[list[float], list[float]]:
+def layer_scores(norms: GradientNorms, costs: Mapping[str, LayerCosts]) -> tuple[list[float], list[float]]:
     """Per conv (module order): layer RGN, ``sum_c g_c / (C^W_c + C^A_c)``, and LaRa, ``||dL/dW|| / sum_c (C^W_c + C^A_c)``."""
     rgn = [float((norms.units[name] / channel_memory(conv).double()).sum()) for name, conv in costs.items()]
     lara = [norms.layers[name] / float(channel_memory(conv).sum()) for name, conv in costs.items()]
