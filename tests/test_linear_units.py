@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 import torch
@@ -12,8 +13,13 @@ import torchvision
 from torch import nn
 
 from neqtune.trainables.budget.costs import channel_costs, mask_memory, network_memory
+from neqtune.trainables.budget.schemes import su_update_mask
 from neqtune.trainables.budget.units import Masks, Unit, budgeted_layers, frozen_bias_elements, frozen_weight_elements, unit_length
+from neqtune.trainables.config import TrialConfig
+from neqtune.trainables.models import registry as model_registry
+from neqtune.trainables.models.registry import register_model
 from neqtune.trainables.policies.velocity import VelocityTracker
+from neqtune.trainables.trainer import BudgetedRun, run_epoch
 from neqtune.trainables.update.engine import SparseUpdateEngine, parameter_masks
 from neqtune.trainables.update.optim import MaskedSGD
 
@@ -263,3 +269,67 @@ def test_velocity_measures_linear_neurons_used_inside_functions() -> None:
     assert velocities is not None and list(velocities) == ["patch", "fc1", "proj"]
     assert velocities["proj"].shape == (8,) and velocities["fc1"].shape == (12,)
     assert float(velocities["proj"].abs().min()) > 0.1 and float(velocities["fc1"].abs().max()) < 1e-12  # only proj's outputs changed
+
+
+# --- every policy on Linear units -----------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def small_vit_model() -> Iterator[str]:
+    """SmallViT registered for this module's tests only (the registry-wide tests build every model at their own sizes)."""
+    register_model("test-small-vit", source="tests", input_size=32)(lambda config, classes: SmallViT())
+    yield "test-small-vit"
+    model_registry._MODELS.remove("test-small-vit")
+
+
+def linear_trial(model: str, **budget: Any) -> TrialConfig:
+    return TrialConfig.from_dict(
+        {
+            "data": {"name": "digits", "image_size": 32, "batch_size": 128, "velocity_images": 16, "workers": 0},
+            "model": {"name": model},
+            "training": {"epochs": 2, "lr": 0.1, "momentum": 0.9, "device": "cpu"},
+            "budget": budget,
+        }
+    )
+
+
+POLICY_BUDGETS: list[dict[str, Any]] = [
+    {"policy": "velocity", "unit": "neuron", "ratio": 0.3},
+    {"policy": "velocity", "unit": "neuron", "memory": 3000},
+    {"policy": "random", "unit": "neuron", "memory": 3000},
+    {"policy": "random", "unit": "input_channel", "memory": 3000},
+    {"policy": "trady", "unit": "input_channel", "memory": 3000, "options": {"trady": {"ranking_batches": 1}}},
+    {"policy": "rgn", "unit": "input_channel", "memory": 3000, "options": {"rgn": {"ranking_batches": 1}}},
+    {"policy": "medyate", "unit": "input_channel", "options": {"medyate": {"ranking_batches": 1, "layers": [1, 2, 3]}}, "memory": 1500},
+    {"policy": "full", "unit": "input_channel"},
+]
+
+
+@pytest.mark.parametrize("budget", POLICY_BUDGETS, ids=lambda b: f"{b['policy']}-{b['unit']}-{'memory' if 'memory' in b else 'params'}")
+def test_every_policy_selects_linear_units(small_vit_model: str, budget: dict[str, Any]) -> None:
+    """Two epochs: masks over the Linear layers too, the budget kept, units out of the masks bit-identical."""
+    torch.set_num_threads(1)
+    run = BudgetedRun(linear_trial(small_vit_model, **budget))
+    layers = budgeted_layers(run.model)
+    assert list(run.masks) == list(layers) == ["patch", "attn.out_proj", "fc1", "fc2"]
+    unit: Unit = budget["unit"]
+    for _epoch in range(2):
+        before = {name: layer.weight.detach().clone() for name, layer in layers.items()}
+        trained_with = {name: mask.clone() for name, mask in run.masks.items()}
+        run_epoch(run)
+        for name, layer in layers.items():
+            frozen = frozen_weight_elements(layer, trained_with[name].cpu(), unit)
+            assert torch.equal(layer.weight.detach()[frozen], before[name][frozen]), name
+        if budget["policy"] != "full":
+            spent = mask_memory(run.masks, run.budget.costs, unit).elements if "memory" in budget else None
+            assert spent is None or spent <= run.budget.amount
+    linear_selected = sum(int(run.masks[name].sum()) for name, layer in layers.items() if isinstance(layer, nn.Linear))
+    assert linear_selected > 0
+
+
+@pytest.mark.parametrize("unit", UNITS)
+def test_su_masks_cover_linear_layers(unit: Unit) -> None:
+    """SU schemes index every budgeted layer in module order, Linear layers included."""
+    model = SmallViT()
+    masks = su_update_mask(model, manual_weight_idx=[1, 3], weight_update_ratio=[1.0, 0.5], unit=unit)
+    assert list(masks) == ["patch", "attn.out_proj", "fc1", "fc2"]
+    assert bool(masks["attn.out_proj"].all()) and not bool(masks["fc1"].any())
+    assert int(masks["fc2"].sum()) == unit_length(model.fc2, unit) // 2
