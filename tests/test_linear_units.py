@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
+import yaml
 from torch import nn
 
+from neqtune.search.cli import main
 from neqtune.trainables.budget.costs import channel_costs, mask_memory, network_memory
+from neqtune.trainables.budget.resolve import build_budget
 from neqtune.trainables.budget.schemes import su_update_mask
 from neqtune.trainables.budget.units import Masks, Unit, budgeted_layers, frozen_bias_elements, frozen_weight_elements, unit_length
-from neqtune.trainables.config import TrialConfig
+from neqtune.trainables.config import BudgetConfig, ConfigError, TrialConfig
 from neqtune.trainables.models import registry as model_registry
 from neqtune.trainables.models.registry import register_model
 from neqtune.trainables.policies.velocity import VelocityTracker
@@ -333,3 +337,66 @@ def test_su_masks_cover_linear_layers(unit: Unit) -> None:
     assert list(masks) == ["patch", "attn.out_proj", "fc1", "fc2"]
     assert bool(masks["attn.out_proj"].all()) and not bool(masks["fc1"].any())
     assert int(masks["fc2"].sum()) == unit_length(model.fc2, unit) // 2
+
+
+# --- bad input ------------------------------------------------------------------------------------------------------
+def test_a_preselection_may_name_its_layers(small_vit_model: str) -> None:
+    budget = {"policy": "trady", "unit": "input_channel", "memory": 1500, "options": {"trady": {"layers": ["attn.out_proj", "fc2"]}}}
+    run = BudgetedRun(linear_trial(small_vit_model, **budget))
+    assert run.policy.layer_names() == ["attn.out_proj", "fc2"]  # type: ignore[attr-defined]
+    assert not run.masks["patch"].any() and not run.masks["fc1"].any()
+
+
+@pytest.mark.parametrize(
+    ("layers", "message"),
+    [
+        (["fc1", "norm"], "budget.options.rgn.layers: layer 'norm' is not budgeted: the budgeted layers are every conv and every Linear"),
+        (["head"], "budget.options.rgn.layers: layer 'head' is not budgeted"),
+        ([1, "attn.out_proj"], "budget.options.rgn.layers: a layer is given twice"),
+    ],
+)
+def test_a_layer_that_is_not_budgeted_is_refused(
+    small_vit_model: str, layers: list[Any], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    space = {
+        "experiment": "linear",
+        "data": {"name": "digits", "image_size": 32, "batch_size": 64},
+        "model": {"name": small_vit_model},
+        "training": {"epochs": 1, "lr": 0.1},
+        "budget": {"policy": "rgn", "unit": "input_channel", "memory": 1500, "options": {"rgn": {"layers": layers}}},
+        "search": {"algorithm": "grid", "num_samples": 1, "max_concurrent": 1, "cpus_per_trial": 1, "params": {"training.seed": {"choice": [0]}}},
+    }
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump(space))
+    assert main(["--space", str(path), "--results", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith(f"error: {path}: {message}"), err
+    assert not (tmp_path / "out").exists()
+
+
+class HiddenLinear(nn.Module):
+    """A Linear whose weight is multiplied by hand: no F.linear call, so no price."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.patch = nn.Conv2d(3, 8, 8, stride=8)
+        self.mix = nn.Linear(8, 8)
+        self.head = nn.Linear(8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.patch(x).flatten(2).transpose(1, 2)
+        out: torch.Tensor = self.head((tokens @ self.mix.weight.t()).mean(dim=1))
+        return out
+
+
+@pytest.mark.parametrize(
+    ("model", "message"),
+    [
+        (HiddenLinear(), "model hidden: budgeted layers ['mix'] were not used in a forward pass"),
+        (nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 10)), "model hidden: has no conv or Linear layer besides its classifier"),
+    ],
+)
+def test_a_model_whose_layers_cannot_be_priced_is_refused(model: nn.Module, message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        build_budget(BudgetConfig(policy="random", unit="input_channel", memory=1000), model, model_name="hidden", image_size=32)
+    assert caught.value.key == "model.name" and message in str(caught.value)

@@ -137,7 +137,12 @@ def build_budget(budget: BudgetConfig, model: nn.Module, *, model_name: str, ima
             memory budget, or a memory budget below the cheapest unit or
             above the whole network.
     """
-    costs = channel_costs(model, image_size)
+    if not budgeted_layers(model):
+        raise ConfigError("model.name", f"model {model_name}: has no conv or Linear layer besides its classifier: a budget has nothing to select")
+    try:
+        costs = channel_costs(model, image_size)
+    except ValueError as err:  # a budgeted layer the forward pass never used, so it has no price
+        raise ConfigError("model.name", f"model {model_name}: {err}") from None
     neuron_params = conv_neuron_params(model)
     kind = budget_kind(budget)
     scheme = get_scheme(budget.scheme) if budget.scheme else None
@@ -158,20 +163,44 @@ def build_budget(budget: BudgetConfig, model: nn.Module, *, model_name: str, ima
     return ResolvedBudget(budget.unit, kind, amount, pricing, costs)
 
 
-def check_layer_list(layers: list[int], pricing: Pricing, amount: int, *, key: str) -> None:
-    """Refuse an explicit preselection with an index out of range, or whose convs cannot hold the budget.
+def layer_indices(layers: list[int | str], names: list[str], *, key: str) -> list[int]:
+    """The module-order indices of a preselection given by index or by qualified layer name.
 
-    The convs hold the budget when all their units together cost at least
+    Raises:
+        ConfigError: (``key``) an index out of range, a name that is not a
+            budgeted layer (a norm, the classifier, no such module), or a
+            layer given twice.
+    """
+    indices: list[int] = []
+    for layer in layers:
+        if isinstance(layer, str):
+            if layer not in names:
+                shown = ", ".join(repr(n) for n in names[:4]) + (", ..." if len(names) > 4 else "")
+                raise ConfigError(
+                    key, f"layer {layer!r} is not budgeted: the budgeted layers are every conv and every Linear but the classifier ({shown})"
+                )
+            indices.append(names.index(layer))
+        elif not 0 <= layer < len(names):
+            raise ConfigError(key, f"conv index {layer} is out of range: the model has {len(names)} convs (0..{len(names) - 1})")
+        else:
+            indices.append(layer)
+    if len(set(indices)) != len(indices):
+        raise ConfigError(key, f"a layer is given twice: {layers}")
+    return indices
+
+
+def check_layer_list(layers: list[int | str], pricing: Pricing, amount: int, *, key: str) -> None:
+    """Refuse an explicit preselection with an index out of range, a layer that is not budgeted, or whose layers cannot hold the budget.
+
+    The layers hold the budget when all their units together cost at least
     ``amount``: a smaller preselection could never spend it.
     """
     names = list(pricing.unit_cost)
-    for index in layers:
-        if not 0 <= index < len(names):
-            raise ConfigError(key, f"conv index {index} is out of range: the model has {len(names)} convs (0..{len(names) - 1})")
-    held = sum(int(pricing.unit_cost[names[i]].sum()) for i in layers)
+    indices = layer_indices(layers, names, key=key)
+    held = sum(int(pricing.unit_cost[names[i]].sum()) for i in indices)
     if held < amount:
         raise ConfigError(
-            key, f"convs {sorted(layers)} hold {held:,} elements in all, less than the budget of {amount:,}: they cannot hold it"
+            key, f"convs {sorted(indices)} hold {held:,} elements in all, less than the budget of {amount:,}: they cannot hold it"
         )
 
 
