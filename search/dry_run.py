@@ -146,7 +146,9 @@ def weights_line(config: ModelConfig) -> str:
 
 def describe_models(space: Space, problems: Problems) -> Iterator[str]:
     """Per model: its source, convs and conv parameters, its ImageNet weights, then every budget in parameters."""
-    from neqtune.trainables.budget.units import conv_neuron_params, total_params
+    from torch import nn
+
+    from neqtune.trainables.budget.units import budgeted_layers, conv_neuron_params, total_params
     from neqtune.trainables.checks import input_size_problems, model_problems
     from neqtune.trainables.models.registry import build_model, model_spec, ungrouped_conv_params
 
@@ -170,10 +172,16 @@ def describe_models(space: Space, problems: Problems) -> Iterator[str]:
             yield f"model {name} ({spec.source}): cannot be built (see the errors below)"
             continue
         total = total_params(conv_neuron_params(model))
+        layers = budgeted_layers(model)
+        linear = sum(1 for layer in layers.values() if isinstance(layer, nn.Linear))
+        held = (
+            f"{len(layers)} convs, {total:,} conv parameters"
+            if not linear
+            else f"{len(layers) - linear} convs and {linear} Linear layers, {total:,} parameters in them"
+        )
         yield (
             f"model {name} ({spec.source}, native {spec.input_size} px, run at {'/'.join(map(str, sizes))} px, "
-            f"pretrained {pretrained or 'none (random init)'}): {len(conv_neuron_params(model))} convs, "
-            f"{total:,} conv parameters ({ungrouped_conv_params(model):,} without / groups)"
+            f"pretrained {pretrained or 'none (random init)'}): {held} ({ungrouped_conv_params(model):,} without / groups)"
         )
         if pretrained == "imagenet" and spec.imagenet is not None:
             yield weights_line(ModelConfig(name=name, pretrained="imagenet", zoo_dir=config.zoo_dir))
@@ -205,7 +213,7 @@ def accounting_lines(space: Space, model: Any, model_name: str) -> Iterator[str]
     account = account_parameters(model, BudgetConfig(policy=policies[0], bn_update=bn_updates[0]))
     ceiling = " at most" if "selected" in bn_updates else ""
     yield (
-        f"  parameters under a budget: {account.budgeted:,} budgeted (conv units), {account.outside:,}{ceiling} trained outside "
+        f"  parameters under a budget: {account.budgeted:,} budgeted (units of convs and Linear layers), {account.outside:,}{ceiling} trained outside "
         f"the budget ({', '.join(account.reasons_of('outside')) or 'none'}), {account.frozen:,} frozen"
     )
     note = frozen_note(model_name, account)

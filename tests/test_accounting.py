@@ -1,4 +1,4 @@
-"""What trains under a budget: budgeted conv units, norms and classifier outside it, the rest frozen; and the budget errors a newcomer met."""
+"""What trains under a budget: budgeted conv and Linear units, norms and classifier outside it, the rest frozen; and the budget errors a newcomer met."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from torch import nn
 
 from neqtune.search.cli import main
 from neqtune.trainables.budget.accounting import account_parameters, outside_warning
-from neqtune.trainables.budget.units import conv_layers
+from neqtune.trainables.budget.units import budgeted_layers, conv_layers
 from neqtune.trainables.config import BudgetConfig, ModelConfig, TrialConfig, memory_elements
 from neqtune.trainables.models import registry as model_registry
 from neqtune.trainables.models.registry import build_model, model_names, register_model
@@ -132,20 +132,21 @@ def test_what_trains_today_on_the_study_cnn_is_unchanged() -> None:
     assert outside == run.account.outside == 26_890  # every BatchNorm and the classifier (bn_update: all)
 
 
-@pytest.mark.parametrize(("model", "frozen_layers"), [("tiny-mixer", ["token_mix", "fc1", "fc2"]), ("tiny-vit", None)])
-def test_linear_body_and_embeddings_are_frozen(model: str, frozen_layers: list[str] | None) -> None:
+@pytest.mark.parametrize("model", ["tiny-mixer", "tiny-vit"])
+def test_linear_body_is_budgeted_and_embeddings_are_frozen(model: str) -> None:
     net = build_model(ModelConfig(name=model), 10)
     account = account_parameters(net, BudgetConfig(policy="random", ratio=0.1))
-    assert account.names("budgeted") == [f"{conv}.{p}" for conv in conv_layers(net) for p in ("weight", "bias")]
+    layers = budgeted_layers(net)
+    assert "head" not in layers  # the classifier stays outside
+    assert account.names("budgeted") == [f"{layer}.{p}" for layer in layers for p in ("weight", "bias")]
     assert set(account.reasons_of("outside")) == {"norm", "classifier"}
     assert "head.weight" in account.names("outside")
-    if frozen_layers is not None:
-        assert account.layers("frozen") == frozen_layers
-        assert account.reasons_of("frozen") == ["Linear"]
-    else:  # the class token, the position embedding, the attention's packed projection, its output and the MLP
-        assert account.layers("frozen") == ["class_token", "pos_embedding", "block.attn.in_proj_weight", "block.attn.in_proj_bias",
-                                            "block.attn.out_proj", "block.fc"]
-        assert account.reasons_of("frozen") == ["parameter", "NonDynamicallyQuantizableLinear", "Linear"]
+    if model == "tiny-mixer":
+        assert list(layers) == ["stem", "token_mix", "fc1", "fc2"] and account.frozen == 0
+    else:  # the class token, the position embedding and the attention's packed input projection (no nn.Linear)
+        assert list(layers) == ["patch", "block.attn.out_proj", "block.fc"]
+        assert account.layers("frozen") == ["class_token", "pos_embedding", "block.attn.in_proj_weight", "block.attn.in_proj_bias"]
+        assert account.reasons_of("frozen") == ["parameter"]
     total = sum(p.numel() for p in net.parameters())
     assert account.budgeted + account.outside + account.frozen == total
     full = account_parameters(net, BudgetConfig(policy="full"))
@@ -210,10 +211,14 @@ def test_dry_run_prints_the_three_counts_and_the_warning(tmp_path: Path, capsys:
     out = capsys.readouterr().out
     net = build_model(ModelConfig(name="tiny-mixer"), 10)
     account = account_parameters(net, BudgetConfig(policy="random", ratio=0.1))
-    counts = f"{account.budgeted:,} budgeted (conv units), {account.outside:,} trained outside the budget (norm, classifier), {account.frozen:,} frozen"
+    counts = (
+        f"{account.budgeted:,} budgeted (units of convs and Linear layers), {account.outside:,} trained outside the budget "
+        f"(norm, classifier), {account.frozen:,} frozen"
+    )
     assert f"  parameters under a budget: {counts}" in out
-    assert f"note: model tiny-mixer: {account.frozen:,} parameters in 3 layers are frozen under a budget (token_mix, fc1, fc2)" in out
-    assert f"warning: model tiny-mixer: {account.outside:,} parameters in 3 layers train outside the budget of 78 parameters" in out
+    assert "1 convs and 3 Linear layers" in out and "are frozen under a budget" not in out  # the mixer's Linear layers are units now
+    budget = int(account.budgeted * 0.1)  # the ratio of every budgeted layer's parameters, the Linear layers' included
+    assert f"warning: model tiny-mixer: {account.outside:,} parameters in 3 layers train outside the budget of {budget:,} parameters" in out
 
 
 def test_search_start_prints_the_warning(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:

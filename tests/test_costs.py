@@ -90,8 +90,9 @@ def test_one_conv_priced_by_hand() -> None:
     # input channel of the dense conv: C_out * 3 * 3 = 72 weights, a 16x16 plane; its weight gradient 72 * 16 * 16 MACs
     assert dense.weight.tolist() == [72] * 3 and dense.activation.tolist() == [256] * 3
     assert dense.input_channel.wgrad_flops.tolist() == [72 * 256] * 3
-    # a neuron of the dense conv: 3 * 3 * 3 = 27 weights (the bias is outside the memory budget); it reads the whole input
-    assert dense.neuron.weight.tolist() == [27] * 8 and dense.neuron.activation.tolist() == [3 * 256] * 8
+    # a neuron of the dense conv: 3 * 3 * 3 = 27 weights and its bias element; it reads the whole input
+    assert dense.neuron.weight.tolist() == [28] * 8 and dense.neuron.activation.tolist() == [3 * 256] * 8
+    assert (dense.bias, dw.bias, dense.total_parameters) == (8, 0, 3 * 72 + 8)
     # depthwise: a channel is one 3x3 filter and its own plane, output 8x8
     assert dw.weight.tolist() == [9] * 8 and dw.activation.tolist() == [256] * 8 and dw.output_hw == (8, 8)
     assert dw.input_channel.wgrad_flops.tolist() == [9 * 64] * 8
@@ -100,11 +101,12 @@ def test_one_conv_priced_by_hand() -> None:
     masks = {"dense": torch.tensor([True, True] + [False] * 6), "depthwise": torch.tensor([True, False, True] + [False] * 5),
              "pointwise": torch.zeros(4, dtype=torch.bool)}  # fmt: skip
     use = mask_memory(masks, costs, "neuron")
-    assert use.layer_weight == [54, 18, 0] and use.layer_activation == [768, 512, 0]
+    assert use.layer_weight == [56, 18, 0] and use.layer_activation == [768, 512, 0]
     channel_masks = {"dense": torch.tensor([True, False, False]), "depthwise": torch.zeros(8, dtype=torch.bool),
                      "pointwise": torch.tensor([True] * 2 + [False] * 6)}  # fmt: skip
     use = mask_memory(channel_masks, costs, "input_channel")
-    assert (use.weight_elements, use.activation_elements) == (72 + 8, 256 + 128)
+    # the dense conv's bias (8) is paid once, with its first selected input channel
+    assert (use.weight_elements, use.activation_elements) == (72 + 8 + 8, 256 + 128)
     assert use.activation_sparsity_pct == pytest.approx(100 * (1 - 384 / (768 + 2048 + 512)))
     assert use.wgrad_flops_saved_pct == pytest.approx(100 * (1 - (72 * 256 + 2 * 4 * 64) / (3 * 72 * 256 + 8 * 9 * 64 + 8 * 4 * 64)))
 
@@ -121,11 +123,11 @@ def test_prefix_stops_and_skip_fills_on() -> None:
 def test_neurons_under_memory_pay_their_group_input_once() -> None:
     costs = channel_costs(Tiny(), 16)
     pricing = budget_pricing(costs, conv_neuron_params(Tiny()), unit="neuron", kind="memory", fill="skip")
-    # order: two dense neurons (27 + 768, then 27), then a depthwise one (9 + 256)
+    # order: two dense neurons (27 + 1 bias + 768, then 28), then a depthwise one (9 + 256)
     flat = torch.tensor([0, 1, 8])
-    taken = fill_budget(flat, pricing, 27 + 768 + 27 + 9 + 256)
+    taken = fill_budget(flat, pricing, 28 + 768 + 28 + 9 + 256)
     assert taken.nonzero().flatten().tolist() == [0, 1, 8]
-    assert fill_budget(flat, pricing, 27 + 768 + 27 + 9 + 255).nonzero().flatten().tolist() == [0, 1]
+    assert fill_budget(flat, pricing, 28 + 768 + 28 + 9 + 255).nonzero().flatten().tolist() == [0, 1]
 
 
 @settings(max_examples=25, deadline=None)

@@ -149,8 +149,9 @@ class BudgetConfig:
     ``bytes_per_element`` converts elements to bytes for reporting (4:
     float32; 1: tiny-training's int8) and a ``memory`` given in bytes to
     elements (:func:`memory_elements`). ``bn_update``: ``all`` normalisation
-    layers train (the study), or only those after convs that hold updated
-    channels (``selected``). ``options``: each policy's own options, by
+    layers (BatchNorm, GroupNorm, LayerNorm) train (the study), or only those
+    after budgeted layers (convs, Linear layers) that hold updated channels
+    (``selected``). ``options``: each policy's own options, by
     policy name (``options.velocity.mu``, ``options.rgn.refresh``), parsed
     and checked by that policy when the trial is checked (see
     :mod:`neqtune.trainables.policies.base`); the chosen policy reads its

@@ -30,7 +30,7 @@ from neqtune.datasets.pipeline import Batches, LoaderSettings, make_loader, with
 from neqtune.trainables.budget.accounting import account_parameters
 from neqtune.trainables.budget.costs import mask_memory
 from neqtune.trainables.budget.resolve import build_budget
-from neqtune.trainables.budget.units import Masks, conv_layers, conv_neuron_params, layer_flops, mask_stats, total_params, unit_norms
+from neqtune.trainables.budget.units import Masks, budgeted_layers, conv_neuron_params, layer_flops, mask_stats, total_params, unit_norms
 from neqtune.trainables.checks import check_config, resolve_device
 from neqtune.trainables.config import TrialConfig
 from neqtune.trainables.cpu import prepare_cpu
@@ -168,7 +168,7 @@ class BudgetedRun:
         """
         started = time.perf_counter()
         unit = self.config.budget.unit
-        convs = conv_layers(self.model)
+        convs = budgeted_layers(self.model)
         buffers = {name: b.detach().clone() for name, b in self.model.named_buffers()}
         flags = {param: param.requires_grad for param in self.model.parameters()}
         for param in self.model.parameters():

@@ -1,18 +1,21 @@
 """What trains under a budget: every parameter of a model is budgeted, trained outside the budget, or frozen.
 
-A budget prices units of ``nn.Conv2d`` layers only (:mod:`neqtune.trainables.budget.units`).
+A budget prices units of ``nn.Conv2d`` and ``nn.Linear`` layers (:mod:`neqtune.trainables.budget.units`).
 Every entry of ``model.named_parameters()`` falls in exactly one of three kinds:
 
-- **budgeted**: the weights and biases of the convs, the units a policy
-  selects; only the selected ones train, and the budget counts them;
+- **budgeted**: the weights and biases of the convs and of the Linear
+  layers but the classifier, the units a policy selects; only the
+  selected ones train, and the budget counts them (a bias with its neuron,
+  or under input channels once with its layer's first selected channel);
 - **outside** the budget: the normalisation layers (as ``budget.bn_update``
-  says: ``all`` trains them always, ``selected`` only after a conv that
+  says: ``all`` trains them always, ``selected`` only after a layer that
   holds a selected unit, so their count here is a ceiling) and the
   classifier (the last ``nn.Linear``, the study's rule: it is always
   trained and never counted);
-- **frozen**: everything else, e.g. ``nn.Linear`` layers inside the body
-  (a transformer's attention and MLP, an MLP-mixer's token and channel
-  mixing), class tokens and position embeddings.
+- **frozen**: everything else: class tokens, position embeddings, relative
+  position bias tables, the packed input projection of
+  ``nn.MultiheadAttention`` (a parameter, not an ``nn.Linear``), any other
+  layer's parameters.
 
 Why freeze the rest rather than train it beside the budget: a trial's
 budget is the claim its result rows make ("10 % of the parameters"). On an
@@ -21,12 +24,12 @@ Linear parameters trained in full; such a row compares a nearly full
 fine-tuning with genuinely budgeted runs and nothing in it says so. Frozen,
 the claim stays true: what trains is the budget plus the study's declared
 set (norms, classifier), and the frozen count says what the budget could not
-reach. Linear layers become units in a later issue; they then move from
-frozen to budgeted. The study's CNNs (convs, BatchNorm and a Linear
-classifier only) have nothing frozen, so what they train is unchanged.
+reach. Swin-T's relative-position tables alone hold 23,322 parameters, most
+of TraDy's smallest budget (27,946): trained beside it they would double
+what a row claims, and TraDy's printed totals do not count them either.
 
-Under the ``full`` policy there is no budget: every parameter trains (convs
-are budgeted units all selected, everything else is outside).
+Under the ``full`` policy there is no budget: every parameter trains
+(budgeted layers have all their units selected, everything else is outside).
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ from typing import Literal
 
 from torch import nn
 
-from neqtune.trainables.budget.units import NORM_TYPES
+from neqtune.trainables.budget.units import NORM_TYPES, budgeted_layers
 from neqtune.trainables.config import BudgetConfig
 from neqtune.trainables.models.registry import classifier_name
 
@@ -74,7 +77,7 @@ class ParameterAccount:
 
     @property
     def budgeted(self) -> int:
-        """Parameters of the budgeted convs (weights and biases)."""
+        """Parameters of the budgeted layers (weights and biases of the convs and Linear layers but the classifier)."""
         return self.count("budgeted")
 
     @property
@@ -127,6 +130,7 @@ def account_parameters(model: nn.Module, budget: BudgetConfig) -> ParameterAccou
         The kind, size and reason of every parameter.
     """
     head = _classifier(model)
+    budgeted = set(budgeted_layers(model))
     everything = budget.policy == "full"
     kinds: dict[str, Kind] = {}
     sizes: dict[str, int] = {}
@@ -136,7 +140,7 @@ def account_parameters(model: nn.Module, budget: BudgetConfig) -> ParameterAccou
         sizes[name] = size
         loose = not module_name or next(module.children(), None) is not None  # held by a container, not by a layer
         layers[name] = name if loose else module_name
-        if isinstance(module, nn.Conv2d):
+        if module_name in budgeted and not loose:
             kinds[name] = "budgeted"
             continue
         if isinstance(module, NORM_TYPES):
@@ -152,8 +156,10 @@ def account_parameters(model: nn.Module, budget: BudgetConfig) -> ParameterAccou
 ALWAYS_TRAINED = {"norm": "the normalisation layers", "classifier": "the classifier"}
 
 UNBUDGETED_WHY = {
-    "Linear": "Linear layers are not budgeted units yet",
-    "parameter": "parameters of no layer (class tokens, position embeddings) are not budgeted units",
+    "parameter": (
+        "parameters of no layer (class tokens, position embeddings, relative-position tables, "
+        "nn.MultiheadAttention's packed input projection) are not budgeted units"
+    ),
 }
 
 
@@ -182,7 +188,7 @@ def outside_warning(model_name: str, account: ParameterAccount, budget_amount: i
 
 
 def frozen_note(model_name: str, account: ParameterAccount) -> str | None:
-    """The line naming what a budget freezes in ``model_name`` (non-conv body parameters), else None."""
+    """The line naming what a budget freezes in ``model_name`` (parameters of no budgeted layer, norm or classifier), else None."""
     if not account.frozen:
         return None
     layers = account.layers("frozen")

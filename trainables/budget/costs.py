@@ -1,7 +1,12 @@
 """What a unit of selection costs: weight and activation elements, weight-gradient FLOPs.
 
-Two units can be selected under a budget, and both are priced here in the
-same currency (elements per input image):
+The budgeted layers are every ``nn.Conv2d`` and every ``nn.Linear`` but the
+classifier (:func:`~neqtune.trainables.budget.units.budgeted_layers`). A
+Linear is priced as a 1x1 conv whose input plane is its tokens: ``N``, the
+rows it multiplies per input image (after any padding the model does before
+it, e.g. Swin's padding to whole windows). Two units can be selected under
+a budget, and both are priced here in the same currency (elements per
+input image):
 
 - a *neuron* (``unit: neuron``, the study): one output channel ``c`` of a
   conv, the slice ``W[c]``. Its weight part is ``C_in/groups * kh * kw``
@@ -11,15 +16,23 @@ same currency (elements per input image):
 - an *input channel* (``unit: input_channel``, TraDy and MeDyate): the slice
   ``W[:, c]``. Its weight part is ``C_out * kh * kw`` elements
   (``C_out/groups * kh * kw`` in a grouped conv, ``kh * kw`` in a depthwise
-  one), and its weight gradient reads only channel ``c`` of the conv's
-  input: ``H_in * W_in`` activation elements.
+  one, ``C_out`` in a Linear), and its weight gradient reads only channel
+  ``c`` of the layer's input: ``H_in * W_in`` (a Linear: ``N``) activation elements.
+
+A layer's bias is part of its weights: a neuron holds its own bias element;
+under input channels the bias (``C_out`` elements, whose gradient does not
+depend on which channels train) is paid once, by the first selected
+channel of its layer, which is when the engine trains it. So the full
+network costs all weights and biases plus all inputs, the total TraDy
+prints for SwinT (31,889,952 at 128 px), and the study's CNNs, whose convs
+have no bias, cost what they did.
 
 A budget of memory counts, like TraDy, the weight elements updated plus the
-conv-input activation elements kept for their weight gradients, per image
+layer-input activation elements kept for their weight gradients, per image
 (one image: the published budgets reproduce only that way; a batch of ``B``
-keeps ``B`` times the activations). Biases, normalisation layers, the
-classifier, activation gradients and optimizer state are outside it. The
-module is pure: it prices masks, it never selects or applies them.
+keeps ``B`` times the activations). Normalisation layers, the classifier,
+activation gradients and optimizer state are outside it. The module is
+pure: it prices masks, it never selects or applies them.
 """
 
 from __future__ import annotations
@@ -32,7 +45,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from neqtune.trainables.budget.units import Masks, Unit, conv_layers
+from neqtune.trainables.budget.units import Layer, Masks, Unit, budgeted_layers, layer_shape, layer_sizes
 
 Fill = Literal["prefix", "skip"]
 BudgetKind = Literal["params", "memory"]
@@ -40,13 +53,15 @@ BudgetKind = Literal["params", "memory"]
 
 @dataclass(frozen=True)
 class UnitCosts:
-    """Per unit of one conv, what selecting it costs (``torch.long`` tensors of one length).
+    """Per unit of one layer, what selecting it costs (``torch.long`` tensors of one length).
 
     Attributes:
-        weight: weight elements the unit holds.
+        weight: weight elements the unit holds (a neuron: its row and its
+            bias element; an input channel: its column, the layer's bias
+            being paid once, :meth:`LayerCosts.kept_bias`).
         activation: input activation elements (per image) its weight
             gradient needs on its own. Shared between the neurons of a
-            group; see :meth:`ConvCosts.kept_activation`.
+            group; see :meth:`LayerCosts.kept_activation`.
         wgrad_flops: multiply-accumulates of its weight gradient per image.
     """
 
@@ -56,19 +71,22 @@ class UnitCosts:
 
 
 @dataclass(frozen=True)
-class ConvCosts:
-    """The costs of one conv at one image size.
+class LayerCosts:
+    """The costs of one budgeted layer (a conv, or a Linear as a 1x1 conv over its tokens) at one image size.
 
-    ``weight`` and ``activation`` are over the conv's *input* channels (the
+    ``weight`` and ``activation`` are over the layer's *input* channels (the
     TraDy unit); ``neuron`` holds the same prices over its output channels.
 
     Attributes:
-        in_channels, out_channels, groups: the conv's shape.
-        kernel: ``kh * kw``.
-        input_hw: spatial size of the conv's input, unpadded.
-        output_hw: spatial size of its output.
+        in_channels, out_channels, groups: the layer's shape (a Linear's
+            features; groups 1).
+        kernel: ``kh * kw`` (1 for a Linear).
+        input_hw: spatial size of the conv's input, unpadded; a Linear's
+            ``(N, 1)``, ``N`` the tokens it multiplies per image.
+        output_hw: spatial size of its output (a Linear's ``(N, 1)``).
         input_channel: costs per input channel.
         neuron: costs per output channel.
+        bias: elements of the layer's bias (0 without one).
     """
 
     in_channels: int
@@ -79,6 +97,7 @@ class ConvCosts:
     output_hw: tuple[int, int]
     input_channel: UnitCosts
     neuron: UnitCosts
+    bias: int = 0
 
     @property
     def weight(self) -> torch.Tensor:
@@ -97,8 +116,17 @@ class ConvCosts:
 
     @property
     def total_weight(self) -> int:
-        """All weight elements of the conv (no bias)."""
+        """All weight elements of the layer (no bias)."""
         return int(self.input_channel.weight.sum())
+
+    @property
+    def total_parameters(self) -> int:
+        """All weight and bias elements of the layer."""
+        return self.total_weight + self.bias
+
+    def kept_bias(self, mask: torch.Tensor, unit: Unit) -> int:
+        """Bias elements ``mask`` trains beyond its units' own weights: the whole bias, once, when an input channel is selected."""
+        return self.bias if unit == "input_channel" and bool(mask.any()) else 0
 
     @property
     def total_activation(self) -> int:
@@ -125,36 +153,10 @@ class ConvCosts:
         return groups_touched * (self.in_channels // self.groups) * self.plane
 
 
-def _conv_shapes(model: nn.Module, image_size: int) -> dict[str, tuple[tuple[int, int], tuple[int, int]]]:
-    """Input and output spatial sizes of every conv for one ``image_size`` square image."""
-    shapes: dict[str, tuple[tuple[int, int], tuple[int, int]]] = {}
-    convs = conv_layers(model)
-    handles = []
-    for name, conv in convs.items():
-
-        def record(_m: nn.Module, args: tuple[torch.Tensor, ...], out: torch.Tensor, name: str = name) -> None:
-            shapes[name] = ((int(args[0].shape[-2]), int(args[0].shape[-1])), (int(out.shape[-2]), int(out.shape[-1])))
-
-        handles.append(conv.register_forward_hook(record))
-    first = next(iter(convs.values()))
-    parameter = next(model.parameters())
-    example = torch.zeros(1, first.in_channels, image_size, image_size, device=parameter.device, dtype=parameter.dtype)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(example)
-    finally:
-        model.train(was_training)
-        for handle in handles:
-            handle.remove()
-    return shapes
-
-
-def _conv_costs(conv: nn.Conv2d, input_hw: tuple[int, int], output_hw: tuple[int, int]) -> ConvCosts:
-    kh, kw = conv.kernel_size
-    kernel = kh * kw
-    c_in, c_out, groups = conv.in_channels, conv.out_channels, conv.groups
+def _layer_costs(layer: Layer, input_hw: tuple[int, int], output_hw: tuple[int, int]) -> LayerCosts:
+    c_out, c_in, groups = layer_shape(layer)
+    kernel = layer.weight[0, 0].numel()
+    bias = 0 if layer.bias is None else layer.bias.numel()
     plane = input_hw[0] * input_hw[1]
     positions = output_hw[0] * output_hw[1]
     channel_weight = c_out // groups * kernel
@@ -163,7 +165,7 @@ def _conv_costs(conv: nn.Conv2d, input_hw: tuple[int, int], output_hw: tuple[int
     def full(length: int, value: int) -> torch.Tensor:
         return torch.full((length,), value, dtype=torch.long)
 
-    return ConvCosts(
+    return LayerCosts(
         in_channels=c_in,
         out_channels=c_out,
         groups=groups,
@@ -171,30 +173,39 @@ def _conv_costs(conv: nn.Conv2d, input_hw: tuple[int, int], output_hw: tuple[int
         input_hw=input_hw,
         output_hw=output_hw,
         input_channel=UnitCosts(full(c_in, channel_weight), full(c_in, plane), full(c_in, channel_weight * positions)),
-        neuron=UnitCosts(full(c_out, neuron_weight), full(c_out, c_in // groups * plane), full(c_out, neuron_weight * positions)),
+        neuron=UnitCosts(
+            full(c_out, neuron_weight + (1 if bias else 0)), full(c_out, c_in // groups * plane), full(c_out, neuron_weight * positions)
+        ),
+        bias=bias,
     )
 
 
-def channel_costs(model: nn.Module, image_size: int) -> dict[str, ConvCosts]:
-    """The costs of every conv of ``model`` for square ``image_size`` inputs.
+def channel_costs(model: nn.Module, image_size: int) -> dict[str, LayerCosts]:
+    """The costs of every budgeted layer of ``model`` (every conv, every Linear but the classifier) for square ``image_size`` inputs.
 
     Args:
-        model: the network; one forward pass of a zero image (eval mode, no
-            gradients) measures every conv's input and output size.
+        model: the network; one forward pass of a zero image (batch 1, eval
+            mode, no gradients) measures every conv's input and output size
+            and the tokens of every Linear (:func:`~neqtune.trainables.budget.units.layer_sizes`).
         image_size: side of the input image, in pixels.
 
     Returns:
-        For every ``nn.Conv2d``, keyed by its qualified name in module order,
-        its :class:`ConvCosts` (``.weight`` and ``.activation`` over its
-        input channels, ``.neuron`` over its output channels).
+        For every budgeted layer, keyed by its qualified name in module
+        order, its :class:`LayerCosts` (``.weight`` and ``.activation`` over
+        its input channels, ``.neuron`` over its output channels).
     """
-    shapes = _conv_shapes(model, image_size)
-    return {name: _conv_costs(conv, *shapes[name]) for name, conv in conv_layers(model).items()}
+    layers = budgeted_layers(model)
+    first = next(iter(layers.values()))
+    channels = first.in_channels if isinstance(first, nn.Conv2d) else 3
+    parameter = next(model.parameters())
+    example = torch.zeros(1, channels, image_size, image_size, device=parameter.device, dtype=parameter.dtype)
+    sizes = layer_sizes(model, example)
+    return {name: _layer_costs(layer, sizes[name].input_hw, sizes[name].output_hw) for name, layer in layers.items()}
 
 
-def network_memory(costs: Mapping[str, ConvCosts]) -> int:
-    """All conv weights plus all conv-input activations, per image: TraDy's baseline."""
-    return sum(c.total_weight + c.total_activation for c in costs.values())
+def network_memory(costs: Mapping[str, LayerCosts]) -> int:
+    """All weights and biases of the budgeted layers plus all their input activations, per image: TraDy's baseline."""
+    return sum(c.total_parameters + c.total_activation for c in costs.values())
 
 
 @dataclass(frozen=True)
@@ -202,8 +213,8 @@ class MemoryUse:
     """What a set of masks updates and keeps, in elements per image.
 
     Attributes:
-        weight_elements: conv weight elements updated.
-        activation_elements: conv-input activation elements kept for weight gradients.
+        weight_elements: weight (and bias) elements updated in the budgeted layers.
+        activation_elements: layer-input activation elements kept for weight gradients.
         weight_total, activation_total: the same for a full update.
         wgrad_flops: weight-gradient multiply-accumulates computed per image.
         wgrad_flops_total: the same for a full update.
@@ -240,7 +251,7 @@ class MemoryUse:
         return 100.0 * (1 - self.wgrad_flops / self.wgrad_flops_total) if self.wgrad_flops_total else 0.0
 
 
-def mask_memory(masks: Masks, costs: Mapping[str, ConvCosts], unit: Unit) -> MemoryUse:
+def mask_memory(masks: Masks, costs: Mapping[str, LayerCosts], unit: Unit) -> MemoryUse:
     """Price ``masks`` (per conv, bool over the channels of ``unit``; True = updated).
 
     Returns:
@@ -255,11 +266,11 @@ def mask_memory(masks: Masks, costs: Mapping[str, ConvCosts], unit: Unit) -> Mem
         per_unit = conv.units(unit)
         if mask.shape != per_unit.weight.shape:
             raise ValueError(f"mask of {name} has {mask.numel()} entries, its conv has {per_unit.weight.numel()} {unit} channels")
-        layer_weight.append(int(per_unit.weight[mask].sum()))
+        layer_weight.append(int(per_unit.weight[mask].sum()) + conv.kept_bias(mask, unit))
         layer_activation.append(conv.kept_activation(mask, unit))
         flops += int(per_unit.wgrad_flops[mask].sum())
         flops_total += int(per_unit.wgrad_flops.sum())
-        weight_total += conv.total_weight
+        weight_total += conv.total_parameters
         activation_total += conv.total_activation
     return MemoryUse(
         weight_elements=sum(layer_weight),
@@ -336,7 +347,7 @@ class Pricing:
 
 
 def budget_pricing(
-    costs: Mapping[str, ConvCosts],
+    costs: Mapping[str, LayerCosts],
     neuron_params: Mapping[str, torch.Tensor],
     *,
     unit: Unit,
@@ -348,15 +359,22 @@ def budget_pricing(
     - parameters, neurons: each neuron's parameters (with its bias), the study;
     - parameters, input channels: each channel's weight elements;
     - memory, input channels: each channel's weight + input plane;
-    - memory, neurons: each neuron's weight elements, plus its group's input
-      (``C_in/groups * H * W``), paid once by the first neuron taken from it.
+    - memory, neurons: each neuron's weight elements (with its bias), plus
+      its group's input (``C_in/groups * H * W``), paid once by the first
+      neuron taken from it.
+
+    Under a memory budget over input channels a layer's bias is paid once,
+    by the first channel taken from the layer (a group of one per layer),
+    as :func:`mask_memory` counts it; models whose layers have no bias (the
+    study's CNNs) get no groups. A parameter budget over input channels
+    counts weight elements only, as before.
     """
     if kind == "params":
         if unit == "neuron":
             return Pricing.of(neuron_params, fill)
         return Pricing.of({name: conv.weight for name, conv in costs.items()}, fill)
     if unit == "input_channel":
-        return Pricing.of({name: conv.weight + conv.activation for name, conv in costs.items()}, fill)
+        return _with_biases(Pricing.of({name: conv.weight + conv.activation for name, conv in costs.items()}, fill), costs)
     return Pricing(
         unit_cost={name: conv.neuron.weight for name, conv in costs.items()},
         fill=fill,
@@ -364,4 +382,16 @@ def budget_pricing(
             name: torch.full((conv.groups,), conv.in_channels // conv.groups * conv.plane, dtype=torch.long) for name, conv in costs.items()
         },
         group_of={name: conv.neuron_groups() for name, conv in costs.items()},
+    )
+
+
+def _with_biases(pricing: Pricing, costs: Mapping[str, LayerCosts]) -> Pricing:
+    """``pricing`` with each layer's bias as a price paid once by the first input channel taken from it."""
+    if not any(conv.bias for conv in costs.values()):
+        return pricing
+    return Pricing(
+        unit_cost=pricing.unit_cost,
+        fill=pricing.fill,
+        group_cost={name: torch.tensor([conv.bias], dtype=torch.long) for name, conv in costs.items()},
+        group_of={name: torch.zeros(conv.in_channels, dtype=torch.long) for name, conv in costs.items()},
     )

@@ -26,9 +26,18 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from neqtune.trainables.budget.costs import BudgetKind, ConvCosts, Fill, Pricing, budget_pricing, channel_costs, mask_memory, network_memory
+from neqtune.trainables.budget.costs import (
+    BudgetKind,
+    Fill,
+    LayerCosts,
+    Pricing,
+    budget_pricing,
+    channel_costs,
+    mask_memory,
+    network_memory,
+)
 from neqtune.trainables.budget.schemes import Scheme, get_scheme, su_update_mask
-from neqtune.trainables.budget.units import Masks, Unit, channel_norms, conv_layers, conv_neuron_params, total_params
+from neqtune.trainables.budget.units import Masks, Unit, budgeted_layers, channel_norms, conv_neuron_params, total_params
 from neqtune.trainables.config import BudgetConfig, ConfigError
 
 
@@ -62,7 +71,7 @@ def resolve_budget(budget: BudgetConfig, total: int) -> int:
     return total
 
 
-def scheme_memory(scheme: Scheme, model: nn.Module, costs: Mapping[str, ConvCosts], *, model_name: str, image_size: int) -> int:
+def scheme_memory(scheme: Scheme, model: nn.Module, costs: Mapping[str, LayerCosts], *, model_name: str, image_size: int) -> int:
     """The memory budget of an SU scheme on input channels: its printed value for the model and size, else its computed cost."""
     printed = scheme.memory.get(model_name, {}).get(image_size)
     if printed is not None:
@@ -87,7 +96,7 @@ def check_scheme_fits(scheme: Scheme, model: nn.Module, unit: Unit) -> None:
     if unit == "neuron":
         scheme.su.check_fits(model, scheme.name)
         return
-    n_convs = len(conv_layers(model))
+    n_convs = len(budgeted_layers(model))
     for index in scheme.su.manual_weight_idx:
         if not 0 <= index < n_convs:
             raise ConfigError(
@@ -114,17 +123,17 @@ class ResolvedBudget:
     kind: BudgetKind
     amount: int
     pricing: Pricing
-    costs: dict[str, ConvCosts]
+    costs: dict[str, LayerCosts]
 
     @property
     def memory(self) -> int | None:
         return self.amount if self.kind == "memory" else None
 
 
-_MEASURED: weakref.WeakKeyDictionary[nn.Module, dict[int, dict[str, ConvCosts]]] = weakref.WeakKeyDictionary()
+_MEASURED: weakref.WeakKeyDictionary[nn.Module, dict[int, dict[str, LayerCosts]]] = weakref.WeakKeyDictionary()
 
 
-def model_costs(model: nn.Module, image_size: int) -> dict[str, ConvCosts]:
+def model_costs(model: nn.Module, image_size: int) -> dict[str, LayerCosts]:
     """:func:`channel_costs` of ``model`` at ``image_size``, measured by one forward pass per model object and size.
 
     A space's check resolves every distinct budget against one shared model,
@@ -145,7 +154,12 @@ def build_budget(budget: BudgetConfig, model: nn.Module, *, model_name: str, ima
             memory budget, or a memory budget below the cheapest unit or
             above the whole network.
     """
-    costs = model_costs(model, image_size)
+    if not budgeted_layers(model):
+        raise ConfigError("model.name", f"model {model_name}: has no conv or Linear layer besides its classifier: a budget has nothing to select")
+    try:
+        costs = model_costs(model, image_size)
+    except ValueError as err:  # a budgeted layer the forward pass never used, so it has no price
+        raise ConfigError("model.name", f"model {model_name}: {err}") from None
     neuron_params = conv_neuron_params(model)
     kind = budget_kind(budget)
     scheme = get_scheme(budget.scheme) if budget.scheme else None
@@ -166,24 +180,48 @@ def build_budget(budget: BudgetConfig, model: nn.Module, *, model_name: str, ima
     return ResolvedBudget(budget.unit, kind, amount, pricing, costs)
 
 
-def check_layer_list(layers: list[int], pricing: Pricing, amount: int, *, key: str) -> None:
-    """Refuse an explicit preselection with an index out of range, or whose convs cannot hold the budget.
+def layer_indices(layers: list[int | str], names: list[str], *, key: str) -> list[int]:
+    """The module-order indices of a preselection given by index or by qualified layer name.
 
-    The convs hold the budget when all their units together cost at least
+    Raises:
+        ConfigError: (``key``) an index out of range, a name that is not a
+            budgeted layer (a norm, the classifier, no such module), or a
+            layer given twice.
+    """
+    indices: list[int] = []
+    for layer in layers:
+        if isinstance(layer, str):
+            if layer not in names:
+                shown = ", ".join(repr(n) for n in names[:4]) + (", ..." if len(names) > 4 else "")
+                raise ConfigError(
+                    key, f"layer {layer!r} is not budgeted: the budgeted layers are every conv and every Linear but the classifier ({shown})"
+                )
+            indices.append(names.index(layer))
+        elif not 0 <= layer < len(names):
+            raise ConfigError(key, f"conv index {layer} is out of range: the model has {len(names)} convs (0..{len(names) - 1})")
+        else:
+            indices.append(layer)
+    if len(set(indices)) != len(indices):
+        raise ConfigError(key, f"a layer is given twice: {layers}")
+    return indices
+
+
+def check_layer_list(layers: list[int | str], pricing: Pricing, amount: int, *, key: str) -> None:
+    """Refuse an explicit preselection with an index out of range, a layer that is not budgeted, or whose layers cannot hold the budget.
+
+    The layers hold the budget when all their units together cost at least
     ``amount``: a smaller preselection could never spend it.
     """
     names = list(pricing.unit_cost)
-    for index in layers:
-        if not 0 <= index < len(names):
-            raise ConfigError(key, f"conv index {index} is out of range: the model has {len(names)} convs (0..{len(names) - 1})")
-    held = sum(int(pricing.unit_cost[names[i]].sum()) for i in layers)
+    indices = layer_indices(layers, names, key=key)
+    held = sum(int(pricing.unit_cost[names[i]].sum()) for i in indices)
     if held < amount:
         raise ConfigError(
-            key, f"convs {sorted(layers)} hold {held:,} elements in all, less than the budget of {amount:,}: they cannot hold it"
+            key, f"convs {sorted(indices)} hold {held:,} elements in all, less than the budget of {amount:,}: they cannot hold it"
         )
 
 
-def check_memory_budget(amount: int, costs: Mapping[str, ConvCosts], unit: Unit, *, key: str) -> None:
+def check_memory_budget(amount: int, costs: Mapping[str, LayerCosts], unit: Unit, *, key: str) -> None:
     """Refuse a memory budget that buys no unit at all, or more than the whole network holds."""
     total = network_memory(costs)
     # a unit alone: its weights plus the activations it needs (a neuron: its group's input)
@@ -191,7 +229,7 @@ def check_memory_budget(amount: int, costs: Mapping[str, ConvCosts], unit: Unit,
     if amount < cheapest:
         raise ConfigError(key, f"memory budget {amount:,} elements is below the cheapest {unit} of the model ({cheapest:,} elements per image)")
     if amount > total:
-        raise ConfigError(key, f"memory budget {amount:,} elements is above the whole network's {total:,} (all conv weights + conv inputs)")
+        raise ConfigError(key, f"memory budget {amount:,} elements is above the whole network's {total:,} (all weights and biases of the budgeted layers + their inputs)")
 
 
 def trim_to_budget(masks: Masks, model: nn.Module, resolved: ResolvedBudget) -> Masks:
@@ -206,7 +244,7 @@ def trim_to_budget(masks: Masks, model: nn.Module, resolved: ResolvedBudget) -> 
         return masks
     trimmed = {name: mask.clone() for name, mask in masks.items()}
     candidates: list[tuple[float, str, int]] = []
-    for name, conv in conv_layers(model).items():
+    for name, conv in budgeted_layers(model).items():
         norms = channel_norms(conv, resolved.unit)
         candidates += [(float(norms[i]), name, int(i)) for i in trimmed[name].nonzero().flatten()]
     for _norm, name, index in sorted(candidates):

@@ -14,7 +14,7 @@ import torch
 import yaml
 from torch import nn
 
-from neqtune.trainables.budget.units import Unit, channel_norms, conv_layers
+from neqtune.trainables.budget.units import Unit, budgeted_layers, channel_norms, unit_length
 from neqtune.trainables.config import ConfigError
 
 SCHEMES_FILE = Path(__file__).with_name("schemes.yaml")
@@ -41,7 +41,7 @@ class SUScheme:
         tail (the last ``n_bias_update`` convs): the SU rule updates a conv's
         weights only where backward already reaches its bias.
         """
-        n_convs = len(conv_layers(model))
+        n_convs = len(budgeted_layers(model))
         tail_start = n_convs - self.n_bias_update
         for index in self.manual_weight_idx:
             if not 0 <= index < n_convs:
@@ -135,20 +135,19 @@ def su_update_mask(
         Per conv, bool over the channels of ``unit`` (True = updated); every
         conv not listed is frozen entirely.
     """
-    convs = list(conv_layers(model).items())
+    convs = list(budgeted_layers(model).items())
     if len(manual_weight_idx) != len(weight_update_ratio):
         raise ValueError(f"manual_weight_idx has {len(manual_weight_idx)} entries but weight_update_ratio has {len(weight_update_ratio)}")
     if len(set(manual_weight_idx)) != len(manual_weight_idx):
         raise ValueError(f"manual_weight_idx repeats an index: {list(manual_weight_idx)}")
-    width = (lambda c: c.out_channels) if unit == "neuron" else (lambda c: c.in_channels)
-    masks = {name: torch.zeros(width(conv), dtype=torch.bool) for name, conv in convs}
+    masks = {name: torch.zeros(unit_length(conv, unit), dtype=torch.bool) for name, conv in convs}
     for index, ratio in zip(manual_weight_idx, weight_update_ratio, strict=True):
         if not 0 <= index < len(convs):
             raise ValueError(f"manual_weight_idx {index} is out of range: the model has {len(convs)} convs")
         if not 0.0 <= ratio <= 1.0:
             raise ValueError(f"weight_update_ratio {ratio} is outside [0, 1]")
         name, conv = convs[index]
-        n = width(conv)
+        n = unit_length(conv, unit)
         order = torch.sort(channel_norms(conv, unit), stable=True).indices  # smallest norm first
         if unit == "neuron":
             mask = torch.ones(n, dtype=torch.bool)

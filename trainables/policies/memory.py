@@ -30,8 +30,8 @@ from typing import Any, ClassVar, Literal
 import torch
 
 from neqtune.datasets.parsing import join, require
-from neqtune.trainables.budget.costs import ConvCosts
-from neqtune.trainables.budget.resolve import ResolvedBudget, check_layer_list
+from neqtune.trainables.budget.costs import LayerCosts
+from neqtune.trainables.budget.resolve import ResolvedBudget, check_layer_list, layer_indices
 from neqtune.trainables.budget.units import Masks, Unit, budgeted_layers, unit_norms
 from neqtune.trainables.policies.base import BudgetPolicy, GradientNorms, Need, PolicyContext, Probe, register_policy
 from neqtune.trainables.policies.fill import Policy as SelectionFn
@@ -42,12 +42,12 @@ DEFAULT_ALPHA = 0.2
 TIME_METRICS = ("ranking_time_s", "grad_norm_time_s", "grad_norm_overhead_pct")
 
 
-def channel_memory(conv: ConvCosts) -> torch.Tensor:
+def channel_memory(conv: LayerCosts) -> torch.Tensor:
     """Each input channel's weight + input plane elements (per image)."""
     return conv.weight + conv.activation
 
 
-def layer_scores(norms: GradientNorms, costs: Mapping[str, ConvCosts]) -> tuple[list[float], list[float]]:
+def layer_scores(norms: GradientNorms, costs: Mapping[str, LayerCosts]) -> tuple[list[float], list[float]]:
     """Per conv (module order): layer RGN, ``sum_c g_c / (C^W_c + C^A_c)``, and LaRa, ``||dL/dW|| / sum_c (C^W_c + C^A_c)``."""
     rgn = [float((norms.units[name] / channel_memory(conv).double()).sum()) for name, conv in costs.items()]
     lara = [norms.layers[name] / float(channel_memory(conv).sum()) for name, conv in costs.items()]
@@ -86,12 +86,13 @@ class PreselectOptions:
     """The options of TraDy and MeDyate (``budget.options.trady``, ``budget.options.medyate``).
 
     ``layers``: the preselection rule, ``{top_rgn_share: x}`` with x in
-    (0, 1], ``{lara_alpha: a}`` with a > 0, or a list of conv indices
-    (module order); null takes the policy's default rule.
+    (0, 1], ``{lara_alpha: a}`` with a > 0, or a list of budgeted layers,
+    each a module-order index or a qualified name (``features.1.0.attn.qkv``);
+    null takes the policy's default rule.
     ``ranking_batches``: training batches of the ranking gradient pass.
     """
 
-    layers: dict[str, float] | list[int] | None = None
+    layers: dict[str, float] | list[int | str] | None = None
     ranking_batches: int = 10
 
     def validate(self, path: str) -> None:
@@ -101,7 +102,7 @@ class PreselectOptions:
             return
         if isinstance(self.layers, list):
             require(bool(self.layers), key, "the list of conv indices is empty")
-            require(all(i >= 0 for i in self.layers), key, f"conv indices must be >= 0, got {self.layers}")
+            require(all(isinstance(i, str) or i >= 0 for i in self.layers), key, f"conv indices must be >= 0, got {self.layers}")
             require(len(set(self.layers)) == len(self.layers), key, f"a conv index repeats: {self.layers}")
             return
         rules = ("top_rgn_share", "lara_alpha")
@@ -155,9 +156,13 @@ class PreselectingPolicy(BudgetPolicy):
             check_layer_list(options.layers, budget.pricing, budget.amount, key=join(path, "layers"))
 
     def rule(self) -> Mapping[str, float] | list[int]:
-        """The ``layers`` option, or the policy's default rule."""
+        """The ``layers`` option (a list as module-order indices), or the policy's default rule."""
         layers = self.options.layers
-        return self.default_rule if layers is None else layers
+        if layers is None:
+            return self.default_rule
+        if isinstance(layers, list):
+            return layer_indices(layers, self.conv_names(), key="layers")
+        return layers
 
     def measure(self, probe: Probe, masks: Masks) -> GradientNorms:
         """The gradient norms of ``masks``' units over the ``ranking_batches`` option's batches."""

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from neqtune.trainables.budget.units import budgeted_layers, neuron_outputs
+from neqtune.trainables.budget.units import LinearCalls, LinearFn, budgeted_layers, neuron_outputs
 
 
 def output_change(current: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
@@ -52,8 +52,11 @@ def output_change(current: torch.Tensor, previous: torch.Tensor) -> torch.Tensor
 class VelocityTracker:
     """Measures the velocity of every conv neuron of ``model``.
 
-    Forward hooks on every budgeted layer (each ``nn.Conv2d`` today) record its output while
-    :meth:`observe` runs; they do nothing during training. Only what the rule
+    Forward hooks on every budgeted conv record its output while
+    :meth:`observe` runs (they do nothing during training); a budgeted
+    Linear's output is recorded from every ``F.linear`` call on its weight
+    during :meth:`observe` (:class:`~neqtune.trainables.budget.units.LinearCalls`,
+    so Swin's attention projections count), as ``[neurons, tokens]`` per image. Only what the rule
     needs is kept: the last outputs on the velocity split, ``phi`` of the
     last pass and the recurrence state.
 
@@ -70,7 +73,15 @@ class VelocityTracker:
         self._previous: dict[str, torch.Tensor] | None = None
         self._last_phi: dict[str, torch.Tensor] = {}
         self._state: dict[str, torch.Tensor] = {}
-        self._handles = [conv.register_forward_hook(self._make_hook(name)) for name, conv in self._convs.items()]
+        self._handles = [conv.register_forward_hook(self._make_hook(name)) for name, conv in self._convs.items() if isinstance(conv, nn.Conv2d)]
+        self._active = True
+        self._linear_calls = LinearCalls(self._convs, self._record_linear)
+
+    def _record_linear(self, name: str, inputs: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, linear: LinearFn) -> torch.Tensor:
+        output = linear(inputs, weight, bias)
+        if self._recording is not None:
+            self._recording[name].append(neuron_outputs(output.detach(), self._convs[name]).clone())
+        return output
 
     def _make_hook(self, name: str) -> Any:
         def hook(_module: nn.Module, _inputs: object, output: torch.Tensor) -> None:
@@ -81,16 +92,17 @@ class VelocityTracker:
 
     @torch.no_grad()
     def _record(self, batches: Iterable[Any]) -> dict[str, torch.Tensor]:
-        if not self._handles:
+        if not self._active:
             raise RuntimeError("VelocityTracker.observe called after remove()")
         was_training = self.model.training
         device = next(iter(self._convs.values())).weight.device
         self._recording = {name: [] for name in self._convs}
         self.model.eval()
         try:
-            for batch in batches:
-                inputs = batch[0] if isinstance(batch, (tuple, list)) else batch
-                self.model(inputs.to(device))
+            with self._linear_calls:
+                for batch in batches:
+                    inputs = batch[0] if isinstance(batch, (tuple, list)) else batch
+                    self.model(inputs.to(device))
             recorded = self._recording
         finally:
             self._recording = None
@@ -148,6 +160,7 @@ class VelocityTracker:
         for handle in self._handles:
             handle.remove()
         self._handles = []
+        self._active = False
 
     def __enter__(self) -> VelocityTracker:
         return self

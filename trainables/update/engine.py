@@ -26,9 +26,22 @@ the row-wise path for those channels. Grouped convs with several input
 channels per group (none in the shipped models) fall back to the whole
 weight gradient with the unselected columns zeroed, and keep their whole input.
 
-With ``bn_update="selected"`` the normalisation layers after a conv train
-only when that conv holds updated neurons (input channels), so backward
-stops below the lowest such layer. Masks change by flipping flags and index
+Linear layers (every ``nn.Linear`` but the classifier) are budgeted the
+same way, as a 1x1 conv over their tokens: a frozen Linear keeps only its
+weight and computes its input gradient; a partly updated one computes the
+weight gradient of its selected rows (neurons, from its whole input) or of
+its selected columns (input channels, keeping only those features of its
+input, a copy). A Linear's weight is found wherever ``F.linear`` is called
+on it, not only in its module's ``forward`` (torchvision's Swin attention
+calls ``qkv`` and ``proj`` inside a function): while the engine is
+installed, the model's ``forward`` runs under
+:class:`~neqtune.trainables.budget.units.LinearCalls`. Models without a
+budgeted Linear (the study's CNNs) are not wrapped.
+
+With ``bn_update="selected"`` the normalisation layers (BatchNorm,
+GroupNorm, LayerNorm) after a budgeted layer in module order train only
+when that layer holds updated neurons (input channels), so backward stops
+below the lowest such layer. Masks change by flipping flags and index
 tensors; the model and the optimizer state are never rebuilt. The optimizer
 pairs with the engine through ``row_sparse=True`` (:mod:`neqtune.trainables.update.optim`):
 it steps only the updated rows (columns) of a partly updated conv, with the
@@ -45,7 +58,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from neqtune.trainables.budget.units import NORM_TYPES, UNITS, Masks, Unit, conv_layers
+from neqtune.trainables.budget.units import (
+    NORM_TYPES,
+    UNITS,
+    Layer,
+    LinearCalls,
+    LinearFn,
+    Masks,
+    Unit,
+    budgeted_layers,
+    layer_shape,
+    unit_length,
+)
 from neqtune.trainables.update.optim import AxisMask, UpdateMask
 from neqtune.trainables.update.precision import autocast_dtype
 
@@ -437,12 +461,100 @@ class _FrozenConv(torch.autograd.Function):
         return _input_gradient(grad_out, ctx.input_shape, weight, ctx.conf, ctx.groups), None, None, None, None
 
 
-def norms_after_convs(model: nn.Module) -> dict[str, list[nn.Module]]:
-    """For every conv, the normalisation layers that follow it in module order before the next conv."""
+_LIBRARY_LINEAR = torch._C._nn.linear
+"""The library's linear: what the Linear Functions compute with (``F.linear`` is a :class:`LinearCalls` dispatcher while a forward runs)."""
+
+
+def _linear_input_gradient(grad_out: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    return grad_out.matmul(weight)
+
+
+class _FrozenLinear(torch.autograd.Function):
+    """``F.linear`` with a frozen weight: backward computes the input gradient only and keeps no input."""
+
+    @staticmethod
+    def forward(ctx: Any, inputs: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        inputs, weight, bias = _autocast_operands(ctx, inputs, weight, bias)
+        ctx.save_for_backward(weight)
+        return _LIBRARY_LINEAR(inputs, weight, bias)
+
+    @staticmethod
+    @_in_dtypes
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        (weight,) = ctx.saved_tensors
+        grad_in = _linear_input_gradient(grad_out, weight) if ctx.needs_input_grad[0] else None
+        return grad_in, None, None
+
+
+class _RowSparseLinear(torch.autograd.Function):
+    """``F.linear`` whose weight (and bias) gradient is computed for the selected output features (rows) only.
+
+    A row's gradient reads every input feature, so the whole input is kept.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, inputs: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, selected: torch.Tensor) -> torch.Tensor:
+        ctx.selected, ctx.has_bias = selected, bias is not None
+        needs_weight_grad = weight.requires_grad
+        inputs, weight, bias = _autocast_operands(ctx, inputs, weight, bias)
+        ctx.save_for_backward(inputs if needs_weight_grad else None, weight)
+        return _LIBRARY_LINEAR(inputs, weight, bias)
+
+    @staticmethod
+    @_in_dtypes
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        inputs, weight = ctx.saved_tensors
+        grad_in = grad_weight = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            grad_in = _linear_input_gradient(grad_out, weight)
+        grad_rows = grad_out.reshape(-1, weight.shape[0]).index_select(1, ctx.selected)
+        if ctx.needs_input_grad[1]:
+            rows = grad_rows.t().matmul(inputs.reshape(-1, weight.shape[1]))
+            grad_weight = weight.new_zeros(weight.shape).index_copy_(0, ctx.selected, rows)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_bias = grad_out.new_zeros(weight.shape[0]).index_copy_(0, ctx.selected, grad_rows.sum(0))
+        return grad_in, grad_weight, grad_bias, None
+
+
+class _ColumnSparseLinear(torch.autograd.Function):
+    """``F.linear`` whose weight gradient is computed for the selected input features (columns) only.
+
+    Forward keeps only those features of the input (a copy, so the whole
+    input can be freed); the bias, whose gradient does not depend on the
+    columns, trains whole, as a conv's does under input channels.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, inputs: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, selected: torch.Tensor) -> torch.Tensor:
+        ctx.selected, ctx.has_bias = selected, bias is not None
+        needs_weight_grad = weight.requires_grad
+        inputs, weight, bias = _autocast_operands(ctx, inputs, weight, bias)
+        ctx.save_for_backward(inputs.index_select(-1, selected) if needs_weight_grad else None, weight)
+        return _LIBRARY_LINEAR(inputs, weight, bias)
+
+    @staticmethod
+    @_in_dtypes
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        kept, weight = ctx.saved_tensors
+        grad_in = grad_weight = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            grad_in = _linear_input_gradient(grad_out, weight)
+        flat = grad_out.reshape(-1, weight.shape[0])
+        if ctx.needs_input_grad[1]:
+            columns = flat.t().matmul(kept.reshape(-1, kept.shape[-1]))
+            grad_weight = weight.new_zeros(weight.shape).index_copy_(1, ctx.selected, columns)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_bias = flat.sum(0)
+        return grad_in, grad_weight, grad_bias, None
+
+
+def norms_after_layers(model: nn.Module) -> dict[str, list[nn.Module]]:
+    """For every budgeted layer, the normalisation layers that follow it in module order before the next budgeted layer."""
+    layers = budgeted_layers(model)
     after: dict[str, list[nn.Module]] = {}
     current: str | None = None
     for name, module in model.named_modules():
-        if isinstance(module, nn.Conv2d):
+        if name in layers:
             current = name
             after[name] = []
         elif isinstance(module, NORM_TYPES) and current is not None:
@@ -450,16 +562,14 @@ def norms_after_convs(model: nn.Module) -> dict[str, list[nn.Module]]:
     return after
 
 
-def unit_length(conv: nn.Conv2d, unit: Unit) -> int:
-    """Length of ``conv``'s mask in ``unit``: ``out_channels`` (neurons) or ``in_channels`` (input channels)."""
-    return conv.out_channels if unit == "neuron" else conv.in_channels
+norms_after_convs = norms_after_layers
 
 
-def parameter_masks(model: nn.Module | Mapping[str, nn.Conv2d], masks: Masks, unit: Unit = "neuron") -> dict[torch.Tensor, UpdateMask]:
-    """The optimizer's per-parameter update masks (:mod:`neqtune.trainables.update.optim`) of per-conv ``masks``.
+def parameter_masks(model: nn.Module | Mapping[str, Layer], masks: Masks, unit: Unit = "neuron") -> dict[torch.Tensor, UpdateMask]:
+    """The optimizer's per-parameter update masks (:mod:`neqtune.trainables.update.optim`) of per-layer ``masks``.
 
     Args:
-        model: the network, or its convs by qualified name (:func:`~neqtune.trainables.budget.units.conv_layers`).
+        model: the network, or its budgeted layers by qualified name (:func:`~neqtune.trainables.budget.units.budgeted_layers`).
         masks: per conv, a bool tensor over its output channels (``unit="neuron"``)
             or its input channels (``unit="input_channel"``); True = updated.
         unit: what the masks select.
@@ -467,14 +577,15 @@ def parameter_masks(model: nn.Module | Mapping[str, nn.Conv2d], masks: Masks, un
     Returns:
         Per conv weight and bias. Neuron unit: the row mask for both.
         Input-channel unit: for the weight, an :class:`~neqtune.trainables.update.optim.AxisMask`
-        over its columns (dim 1) for an ungrouped conv, the rows of the
+        over its columns (dim 1) for an ungrouped conv or a Linear, the rows of the
         selected channels' filters for a depthwise conv, an element mask
         ``(C_out, C_in/groups, 1, 1)`` for other grouped convs; for the bias,
         all True when the conv has any selected input channel, else all False.
     """
-    convs = conv_layers(model) if isinstance(model, nn.Module) else model
+    convs = budgeted_layers(model) if isinstance(model, nn.Module) else model
     per_param: dict[torch.Tensor, UpdateMask] = {}
     for name, conv in convs.items():
+        groups = layer_shape(conv)[2]
         mask = masks[name]
         _check_mask(name, conv, mask, unit)
         if unit == "neuron":
@@ -482,40 +593,41 @@ def parameter_masks(model: nn.Module | Mapping[str, nn.Conv2d], masks: Masks, un
             if conv.bias is not None:
                 per_param[conv.bias] = mask
             continue
-        if conv.groups == 1:
+        if groups == 1:
             per_param[conv.weight] = AxisMask(mask, 1)
         elif conv.weight.shape[1] == 1:
             per_param[conv.weight] = _depthwise_rows(mask, conv.weight)
         else:
-            per_param[conv.weight] = mask[input_channel_index(conv.weight, conv.groups).to(mask.device)].view(*conv.weight.shape[:2], 1, 1)
+            per_param[conv.weight] = mask[input_channel_index(conv.weight, groups).to(mask.device)].view(*conv.weight.shape[:2], 1, 1)
         if conv.bias is not None:
-            per_param[conv.bias] = torch.full((conv.out_channels,), bool(mask.any()), device=mask.device)
+            per_param[conv.bias] = torch.full(conv.bias.shape, bool(mask.any()), device=mask.device)
     return per_param
 
 
-def _check_mask(name: str, conv: nn.Conv2d, mask: torch.Tensor, unit: Unit) -> None:
-    """Raise ValueError naming the conv when ``mask`` is not a bool tensor of the unit's length."""
+def _check_mask(name: str, conv: Layer, mask: torch.Tensor, unit: Unit) -> None:
+    """Raise ValueError naming the layer when ``mask`` is not a bool tensor of the unit's length."""
     length = unit_length(conv, unit)
     if mask.dtype != torch.bool or mask.shape != (length,):
         raise ValueError(
-            f"mask of conv {name!r}: a bool tensor of shape ({length},) expected under unit {unit!r}, "
+            f"mask of {'conv' if isinstance(conv, nn.Conv2d) else 'Linear'} {name!r}: a bool tensor of shape ({length},) expected under unit {unit!r}, "
             f"got {mask.dtype} of shape {tuple(mask.shape)}"
         )
 
 
 class SparseUpdateEngine:
-    """Installs sparse weight gradients (rows or input-channel columns) on every conv of ``model``.
+    """Installs sparse weight gradients (rows or input-channel columns) on every budgeted layer of ``model``.
 
     Args:
-        model: the network; its convs are found by ``named_modules()``.
+        model: the network; its convs and Linear layers (the classifier
+            excepted) are found by ``named_modules()``.
         bn_update: ``"all"`` (the study: normalisation layers always train)
-            or ``"selected"`` (only those after convs with something updated).
-        sparse: False leaves every conv computing its full weight gradient
+            or ``"selected"`` (only those after layers with something updated).
+        sparse: False leaves every layer computing its full weight gradient
             (the study's mask-after-backward path); only ``bn_update`` applies,
             the optimizer's masks (:func:`parameter_masks`) do the rest.
-        unit: what :meth:`set_masks` selects per conv: ``"neuron"`` (output
-            channels) or ``"input_channel"`` (input channels; a conv bias then
-            trains iff its conv has any selected input channel).
+        unit: what :meth:`set_masks` selects per layer: ``"neuron"`` (output
+            channels or features) or ``"input_channel"`` (input channels or
+            features; a bias then trains iff its layer has any selected input channel).
         keep_selected_inputs: under ``"neuron"``, partly updated grouped
             (depthwise) convs keep only the inputs of their selected rows even
             where the whole-input weight gradient would be faster: what a
@@ -532,14 +644,39 @@ class SparseUpdateEngine:
         self.sparse = sparse
         self.unit = unit
         self.keep_selected_inputs = keep_selected_inputs
-        self.convs = conv_layers(model)
-        self.norms = norms_after_convs(model)
-        # per conv: None = everything updated (ordinary conv), False = nothing
+        self.convs = budgeted_layers(model)
+        self.norms = norms_after_layers(model)
+        # per layer: None = everything updated (ordinary layer), False = nothing
         # updated, else the plan of its updated output (input) channels
         self._selected: dict[str, RowPlan | ColumnPlan | bool | None] = dict.fromkeys(self.convs)
         for name, conv in self.convs.items():
-            if sparse and conv.padding_mode == "zeros" and not isinstance(conv.padding, str):
+            if sparse and isinstance(conv, nn.Conv2d) and conv.padding_mode == "zeros" and not isinstance(conv.padding, str):
                 conv.forward = self._make_forward(name, conv)  # type: ignore[method-assign,assignment]
+        if sparse and any(isinstance(layer, nn.Linear) for layer in self.convs.values()):
+            self._wrap_model_forward()
+
+    def _wrap_model_forward(self) -> None:
+        """Run the model's ``forward`` under :class:`LinearCalls`, which routes every Linear call to :meth:`_linear`."""
+        calls = LinearCalls(self.convs, self._linear)
+        unwrapped = self.model.forward
+
+        def forward(*args: Any, **kwargs: Any) -> Any:
+            with calls:
+                return unwrapped(*args, **kwargs)
+
+        self.model.forward = forward  # type: ignore[method-assign]
+
+    def _linear(self, name: str, inputs: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, linear: LinearFn) -> torch.Tensor:
+        selected = self._selected[name]
+        if selected is None or not torch.is_grad_enabled():
+            return linear(inputs, weight, bias)
+        if selected is False:
+            if not inputs.requires_grad:  # nothing below trains: autograd records nothing
+                return linear(inputs, weight, bias)
+            return _FrozenLinear.apply(inputs, weight, bias)  # type: ignore[no-any-return]
+        assert isinstance(selected, (RowPlan, ColumnPlan))
+        function = _ColumnSparseLinear if isinstance(selected, ColumnPlan) else _RowSparseLinear
+        return function.apply(inputs, weight, bias, selected.selected)  # type: ignore[no-any-return]
 
     def _make_forward(self, name: str, conv: nn.Conv2d) -> Callable[[torch.Tensor], torch.Tensor]:
         conf = (conv.stride, conv.padding, conv.dilation)
@@ -559,10 +696,10 @@ class SparseUpdateEngine:
         return forward
 
     def set_masks(self, masks: Masks) -> None:
-        """Switch every conv (and, with ``bn_update="selected"``, its norm layers) to ``masks``.
+        """Switch every budgeted layer (and, with ``bn_update="selected"``, its norm layers) to ``masks``.
 
         Args:
-            masks: per conv, a bool tensor over the engine's unit (output
+            masks: per layer, a bool tensor over the engine's unit (output
                 channels, or input channels); True = updated.
 
         Raises:
@@ -582,15 +719,18 @@ class SparseUpdateEngine:
                 for param in norm.parameters():
                     param.requires_grad_(trainable or self.bn_update == "all")
 
-    def _plan(self, mask: torch.Tensor, conv: nn.Conv2d) -> RowPlan | ColumnPlan:
+    def _plan(self, mask: torch.Tensor, conv: Layer) -> RowPlan | ColumnPlan:
+        groups = layer_shape(conv)[2]
         if self.unit == "neuron":
-            return row_plan(mask, conv.weight, conv.groups, keep_selected_inputs=self.keep_selected_inputs)
-        return column_plan(mask, conv.weight, conv.groups)
+            return row_plan(mask, conv.weight, groups, keep_selected_inputs=self.keep_selected_inputs)
+        return column_plan(mask, conv.weight, groups)
 
     def remove(self) -> None:
-        """Restore the ordinary conv forward and make every parameter trainable again."""
+        """Restore the ordinary conv and model forward and make every parameter trainable again."""
         for conv in self.convs.values():
             if "forward" in vars(conv):
                 del conv.forward
+        if "forward" in vars(self.model):
+            del self.model.forward
         for param in self.model.parameters():
             param.requires_grad_(True)
