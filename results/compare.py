@@ -27,10 +27,18 @@ Matching, in order:
 - *unit* (``budget.unit``, ``neuron`` when absent), *policy* (the paper's
   name, or neqtune's name for it from the YAML's ``policies``) and *first
   mask* (``-`` in the paper: any).
+- a ``full`` cell (the baseline) matches the full updates of its model and
+  data set whatever their budget columns say: a full update has no budget.
+
+A paper cell may carry a ``note`` (a remark on the printed number, e.g. a
+likely copy error in TraDy's SwinT table); it goes into the ``notes`` of that
+cell wherever it appears, and into ``paper_note`` of the claims checked on it.
 
 Claims are checked on the user's trials grouped by data set, model, budget
 level (the scheme, else the budget) and first mask; the same claim on the
-paper's own numbers is shown where the paper has that group.
+paper's own numbers is shown where the paper has that group. A claim with
+``models`` holds for those models only, one with ``not_models`` for all
+others (TraDy's CNN orderings and its SwinT ones differ).
 
 Outputs (default ``<experiment>/compare-<paper>``): ``comparison.md``,
 ``comparison.csv`` (every paper cell and every unmatched neqtune group, with
@@ -73,6 +81,12 @@ class Claim:
     better: str
     worse: str
     says: str
+    models: tuple[str, ...] = ()
+    not_models: tuple[str, ...] = ()
+
+    def applies_to(self, model: str) -> bool:
+        """Whether the claim is about ``model`` (``models`` when given, else every model not in ``not_models``)."""
+        return model in self.models if self.models else model not in self.not_models
 
 
 @dataclass(frozen=True)
@@ -83,7 +97,8 @@ class Paper:
         name: the file stem (``wacv2024``).
         source: the citation of the tables.
         metric: what the numbers are.
-        table: one row per cell (columns of :data:`CELL_KEYS`, ``table``, ``mean``, ``std``).
+        table: one row per cell (columns of :data:`CELL_KEYS`, ``table``, ``mean``, ``std``, ``note``: a remark
+            on the printed number, empty for most).
         recipe: the dotted config values the paper states (a per-data-set
             mapping for values that depend on the data set).
         policies: paper policy name -> neqtune policy name, where they differ.
@@ -120,7 +135,11 @@ def load_paper(name: str) -> Paper:
     table = pd.read_csv(PAPERS_DIR / meta["table"], comment="#", dtype={"table": str, "initialization": str, "unit": str})
     for column in ("budget_params", "budget_mem"):
         table[column] = table[column].astype("Int64")
-    claims = tuple(Claim(str(c["better"]), str(c["worse"]), str(c["says"])) for c in meta.get("claims") or [])
+    table["note"] = table["note"].fillna("").astype(str) if "note" in table.columns else ""
+    claims = tuple(
+        Claim(str(c["better"]), str(c["worse"]), str(c["says"]), tuple(c.get("models") or ()), tuple(c.get("not_models") or ()))
+        for c in meta.get("claims") or []
+    )
     return Paper(
         name=name,
         source=" ".join(str(meta["source"]).split()),
@@ -204,6 +223,8 @@ def _matches(cell: pd.Series, paper: Paper, trials: pd.DataFrame, dataset: str) 
         mask &= trials["unit"] == cell["unit"]
     if cell["initialization"] != ANY:
         mask &= trials["initialization"] == cell["initialization"]
+    if policy == "full":  # the baseline: a full update has no budget to compare
+        return mask
     if not pd.isna(cell["budget_params"]):
         budget = trials["budget_params"].map(lambda b: _close(b, cell["budget_params"]))
         if not pd.isna(cell["budget_mem"]):
@@ -274,9 +295,10 @@ def compare(paper: Paper, experiments: Experiments, metric: str = "final") -> Co
         ran = {d: runs for d, runs in per_dataset.items() if not runs.empty}
         row: dict[str, Any] = {"status": "paper only", "table": cell["table"], **{k: cell[k] for k in CELL_KEYS}}
         row.update(paper_mean=float(cell["mean"]), paper_std=float(cell["std"]) if not pd.isna(cell["std"]) else math.nan)
-        row.update(neqtune_mean=math.nan, neqtune_std=math.nan, n=0, seeds="", difference=math.nan, neqtune_budget="", notes="")
+        paper_note = [str(cell["note"])] if cell["note"] else []
+        row.update(neqtune_mean=math.nan, neqtune_std=math.nan, n=0, seeds="", difference=math.nan, neqtune_budget="", notes="; ".join(paper_note))
         if cell["dataset"] == AVG7 and ran and len(ran) < len(SEVEN):
-            row["notes"] = f"ran on {len(ran)} of the 7 data sets ({', '.join(ran)}); the average needs all 7"
+            row["notes"] = "; ".join([*paper_note, f"ran on {len(ran)} of the 7 data sets ({', '.join(ran)}); the average needs all 7"])
         elif ran:
             runs = pd.concat(ran.values())
             used |= set(zip(runs["experiment"], runs["trial_id"], strict=True))
@@ -291,7 +313,7 @@ def compare(paper: Paper, experiments: Experiments, metric: str = "final") -> Co
                 mean, std, n = float(values["value"].mean()), _std(values["value"].tolist()), len(values)
                 seeds = ", ".join(str(s) for s in values["seed"])
             budgets = sorted({str(b) for b in runs["budget_params"].dropna().astype(int)} | {f"mem {b}" for b in runs["budget_mem"].dropna().astype(int)})
-            notes = _recipe_notes(runs, paper.recipe, str(cell["dataset"])) if cell["dataset"] != AVG7 else []
+            notes = paper_note + (_recipe_notes(runs, paper.recipe, str(cell["dataset"])) if cell["dataset"] != AVG7 else [])
             mixed = _mixed(runs, configs)
             if mixed:
                 notes.append(f"runs differ in {mixed}")
@@ -334,27 +356,30 @@ def check_claims(paper: Paper, trials: pd.DataFrame) -> pd.DataFrame:
     alike (``paper_held``; empty where the paper has no such group).
     """
     columns = ["claim", "says", "dataset", "model", "level", "initialization", "better_mean", "better_n", "worse_mean", "worse_n",
-               "difference", "held", "paper_held"]  # fmt: skip
+               "difference", "held", "paper_held", "paper_note"]  # fmt: skip
     if trials.empty or not paper.claims:
         return pd.DataFrame(columns=columns)
     runs = trials.assign(level=[_level(s, b, m) for s, b, m in zip(trials["scheme"], trials["budget_params"], trials["budget_mem"], strict=True)])
-    table = paper.table.assign(level=paper.table["scheme"], policy=paper.table["policy"].map(paper.neqtune_policy))
+    levels = [_level(s, b, m) for s, b, m in zip(paper.table["scheme"], paper.table["budget_params"], paper.table["budget_mem"], strict=True)]
+    table = paper.table.assign(level=levels, policy=paper.table["policy"].map(paper.neqtune_policy))
     rows = []
     for claim in paper.claims:
         better, worse = paper.neqtune_policy(claim.better), paper.neqtune_policy(claim.worse)
         for (dataset, model, level, init), group in runs.groupby(["dataset", "model", "level", "initialization"], sort=True):
             a, b = group[group["policy"] == better]["value"], group[group["policy"] == worse]["value"]
-            if a.empty or b.empty:
+            if a.empty or b.empty or not claim.applies_to(str(model)):
                 continue
             own = table[(table["dataset"] == dataset) & (table["model"] == model) & (table["level"] == level)]
             own = own[own["initialization"].isin([init, ANY])]
             pa, pb = own[own["policy"] == better]["mean"], own[own["policy"] == worse]["mean"]
+            noted = own[own["policy"].isin([better, worse]) & (own["note"] != "")]["note"] if not pa.empty and not pb.empty else []
             rows.append(
                 {
                     "claim": f"{claim.better} >= {claim.worse}", "says": claim.says, "dataset": dataset, "model": model, "level": level,
                     "initialization": init, "better_mean": float(a.mean()), "better_n": len(a), "worse_mean": float(b.mean()),
                     "worse_n": len(b), "difference": float(a.mean() - b.mean()), "held": bool(a.mean() >= b.mean()),
                     "paper_held": (bool(pa.mean() >= pb.mean()) if not pa.empty and not pb.empty else None),
+                    "paper_note": "; ".join(dict.fromkeys(noted)),
                 }
             )  # fmt: skip
     return pd.DataFrame(rows, columns=columns)
@@ -378,6 +403,12 @@ def _md(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 def _signed(value: float) -> str:
     return ANY if math.isnan(value) else f"{value:+.2f}"
+
+
+def _scope(claim: Claim) -> str:
+    if claim.models:
+        return f" (on {', '.join(claim.models)})"
+    return f" (all but {', '.join(claim.not_models)})" if claim.not_models else ""
 
 
 def comparison_markdown(paper: Paper, comparison: Comparison, sources: Sequence[Any], metric: str, *, full: bool = True) -> str:
@@ -405,14 +436,15 @@ def comparison_markdown(paper: Paper, comparison: Comparison, sources: Sequence[
         claim_rows = [
             [r["claim"], r["dataset"], r["model"], r["level"], r["initialization"], f"{r['better_mean']:.2f} (n={r['better_n']})",
              f"{r['worse_mean']:.2f} (n={r['worse_n']})", _signed(r["difference"]), "yes" if r["held"] else "**no**",
-             ANY if r["paper_held"] is None or pd.isna(r["paper_held"]) else ("yes" if r["paper_held"] else "no")]
+             ANY if r["paper_held"] is None or pd.isna(r["paper_held"]) else ("yes" if r["paper_held"] else "no"), r["paper_note"]]
             for _, r in claims.iterrows()
         ]  # fmt: skip
         held = int(claims["held"].sum())
         claim_text = f"Held in {held} of {len(claims)} checks.\n\n" + _md(
-            ["claim", "data set", "model", "budget level", "init", "better", "worse", "difference", "held", "in the paper"], claim_rows
+            ["claim", "data set", "model", "budget level", "init", "better", "worse", "difference", "held", "in the paper", "paper note"],
+            claim_rows,
         )
-    says = "\n".join(f"- `{c.better} >= {c.worse}`: {c.says}" for c in paper.claims)
+    says = "\n".join(f"- `{c.better} >= {c.worse}`{_scope(c)}: {c.says}" for c in paper.claims)
     parts.append(f"## The paper's claims, in these runs\n\n{says}\n\n{claim_text}")
     mine_rows = [
         [r["dataset"], r["model"], r["unit"], r["scheme"], _budget_text(r), r["policy"], r["initialization"],

@@ -149,7 +149,7 @@ def describe_models(space: Space, problems: Problems) -> Iterator[str]:
     from torch import nn
 
     from neqtune.trainables.budget.units import budgeted_layers, conv_neuron_params, total_params
-    from neqtune.trainables.checks import input_size_problems, model_problems
+    from neqtune.trainables.checks import input_size_problems, model_problems, side_problems
     from neqtune.trainables.models.registry import build_model, model_spec, ungrouped_conv_params
 
     sizes = sorted({s for s in choices(space, "data.image_size") if s is not None}) or [DataConfig().image_size]
@@ -186,7 +186,8 @@ def describe_models(space: Space, problems: Problems) -> Iterator[str]:
         if pretrained == "imagenet" and spec.imagenet is not None:
             yield weights_line(ModelConfig(name=name, pretrained="imagenet", zoo_dir=config.zoo_dir))
         yield from accounting_lines(space, model, name)
-        sizes_taken = [size for size in sizes if not input_size_problems(model, name, size)]  # the others are problems of the space
+        # the sizes it does not take are problems of the space, reported with them
+        sizes_taken = [size for size in sizes if not side_problems(config, size) and not input_size_problems(model, name, size)]
         if len(sizes_taken) < len(sizes):
             yield f"  does not take {'/'.join(str(s) for s in sizes if s not in sizes_taken)} px inputs (see the errors below)"
         for line in budget_lines(space, model, total):

@@ -326,12 +326,24 @@ def _read_yaml(path: Path) -> Any:
         raise SpaceError(str(path), "", f"malformed YAML: {where}{problem}") from None
 
 
+def _architecture(model: Any) -> str:
+    """What shapes the network of a model config (all its keys but the weights and the class count), as one cache key."""
+    values = dataclasses.asdict(model)
+    values.update(pretrained=None, num_classes=None)
+    return yaml.safe_dump(values, sort_keys=True)
+
+
+def _probe_model(model: Any) -> Any:
+    """The network of a model config, random init, 10 classes: one per architecture, shared by the checks."""
+    return _probe_model_cached(_architecture(model))
+
+
 @functools.cache
-def _conv_count_model(name: str) -> Any:
+def _probe_model_cached(architecture: str) -> Any:
     from neqtune.trainables.config import ModelConfig
     from neqtune.trainables.models.registry import build_model
 
-    return build_model(ModelConfig(name=name), num_classes=10)
+    return build_model(from_mapping(ModelConfig, yaml.safe_load(architecture), "model"), num_classes=10)
 
 
 def _dataset_num_classes(data: Any) -> int:
@@ -451,49 +463,53 @@ def trial_problems(overrides: Mapping[str, Any], base: Mapping[str, Any]) -> tup
                     ("budget.policy", "budget.initialization", "budget.scheme"),
                 )
             with _depending_on("budget.policy", "budget.initialization", "budget.scheme", "budget.unit", "model.name"):
-                check_scheme_fits(scheme, _conv_count_model(config.model.name), budget.unit)
+                check_scheme_fits(scheme, _probe_model(config.model), budget.unit)
         except ConfigError as err:
             problems.append(err)
     try:
-        with _depending_on("model.name", "data.image_size"):
-            _check_input_size(config.model.name, config.data.image_size)
-        with _depending_on("budget", "model.name", "data.image_size"):
-            _check_budget(budget, config.model.name, config.data.image_size)
+        with _depending_on("model", "data.image_size"):
+            _check_input_size(config.model, config.data.image_size)
+        with _depending_on("budget", "model", "data.image_size"):
+            _check_budget(budget, config.model, config.data.image_size)
     except ConfigError as err:
         problems.append(err)
     return config, problems
 
 
 @functools.cache
-def _input_size_problem(model_name: str, image_size: int) -> ConfigError | None:
-    from neqtune.trainables.checks import input_size_problems
+def _input_size_problem(architecture: str, image_size: int) -> ConfigError | None:
+    from neqtune.trainables.checks import input_size_problems, side_problems
+    from neqtune.trainables.config import ModelConfig
 
-    found = input_size_problems(_conv_count_model(model_name), model_name, image_size)
+    model = from_mapping(ModelConfig, yaml.safe_load(architecture), "model")
+    found = side_problems(model, image_size) or input_size_problems(_probe_model_cached(architecture), model.name, image_size)
     return found[0] if found else None
 
 
-def _check_input_size(model_name: str, image_size: int) -> None:
-    """Refuse a model that does not take the data's image side (one probe per model and size)."""
-    problem = _input_size_problem(model_name, image_size)
+def _check_input_size(model: Any, image_size: int) -> None:
+    """Refuse a model that does not take the data's image side: a side that is no multiple of its patch size (a
+    declared property of the model), else one that a forward pass refuses (one probe per architecture and size)."""
+    problem = _input_size_problem(_architecture(model), image_size)
     if problem is not None:
         raise ConfigError(problem.key, problem.message)
 
 
 @functools.cache
-def _check_budget_cached(budget_key: str, model_name: str, image_size: int) -> int:
+def _check_budget_cached(budget_key: str, architecture: str, image_size: int) -> int:
     from neqtune.trainables.budget.resolve import build_budget
     from neqtune.trainables.config import BudgetConfig
     from neqtune.trainables.policies.base import check_policy_fit
 
     budget = from_mapping(BudgetConfig, yaml.safe_load(budget_key), "budget")
-    resolved = build_budget(budget, _conv_count_model(model_name), model_name=model_name, image_size=image_size)
+    model_name = yaml.safe_load(architecture)["name"]
+    resolved = build_budget(budget, _probe_model_cached(architecture), model_name=model_name, image_size=image_size)
     check_policy_fit(budget, resolved)
     return resolved.amount
 
 
-def _check_budget(budget: Any, model_name: str, image_size: int) -> int:
+def _check_budget(budget: Any, model: Any, image_size: int) -> int:
     """Resolve the budget against the model at the image size (scheme fit, memory bounds, the policy's options), once per distinct combination; its amount."""
-    return _check_budget_cached(yaml.safe_dump(dataclasses.asdict(budget), sort_keys=True), model_name, image_size)
+    return _check_budget_cached(yaml.safe_dump(dataclasses.asdict(budget), sort_keys=True), _architecture(model), image_size)
 
 
 def trial_budget(config: TrialConfig) -> tuple[Any, int]:
@@ -502,9 +518,9 @@ def trial_budget(config: TrialConfig) -> tuple[Any, int]:
     Raises:
         ConfigError: the model does not take the image size, or the budget does not resolve.
     """
-    _check_input_size(config.model.name, config.data.image_size)
-    amount = _check_budget(config.budget, config.model.name, config.data.image_size)
-    return _conv_count_model(config.model.name), amount
+    _check_input_size(config.model, config.data.image_size)
+    amount = _check_budget(config.budget, config.model, config.data.image_size)
+    return _probe_model(config.model), amount
 
 
 def _written_value_errors(base: dict[str, Any]) -> list[ConfigError]:

@@ -68,6 +68,36 @@ def test_a_class_count_that_does_not_match_the_model_head(tmp_path: Path, capsys
     assert load_space(None, overrides=[("model.num_classes", 10)]).base["model"]["num_classes"] == 10
 
 
+def vit_space(tmp_path: Path, image_size: int, **search_params: Any) -> Path:
+    """A full update of the small ViT on digits (the model's shape in the model keys)."""
+    space = {
+        "experiment": "vit",
+        "data": {"name": "digits", "image_size": image_size, "batch_size": 16},
+        "model": {"name": "vit", "patch_size": 4, "depth": 1, "width": 16, "heads": 2},
+        "training": {"epochs": 1},
+        "budget": {"policy": "full"},
+        "search": {"algorithm": "grid", "num_samples": 1, "params": search_params or {"training.seed": {"choice": [0]}}},
+    }
+    path = tmp_path / "vit.yaml"
+    path.write_text(yaml.safe_dump(space))
+    return path
+
+
+@pytest.mark.parametrize("dry", [True, False])
+def test_an_image_side_that_is_no_multiple_of_the_vit_patch(tmp_path: Path, capsys: pytest.CaptureFixture[str], dry: bool) -> None:
+    path, out = vit_space(tmp_path, 30), tmp_path / "out"
+    assert main(["--space", str(path), "--results", str(out), *(["--dry-run"] if dry else [])]) == 2
+    message = "data.image_size: model vit takes image sides that are multiples of its patch size 4, not 30 (use 28 or 32)"
+    assert one_error_line(capsys) == f"error: {path}: {message}"
+    assert not out.exists()
+    # a searched patch size: only the combination that does not divide the side is refused, and named
+    path = vit_space(tmp_path, 36, **{"model.patch_size": {"choice": [4, 6, 8]}})
+    assert main(["--space", str(path), "--results", str(out)]) == 2
+    assert one_error_line(capsys).endswith("its patch size 8, not 36 (use 32 or 40) (with model.patch_size=8)")
+    assert not out.exists()
+    assert main(["--space", str(vit_space(tmp_path, 32)), "--dry-run"]) == 0
+
+
 def test_auto_concurrency_is_a_valid_space_value(tmp_path: Path) -> None:
     assert load_space(space_file(tmp_path, max_concurrent="auto")).search.max_concurrent == "auto"
     assert load_space(None).search.max_concurrent == 2  # the digits space sets it

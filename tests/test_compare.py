@@ -18,18 +18,19 @@ import pyarrow as pa
 import pytest
 
 from neqtune.results.analyze import load_experiments
-from neqtune.results.compare import PAPERS_DIR, SEVEN, compare, load_paper, main, paper_names
+from neqtune.results.compare import PAPERS_DIR, SEVEN, compare, comparison_markdown, load_paper, main, paper_names
 from neqtune.search.tables import EPOCHS_TABLE, SCHEMA_VERSION, TRIALS_TABLE, rows_to_table, write_atomic
 
 ROOT = Path(__file__).resolve().parent.parent
-TYPES = {"budget.scheme": pa.string(), "error": pa.string()}
+TYPES = {"budget.scheme": pa.string(), "error": pa.string(), "budget_params": pa.int64(), "memory_budget": pa.int64()}
 
 
 def trial(trial_id: str, *, data: str, model: str, policy: str, init: str, scheme: str | None, budget: int, seed: int,
-          final: float, best_val_test: float = 50.0, status: str = "TERMINATED", epochs: int = 120, lr: float = 0.025) -> dict[str, Any]:  # fmt: skip
+          final: float, best_val_test: float = 50.0, status: str = "TERMINATED", epochs: int = 120, lr: float = 0.025,
+          memory: int | None = None, unit: str = "neuron") -> dict[str, Any]:  # fmt: skip
     return {"trial_id": trial_id, "data.name": data, "model.name": model, "budget.policy": policy, "budget.initialization": init,
             "budget.scheme": scheme, "budget_params": budget, "training.seed": seed, "final": final, "best_val_test": best_val_test,
-            "status": status, "training.epochs": epochs, "training.lr": lr}  # fmt: skip
+            "status": status, "training.epochs": epochs, "training.lr": lr, "memory_budget": memory, "budget.unit": unit}  # fmt: skip
 
 
 def write_experiment(root: Path, name: str, trials: list[dict[str, Any]]) -> Path:
@@ -38,8 +39,9 @@ def write_experiment(root: Path, name: str, trials: list[dict[str, Any]]) -> Pat
     for t in trials:
         config = {k: v for k, v in t.items() if "." in k}
         head = {"schema_version": SCHEMA_VERSION, "experiment": name, "trial_id": t["trial_id"], **config}
+        budgets = {"budget_params": t["budget_params"], "memory_budget": t["memory_budget"]}
         for epoch, (val, test) in enumerate([(80.0, t["best_val_test"]), (70.0, t["final"])], start=1):
-            epochs.append({**head, "epoch": epoch, "val_top1": val, "test_top1": test, "budget_params": t["budget_params"]})
+            epochs.append({**head, "epoch": epoch, "val_top1": val, "test_top1": test, **budgets})
         summaries.append({**head, "status": t["status"], "epochs_run": 2, "budget_params": t["budget_params"], "error": None})
     write_atomic(rows_to_table(epochs, TYPES), root / name / EPOCHS_TABLE)
     write_atomic(rows_to_table(summaries, TYPES), root / name / TRIALS_TABLE)
@@ -104,12 +106,74 @@ def test_the_papers_tables_ship_as_data_with_their_source() -> None:
     assert cell(wacv, table="1", dataset="c10", policy="velocity", budget_params=192_311)[["mean", "std"]].tolist() == [95.25, 0.29]
     assert cell(wacv, dataset="cub", model="resnet50", policy="full")[["mean", "std"]].tolist() == [72.93, 0.41]
     trady = load_paper("trady").table
-    assert len(trady) == 3 * (3 * 5 + 1) + 3 * 3 * 3 and set(trady["dataset"]) == {"avg7"}
+    cnn = trady[trady["model"] != "swin_t"]
+    assert len(cnn) == 3 * (3 * 5 + 1) + 3 * 3 * 3 and set(cnn["dataset"]) == {"avg7"} and (cnn["note"] == "").all()
     assert cell(trady, model="mcunet-in1", policy="trady", budget_mem=15_936)[["mean", "std"]].tolist() == [77.37, 0.74]
     assert cell(trady, model="mbv2-w0.35-zoo", policy="velocity", budget_mem=27_946)["budget_params"] == 22_410  # its weight part
     assert cell(trady, model="proxyless-w0.3", policy="s-det-rgn", budget_mem=101_376)["mean"] == 76.78
     medyate = load_paper("medyate").table
-    assert len(medyate) == 45 and cell(medyate, model="mcunet-in1", policy="lara-medyate", budget_mem=112_640)["mean"] == 79.31
+    assert len(medyate[medyate["model"] != "swin_t"]) == 45
+    assert cell(medyate, model="mcunet-in1", policy="lara-medyate", budget_mem=112_640)["mean"] == 79.31
+
+
+SWIN_BUDGETS = (27_946, 112_640, 633_859, 2_767_686)
+
+
+def test_the_swint_tables_ship_per_data_set_with_the_likely_copy_error_marked() -> None:
+    trady = load_paper("trady").table
+    swin = trady[trady["model"] == "swin_t"]
+    assert len(swin) == (4 * 3 + 1) * 8 and set(swin["table"]) == {"2"} and set(swin["dataset"]) == {*SEVEN, "avg7"}
+    assert cell(swin, dataset="cub", policy="d-full-random", budget_mem=27_946)[["mean", "std"]].tolist() == [71.83, 4.14]
+    assert cell(swin, dataset="avg7", policy="full")[["mean", "std", "budget_mem", "unit"]].tolist() == [88.50, 0.31, 31_889_952, "-"]
+    for budget in SWIN_BUDGETS:
+        for policy in ("d-full-random", "d-det-rgn", "trady"):
+            rows = swin[(swin["policy"] == policy) & (swin["budget_mem"] == budget)].set_index("dataset")["mean"]
+            assert rows["avg7"] == pytest.approx(statistics.mean(rows[d] for d in SEVEN), abs=0.006)  # the printed average
+    noted = swin[swin["note"] != ""]
+    assert set(noted["policy"]) == {"trady"} and set(noted["budget_mem"]) == {633_859, 2_767_686} and len(noted) == 2 * 7
+    assert "c10" not in set(noted["dataset"]) and all("likely copy error" in n for n in noted["note"])
+    for budget in (633_859, 2_767_686):  # the copy: TraDy's row equals D-Full Random's in every column but c10
+        same = [d for d in SEVEN if cell(swin, dataset=d, policy="trady", budget_mem=budget)[["mean", "std"]].tolist()
+                == cell(swin, dataset=d, policy="d-full-random", budget_mem=budget)[["mean", "std"]].tolist()]  # fmt: skip
+        assert same == [d for d in SEVEN if d != "c10"]
+    medyate = load_paper("medyate").table
+    swin = medyate[medyate["model"] == "swin_t"]
+    assert len(swin) == (4 * 5 + 1) * 8 and set(swin["policy"]) == {"prev-medyate", "lara-trady", "lara-det-raw", "lara-prob-raw", "lara-medyate", "full"}
+    lara = swin[(swin["policy"] == "lara-medyate") & (swin["dataset"] == "avg7")].sort_values("budget_mem")["mean"].tolist()
+    assert lara == [86.73, 86.70, 87.44, 86.34]
+    for (policy, budget), rows in swin.groupby(["policy", "budget_mem"]):
+        means = rows.set_index("dataset")["mean"]
+        assert means["avg7"] == pytest.approx(statistics.mean(means[d] for d in SEVEN), abs=0.006), (policy, budget)
+
+
+def test_swint_runs_beside_table_2_with_the_swint_claims(tmp_path: Path) -> None:
+    swin = {"model": "swin_t", "init": "random", "scheme": None, "budget": None, "unit": "input_channel"}
+    runs = [
+        *(trial(f"t-{d}-{s}", data=d, policy="trady", seed=s, final=f, memory=633_859, **swin) for d, s, f in (("c10", 0, 97.0), ("c10", 42, 97.2), ("pets", 0, 91.0))),
+        *(trial(f"r-{d}-{s}", data=d, policy="random", seed=s, final=f, memory=633_859, **swin) for d, s, f in (("c10", 0, 97.1), ("c10", 42, 97.3), ("pets", 0, 90.0))),
+        trial("v-c10", data="c10", policy="velocity", seed=0, final=99.0, memory=633_859, **{**swin, "unit": "neuron"}),
+        trial("full-c10", data="c10", model="swin_t", policy="full", init="random", scheme=None, budget=4_704, seed=0, final=97.5, unit="input_channel"),
+    ]  # fmt: skip
+    comparison = compare(load_paper("trady"), load_experiments([write_experiment(tmp_path, "swin", runs)]))
+    cells = comparison.cells
+    trady = cell(cells, status="matched", model="swin_t", dataset="c10", policy="trady", budget_mem=633_859)
+    assert trady["neqtune_mean"] == pytest.approx(97.1) and trady["difference"] == pytest.approx(97.1 - 97.25)
+    assert trady["notes"] == "training.epochs 120 (paper 100); training.lr 0.025 (paper 0.125)"  # no remark on the c10 cell
+    pets = cell(cells, status="matched", model="swin_t", dataset="pets", policy="trady", budget_mem=633_859)
+    assert pets["notes"].startswith("likely copy error in the paper") and pets["difference"] == pytest.approx(91.0 - 90.95)
+    assert cell(cells, status="matched", model="swin_t", dataset="c10", policy="d-full-random", budget_mem=633_859)["n"] == 2
+    baseline = cell(cells, status="matched", model="swin_t", dataset="c10", policy="full")  # a full update matches whatever its budget
+    assert baseline["neqtune_mean"] == pytest.approx(97.5) and baseline["budget_mem"] == 31_889_952
+    unmatched = cell(cells, model="swin_t", dataset="pets", policy="trady", budget_mem=2_767_686)
+    assert unmatched["status"] == "paper only" and "likely copy error" in unmatched["notes"]
+    claims = comparison.claims.set_index(["claim", "dataset"])
+    assert set(claims.index.get_level_values("claim")) == {"trady >= d-full-random"}  # the CNN claims (velocity's) skip swin_t
+    c10, pets = claims.loc[("trady >= d-full-random", "c10")], claims.loc[("trady >= d-full-random", "pets")]
+    assert (c10["level"], bool(c10["held"]), c10["paper_held"], c10["paper_note"]) == ("memory 633859", False, True, "")
+    assert bool(pets["held"]) and pets["paper_held"] and pets["paper_note"].startswith("likely copy error")
+    text = comparison_markdown(load_paper("trady"), comparison, ["swin"], "final")
+    assert "- `d-det-rgn >= trady` (on swin_t): on SwinT D-Det RGN is best and TraDy second" in text
+    assert "- `trady >= velocity` (all but swin_t)" in text
 
 
 def test_each_cell_beside_the_paper_with_the_difference(wacv_experiment: Path) -> None:
@@ -185,7 +249,7 @@ def test_the_command_prints_and_writes_markdown_and_csv(wacv_experiment: Path, t
     assert (out / "comparison.md").read_text().count("\n| 2 | ") > 100  # every paper cell without runs, listed
     assert len(pd.read_csv(out / "claims.csv")) == 1
     assert main([str(wacv_experiment), "--paper", "trady", "-o", str(tmp_path / "trady")]) == 0
-    assert "## Matching cells (0 of the paper's 75)" in capsys.readouterr().out
+    assert "## Matching cells (0 of the paper's 179)" in capsys.readouterr().out
 
 
 def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, wacv_experiment: Path, capsys: pytest.CaptureFixture[str]) -> None:

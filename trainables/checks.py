@@ -23,7 +23,7 @@ from neqtune.datasets import data_problems
 from neqtune.datasets.parsing import join
 from neqtune.trainables.budget.schemes import scheme_names
 from neqtune.trainables.config import BudgetConfig, ConfigError, ConfigProblems, ModelConfig, TrainingConfig, TrialConfig
-from neqtune.trainables.models.registry import ClassifierError, build_model, model_spec
+from neqtune.trainables.models.registry import ClassifierError, build_model, model_names, model_spec
 from neqtune.trainables.policies.base import get_policy, options_problems, policy_names
 
 
@@ -56,6 +56,15 @@ def model_problems(model: ModelConfig, path: str = "model") -> list[ConfigError]
         problem = _build_problem(model.name, model.classifier)
         if problem is not None:
             return [ConfigError(join(path, problem.key), problem.message)]
+    for key in model.shape_keys():
+        if key not in spec.keys:
+            takers = [name for name in model_names() if key in model_spec(name).keys]
+            found.append(ConfigError(join(path, key), f"model {model.name!r} does not take {key}; it shapes {' and '.join(takers) or 'no model'}"))
+    if spec.shape is not None and not found:
+        try:
+            spec.shape(model)
+        except ConfigError as err:
+            found.append(ConfigError(join(path, err.key), err.message))
     if model.pretrained == "imagenet" and spec.imagenet is None:
         found.append(ConfigError(join(path, "pretrained"), f"model {model.name!r} has no ImageNet weights"))
     elif model.pretrained is not None and model.pretrained != "imagenet" and not Path(model.pretrained).expanduser().is_file():
@@ -85,6 +94,22 @@ def budget_problems(budget: BudgetConfig, path: str = "budget") -> list[ConfigEr
     if budget.scheme is not None and budget.scheme not in scheme_names():
         found.append(ConfigError(join(path, "scheme"), f"unknown scheme {budget.scheme!r}; known schemes: {', '.join(scheme_names())}"))
     return found
+
+
+def side_problems(model: ModelConfig, image_size: int, key: str = "data.image_size") -> list[ConfigError]:
+    """Whether ``image_size`` is a multiple of what the model's side must be a multiple of (a ViT's patch size); builds nothing.
+
+    A checked model config is assumed (its name and keys are known).
+    """
+    spec = model_spec(model.name)
+    if spec.side_multiple is None:
+        return []
+    multiple = spec.side_multiple(model)
+    if image_size % multiple == 0:
+        return []
+    below, above = image_size // multiple * multiple, (image_size // multiple + 1) * multiple
+    nearest = f"{below} or {above}" if below else str(above)
+    return [ConfigError(key, f"model {model.name} takes image sides that are multiples of its patch size {multiple}, not {image_size} (use {nearest})")]
 
 
 @torch.no_grad()

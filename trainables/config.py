@@ -64,6 +64,12 @@ class ModelConfig:
     ``nn.Linear``, e.g. ``head.fc``) where it cannot be found by itself; null
     finds it (``fc``, ``classifier``, ``head``, ``heads.head``, else the last
     ``nn.Linear``).
+
+    ``patch_size``, ``depth``, ``width``, ``heads``, ``mlp_ratio``: the shape
+    of the configurable vision transformer (``name: vit``; null takes its
+    default, see :mod:`neqtune.trainables.models.transformers`); another model
+    refuses them when the trial is checked. The image side must be a multiple
+    of ``patch_size``.
     """
 
     name: str = "mbv2-w0.35"
@@ -72,10 +78,27 @@ class ModelConfig:
     net_config: str | None = None
     num_classes: int | None = None
     classifier: str | None = None
+    patch_size: int | None = None
+    depth: int | None = None
+    width: int | None = None
+    heads: int | None = None
+    mlp_ratio: float | None = None
 
     def validate(self, path: str) -> None:
         if self.num_classes is not None:
             require(self.num_classes >= 2, join(path, "num_classes"), f"must be >= 2, got {self.num_classes}")
+        for key in ("patch_size", "depth", "width", "heads"):
+            value = getattr(self, key)
+            require(value is None or value >= 1, join(path, key), f"must be >= 1, got {value}")
+        require(self.mlp_ratio is None or self.mlp_ratio > 0, join(path, "mlp_ratio"), f"must be > 0, got {self.mlp_ratio}")
+
+    def shape_keys(self) -> dict[str, int | float]:
+        """The architecture keys given (not null), by name."""
+        return {key: value for key in ARCHITECTURE_KEYS if (value := getattr(self, key)) is not None}
+
+
+ARCHITECTURE_KEYS = ("patch_size", "depth", "width", "heads", "mlp_ratio")
+"""Model keys that shape a configurable network; a model takes only those its registry entry declares."""
 
 
 @dataclass

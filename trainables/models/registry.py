@@ -43,6 +43,7 @@ from torch import nn
 
 from neqtune.datasets.names import Registry, origin_of
 from neqtune.trainables.config import ConfigError, ModelConfig
+from neqtune.trainables.models.transformers import VIT_B_16, VIT_KEYS, VIT_NATIVE_SIDE, PatchViT, vit_shape
 from neqtune.trainables.models.zoo import RELEASE_URL, ZOO_NETS, build_zoo_model, fetch_weights, shipped_resolution, zoo_cache_dir
 
 ModelBuilder = Callable[[ModelConfig, int], nn.Module]
@@ -72,6 +73,12 @@ class WeightsSource:
 WeightsLocator = Callable[[ModelConfig], WeightsSource]
 """``model config -> where its ImageNet state dict is and comes from`` (nothing is fetched)."""
 
+SideMultiple = Callable[[ModelConfig], int]
+"""``model config -> the number its input side must be a multiple of`` (a transformer's patch size)."""
+
+ShapeCheck = Callable[[ModelConfig], object]
+"""Resolves a model's architecture keys; raises ``ConfigError`` (its key relative to the model section) for a bad combination."""
+
 
 @dataclass(frozen=True)
 class ModelSpec:
@@ -81,8 +88,15 @@ class ModelSpec:
         name: the registry key.
         build: the builder.
         source: where the architecture comes from (``torchvision``, ``mcunet-zoo``).
-        input_size: native input side in pixels (what its ImageNet weights were trained at).
+        input_size: native input side in pixels: what its ImageNet weights were
+            trained at, or the side the papers run it at (``swin_t``: 128, TraDy's).
         imagenet: locates the ImageNet weights; ``None`` when there are none.
+        side_multiple: the number the input side must be a multiple of, from
+            the model config (a transformer's patch size); ``None``: any side
+            the network's layers take.
+        keys: the architecture keys of :class:`ModelConfig` it takes
+            (:data:`~neqtune.trainables.config.ARCHITECTURE_KEYS`); any other model refuses them.
+        shape: checks those keys together (the heads divide the width, ...).
     """
 
     name: str
@@ -90,18 +104,29 @@ class ModelSpec:
     source: str
     input_size: int
     imagenet: WeightsLocator | None = None
+    side_multiple: SideMultiple | None = None
+    keys: tuple[str, ...] = ()
+    shape: ShapeCheck | None = None
 
 
 _MODELS: Registry[ModelSpec] = Registry("model", "models")
 
 
 def register_model(
-    name: str, *, source: str, input_size: int, imagenet: WeightsLocator | None = None
+    name: str,
+    *,
+    source: str,
+    input_size: int,
+    imagenet: WeightsLocator | None = None,
+    side_multiple: SideMultiple | None = None,
+    keys: tuple[str, ...] = (),
+    shape: ShapeCheck | None = None,
 ) -> Callable[[ModelBuilder], ModelBuilder]:
-    """Decorator that registers a model builder under ``name``."""
+    """Decorator that registers a model builder under ``name`` (the keyword arguments are :class:`ModelSpec`'s)."""
 
     def add(builder: ModelBuilder) -> ModelBuilder:
-        _MODELS.add(name, ModelSpec(name, builder, source, input_size, imagenet), origin=origin_of(builder))
+        spec = ModelSpec(name, builder, source, input_size, imagenet, side_multiple, keys, shape)
+        _MODELS.add(name, spec, origin=origin_of(builder))
         return builder
 
     return add
@@ -235,6 +260,34 @@ def resnet50(config: ModelConfig, num_classes: int) -> nn.Module:
     """torchvision ResNet-50."""
     model: nn.Module = torchvision.models.resnet50(num_classes=num_classes)
     return model
+
+
+@register_model(
+    "swin_t", source="torchvision", input_size=128, imagenet=torchvision_weights(torchvision.models.Swin_T_Weights.IMAGENET1K_V1),
+    side_multiple=lambda config: 4,
+)  # fmt: skip
+def swin_t(config: ModelConfig, num_classes: int) -> nn.Module:
+    """torchvision Swin-T (4 px patches, windows of 7, padded to whole windows); run at 128 px as TraDy runs it."""
+    model: nn.Module = torchvision.models.swin_t(num_classes=num_classes)
+    return model
+
+
+@register_model(
+    "vit_b_16", source="torchvision", input_size=224, imagenet=torchvision_weights(torchvision.models.ViT_B_16_Weights.IMAGENET1K_V1),
+    side_multiple=lambda config: VIT_B_16.patch_size,
+)  # fmt: skip
+def vit_b_16(config: ModelConfig, num_classes: int) -> nn.Module:
+    """torchvision ViT-B/16 in torchvision's layout (its weights load), attention as ``nn.Linear`` modules, at any multiple of 16 px."""
+    return PatchViT(VIT_B_16, num_classes)
+
+
+# --- neqtune's own ----------------------------------------------------------------
+
+
+@register_model("vit", source="neqtune", input_size=VIT_NATIVE_SIDE, side_multiple=lambda config: vit_shape(config).patch_size, keys=VIT_KEYS, shape=vit_shape)
+def vit(config: ModelConfig, num_classes: int) -> nn.Module:
+    """A small vision transformer shaped by the model keys patch_size, depth, width, heads, mlp_ratio (for offline runs and tests)."""
+    return PatchViT(vit_shape(config), num_classes)
 
 
 # --- MCUNet zoo ----------------------------------------------------------------
