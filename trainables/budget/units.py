@@ -78,6 +78,12 @@ def budgeted_layers(model: nn.Module) -> dict[str, Layer]:
     }
 
 
+def hooked_layers(layers: Mapping[str, Layer]) -> dict[str, Layer]:
+    """Those of ``layers`` whose output a module forward hook sees: the convs (a Linear is seen through :class:`LinearCalls`,
+    since a model may use its weight inside a function, as torchvision's Swin does)."""
+    return {name: layer for name, layer in layers.items() if isinstance(layer, nn.Conv2d)}
+
+
 def layer_shape(layer: Layer) -> tuple[int, int, int]:
     """``(out_channels, in_channels, groups)`` of a conv; ``(out_features, in_features, 1)`` of a Linear."""
     if isinstance(layer, nn.Linear):

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from neqtune.trainables.budget.units import LinearCalls, LinearFn, budgeted_layers, neuron_outputs
+from neqtune.trainables.budget.units import LinearCalls, LinearFn, budgeted_layers, hooked_layers, neuron_outputs
 
 
 def output_change(current: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
@@ -73,7 +73,7 @@ class VelocityTracker:
         self._previous: dict[str, torch.Tensor] | None = None
         self._last_phi: dict[str, torch.Tensor] = {}
         self._state: dict[str, torch.Tensor] = {}
-        self._handles = [conv.register_forward_hook(self._make_hook(name)) for name, conv in self._convs.items() if isinstance(conv, nn.Conv2d)]
+        self._handles = [conv.register_forward_hook(self._make_hook(name)) for name, conv in hooked_layers(self._convs).items()]
         self._active = True
         self._linear_calls = LinearCalls(self._convs, self._record_linear)
 
