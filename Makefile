@@ -1,11 +1,16 @@
 # neqtune: two commands on a fresh machine.
 #   make demo   set up (.venv) and run the default search (digits, no download)
 #   make test   set up (.venv) and run lint, type checks and the test suite
+#   make test-fast   the unit and contract tests only (no search, no Ray cluster, no benchmark run)
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test setup lint typecheck-tree
+# pytest-xdist workers (each runs torch on one thread: tests/conftest.py); 1 runs the suite in this process.
+TEST_WORKERS ?= 2
+PYTEST := $(PY) -m pytest $(if $(filter 1,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist worksteal)
+
+.PHONY: demo test test-fast setup lint typecheck-tree
 
 setup: $(VENV)/.installed
 
@@ -30,4 +35,7 @@ lint: setup typecheck-tree
 	$(PY) -m mypy
 
 test: lint
-	$(PY) -m pytest
+	$(PYTEST)
+
+test-fast: setup
+	$(PYTEST) -m "not search and not benchmark"

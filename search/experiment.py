@@ -676,7 +676,7 @@ def _run_search(
 
     grid = search.algorithm == "grid"
     param_space = {key: tune_domain(spec, grid=grid) for key, spec in search.params.items()}
-    recorder = ResultRecorder(experiment_dir, experiment, space.base, searched=list(search.params), echo=echo, tables_dir=location)
+    recorder = ResultRecorder(experiment_dir, experiment, space.base, searched=list(search.params), flush_every_s=search.table_flush_s, echo=echo, tables_dir=location)
     tuner = tune.Tuner(
         build_trainable(space, gpus_per_trial),
         param_space=param_space,
@@ -795,7 +795,7 @@ def resume_search(
     with storage_errors(location):
         start_ray(address)
         check_cluster_storage(location, shared_storage)
-        recorder = ResultRecorder(experiment_dir, experiment, space.base, searched=list(space.search.params), echo=echo, tables_dir=location)
+        recorder = ResultRecorder(experiment_dir, experiment, space.base, searched=list(space.search.params), flush_every_s=space.search.table_flush_s, echo=echo, tables_dir=location)
         added = recorder.backfill(location)
         echo(f"neqtune: {len(recorder.epochs.previous_keys())} trial-epochs in the tables, {added} recovered from the trials' result logs")
         filled = fill_missing_checkpoints(location)

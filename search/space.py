@@ -169,6 +169,8 @@ class SearchConfig:
     and ``--resume``) after an epoch once this many seconds passed since its
     last save; 0 saves after every epoch. A restart repeats at most that much
     work, and exactly (the epochs it repeats report the same numbers).
+    ``table_flush_s``: the longest time between two writes of the Parquet
+    tables while the search runs (they are always written at its end).
     ``scheduler: asha`` stops bad trials early (see
     :class:`AshaConfig`). ``repeats``: every configuration runs under that
     many seeds in lockstep and is scored by the mean. ``reuse_actors``:
@@ -184,6 +186,7 @@ class SearchConfig:
     max_failures: int = 2
     max_trial_epochs: int | None = None
     checkpoint_interval_s: float = 10.0
+    table_flush_s: float = 10.0
     cpus_per_trial: float = 1.0
     gpus_per_trial: float | Literal["auto"] = 0.0
     seed: int = 0
@@ -238,6 +241,8 @@ class SearchConfig:
             raise ConfigError(f"{path}.max_trial_epochs", f"must be >= 1 epoch (or null: no budget), got {self.max_trial_epochs}")
         if not self.checkpoint_interval_s >= 0:
             raise ConfigError(f"{path}.checkpoint_interval_s", f"must be >= 0 seconds, got {self.checkpoint_interval_s}")
+        if not self.table_flush_s > 0:
+            raise ConfigError(f"{path}.table_flush_s", f"must be > 0 seconds, got {self.table_flush_s}")
         if self.cpus_per_trial <= 0:
             raise ConfigError(f"{path}.cpus_per_trial", f"must be > 0, got {self.cpus_per_trial}")
         if self.gpus_per_trial != "auto":

@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Under pytest-xdist two workers share this machine's cores: a torch thread pool per worker as wide as the machine
+    # oversubscribes it, and OpenMP's spinning threads then cost more than they give. One thread each, also for the
+    # processes a test starts (they inherit the variable). Ray's workers get their own count from their CPU share.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest
 import torch
 from torch import nn
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 class TwoConvNet(nn.Module):

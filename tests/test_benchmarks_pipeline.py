@@ -5,11 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
+import pytest
 import torch
 
 from benchmarks import input_pipeline, pipeline_accuracy
 
 
+@pytest.mark.benchmark
 def test_input_pipeline_quick_run_measures_every_path_and_states_every_target(tmp_path: Path) -> None:
     threads = torch.get_num_threads()
     try:

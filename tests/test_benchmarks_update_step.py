@@ -27,6 +27,7 @@ def quick_table(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, pd.Data
     return out, pd.read_parquet(out / "update_step_quick.parquet")
 
 
+@pytest.mark.benchmark
 def test_quick_run_writes_every_condition(quick_table: tuple[Path, pd.DataFrame]) -> None:
     out, table = quick_table
     table = table[table.suite == "params"]
@@ -54,6 +55,7 @@ def test_quick_run_writes_every_condition(quick_table: tuple[Path, pd.DataFrame]
     assert "| model | path | policy |" in text and "## Targets" in text and text.count("\n| mbv2-w0.35 |") == 16
 
 
+@pytest.mark.benchmark
 def test_engine_memory_is_never_above_the_masked_path(quick_table: tuple[Path, pd.DataFrame]) -> None:
     _, table = quick_table
     table = table[table.suite == "params"]
@@ -109,6 +111,7 @@ def test_out_that_is_a_file_is_refused(tmp_path: Path) -> None:
     assert exit_info.value.code == 2 and target.read_text() == "keep me"
 
 
+@pytest.mark.benchmark
 def test_bn_update_comparison_runs_and_writes_both_settings(tmp_path: Path) -> None:
     threads = torch.get_num_threads()
     try:
@@ -121,6 +124,7 @@ def test_bn_update_comparison_runs_and_writes_both_settings(tmp_path: Path) -> N
     assert "## Mean over seeds" in (tmp_path / "bn_update.md").read_text()
 
 
+@pytest.mark.benchmark
 def test_memory_conditions_measure_what_the_cost_model_predicts(quick_table: tuple[Path, pd.DataFrame]) -> None:
     out, table = quick_table
     memory = table[table.suite == "memory"]

@@ -50,6 +50,7 @@ def free_port() -> int:
         ({"algorithm": "grid", "params": {}}, "search.params: the grid is empty"),
         ({"max_failures": -1}, "search.max_failures: must be >= 0, got -1"),
         ({"max_concurrent": 0}, "search.max_concurrent: must be >= 1 (or auto), got 0"),
+        ({"table_flush_s": 0}, "search.table_flush_s: must be > 0 seconds, got 0"),
         ({"max_concurrent": "many"}, "search.max_concurrent: expected an integer or one of 'auto', got 'many'"),
     ],
 )

@@ -26,6 +26,8 @@ from search_procs import RUN_MARK, finish, plain, run_search, tiny_space, wait_u
 
 from neqtune.search.tables import read_table
 
+pytestmark = pytest.mark.search  # every test here runs a real search or a Ray cluster (make test-fast leaves them out)
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -54,7 +54,11 @@ EXACT_COLUMNS = (
 MEMORY_BUDGET = {"unit": "input_channel", "memory": 20000, "options": {name: {"ranking_batches": 2} for name in ("trady", "rgn", "medyate")}}
 
 
-@pytest.mark.parametrize("policy", ["velocity", "trady", "rgn", "medyate"])
+# velocity (a budget of neurons) and medyate (a memory budget, the policy that carries the most state: layer ranking,
+# gradient norms, channels seen). trady's and rgn's state survives a restart by the same checkpoint; their exact
+# resume from it is checked in process, per policy (test_memory_policies.py::test_every_policy_resumes_exactly).
+@pytest.mark.search
+@pytest.mark.parametrize("policy", ["velocity", "medyate"])
 def test_sigkilled_trial_worker_restarts_from_its_checkpoint_and_ends_like_an_uninterrupted_run(policy: str, tmp_path: Path) -> None:
     # Two trials of the very same config (seed 0 twice): one runs undisturbed, the other's worker is killed mid-epoch.
     space = tiny_space(3, {"algorithm": "grid", "num_samples": 1, "params": {"training.seed": {"choice": [0, 0]}}})
@@ -117,6 +121,7 @@ def checkpointed_trials(fs: pafs.FileSystem, experiment: str) -> set[str]:
     return found
 
 
+@pytest.mark.search
 def test_a_driver_sigkilled_on_s3_storage_leaves_no_process_and_resumes_from_s3_with_every_trial_epoch_once(tmp_path: Path) -> None:
     trials_n, epochs_n = 4, 3
     space = tiny_space(epochs_n, {"algorithm": "optuna", "sampler": "random", "num_samples": trials_n, "seed": 7,
@@ -264,6 +269,7 @@ def test_a_checkpoint_without_checksum_is_trusted_only_if_it_loads(tmp_path: Pat
 
 
 # --- leftovers of a dead driver --------------------------------------------------------------------------------------
+@pytest.mark.search
 def test_the_next_search_ends_what_a_dead_drivers_ray_left_and_only_that(tmp_path: Path) -> None:
     from neqtune.search.local_ray import DIR_PREFIX, OWNER_FILE, process_start, sweep_dead_instances
     from neqtune.search.reaper import MARK

@@ -37,6 +37,7 @@ def ray_with_one_gpu() -> object:
     ray.shutdown()
 
 
+@pytest.mark.search
 def test_four_small_trials_share_one_gpu_in_a_real_search(ray_with_one_gpu: object, tmp_path: Path) -> None:
     """gpus_per_trial auto on a one-GPU cluster: 0.25 each, so Tune runs four at once (as the CPUs allow: 0.5 each)."""
     raw = tiny_space(1, {"num_samples": 4, "max_concurrent": "auto", "cpus_per_trial": 0.5, "gpus_per_trial": "auto"})
@@ -53,6 +54,7 @@ def test_four_small_trials_share_one_gpu_in_a_real_search(ray_with_one_gpu: obje
     assert resources == {"0.25"}
 
 
+@pytest.mark.search
 def test_more_gpus_per_trial_than_a_node_has_is_refused_before_anything_is_written(ray_with_one_gpu: object, tmp_path: Path) -> None:
     space = build_space(tiny_space(1, {"gpus_per_trial": 2}), "gpus.yaml")
     with pytest.raises(ClusterError, match=r"gpus\.yaml: search\.gpus_per_trial: 2 GPUs per trial, but no node of the cluster has that many \(most: 1\)"):
@@ -60,6 +62,7 @@ def test_more_gpus_per_trial_than_a_node_has_is_refused_before_anything_is_writt
     assert not (tmp_path / "gpus").exists()
 
 
+@pytest.mark.search
 def test_fp16_trials_without_a_gpu_are_refused(tmp_path: Path) -> None:
     import ray
 

@@ -48,6 +48,7 @@ def hf_wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return wheels[-1]
 
 
+@pytest.mark.search
 def test_a_plain_install_beside_huggingface_datasets_runs_a_dry_run_and_a_search(hf_wheel: Path, tmp_path: Path) -> None:
     venv = tmp_path / "venv"
     run([sys.executable, "-m", "venv", "--without-pip", str(venv)], tmp_path)

@@ -114,6 +114,7 @@ def test_a_single_dataset_is_carved_by_the_seed(tmp_path: Path) -> None:
     assert sorted(i for split in first.values() for _, i in split) == list(range(30))
 
 
+@pytest.mark.search
 def test_a_search_reads_a_huggingface_folder_with_batched_augmentation(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     root = saved(tmp_path / "bugs", splits={"train": 25, "test": 6})  # train 18 after velocity and val: no batch of 1
     space = tiny_space(1, {"algorithm": "grid", "num_samples": 1, "max_concurrent": 1, "params": {"training.seed": {"choice": [0]}}})

@@ -118,6 +118,7 @@ def neq_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]
     yield tmp_path / "cache"
 
 
+@pytest.mark.search
 def test_a_search_writes_the_folder_name_as_data_label(tmp_path: Path, neq_cache: Path, capsys: pytest.CaptureFixture[str]) -> None:
     root = write_folder(tmp_path / "pond", splits=("train", "test"), per_class=8)
     space = tiny_space(1, {"algorithm": "grid", "num_samples": 1, "max_concurrent": 1, "params": {"data.root": {"choice": [str(root)]}}})
@@ -208,6 +209,7 @@ def test_test_without_train_is_refused(tmp_path: Path, capsys: pytest.CaptureFix
     assert "data.root" in line and "test/ but no train/" in line
 
 
+@pytest.mark.search
 def test_an_unknown_data_set_is_reported_once_by_run_search(tmp_path: Path) -> None:
     space = tiny_space(1, {"algorithm": "grid", "num_samples": 1, "params": {"training.seed": {"choice": [0]}}})
     space["data"] = {"name": "imagefolder"}

@@ -79,6 +79,7 @@ def search(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path, int]:
     return out, tmp / "results" / "study", seen_running
 
 
+@pytest.mark.search
 def test_the_study_is_written_while_the_search_runs(search: tuple[str, Path, int]) -> None:
     out, experiment, seen_running = search
     assert seen_running >= 1, "optuna.db had no trial with an epoch while the driver ran"
@@ -86,6 +87,7 @@ def test_the_study_is_written_while_the_search_runs(search: tuple[str, Path, int
     assert f"view the curves: tensorboard --logdir {experiment.parent}" in out  # absolute
 
 
+@pytest.mark.search
 def test_every_trial_with_its_values_states_and_epochs(search: tuple[str, Path, int]) -> None:
     _, experiment, _ = search
     study = load(experiment / OPTUNA_DB)
@@ -109,6 +111,7 @@ def test_every_trial_with_its_values_states_and_epochs(search: tuple[str, Path, 
     )
 
 
+@pytest.mark.search
 def test_optunas_own_importances_and_plots_work_on_it(search: tuple[str, Path, int]) -> None:
     _, experiment, _ = search
     study = load(experiment / OPTUNA_DB)
@@ -122,6 +125,7 @@ def test_optunas_own_importances_and_plots_work_on_it(search: tuple[str, Path, i
         assert sorted(label.get_text() for label in axes.get_yticklabels()) == ["budget.policy", "training.lr"]
 
 
+@pytest.mark.search
 def test_analyze_prints_and_saves_the_importances(search: tuple[str, Path, int], tmp_path: Path) -> None:
     _, experiment, _ = search
     done = subprocess.run(

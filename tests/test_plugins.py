@@ -136,6 +136,7 @@ def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, s
 # --- a real search on two nodes ------------------------------------------------------------------------------------
 
 
+@pytest.mark.search
 def test_a_search_on_two_nodes_uses_a_plugin_the_worker_node_never_saw(tmp_path: Path) -> None:
     """The plug-in's folder is moved away once the driver has loaded it: both nodes import it from the source
     that travelled with the trials, each into its own cache."""
@@ -185,6 +186,7 @@ def test_a_search_on_two_nodes_uses_a_plugin_the_worker_node_never_saw(tmp_path:
     print(f"plug-in search on two nodes: {time.monotonic() - started:.0f} s")
 
 
+@pytest.mark.search
 def test_resume_loads_the_plugins_again(tmp_path: Path) -> None:
     """``--resume`` in a fresh process knows the plug-in's names only if it imports the plug-ins the saved space lists."""
     module = write_plugin(tmp_path / "own")
@@ -211,6 +213,7 @@ def ray_session() -> Iterator[None]:
     ray.shutdown()
 
 
+@pytest.mark.search
 @pytest.mark.parametrize(
     "search", [{"algorithm": "grid", "params": {"training.seed": {"choice": [0]}}}, {"algorithm": "optuna", "params": {"training.lr": {"loguniform": [0.01, 0.1]}}}]
 )

@@ -26,8 +26,9 @@ from neqtune.search.tables import StorageError, read_table
 TRIALS = 2
 EPOCHS = 6
 # Trials long enough that a search still has work left when the test presses Ctrl-C or fills the disk on seeing
-# rows in the table (a table flush may come 10 s after an epoch, when 6 epochs of these trials are nearly over).
-LONG_EPOCHS = 14
+# rows in the table: the tables are written every second (search.table_flush_s), an epoch takes about a second.
+LONG_EPOCHS = 8
+FLUSH = {"table_flush_s": 1.0}
 
 
 def rows(table: Path | str) -> int:
@@ -45,9 +46,10 @@ def check_complete(experiment: Path | str, epochs_n: int = EPOCHS) -> pd.DataFra
     return epochs
 
 
+@pytest.mark.search
 def test_ctrl_c_stops_the_search_in_order_a_second_forces_it_and_resume_finishes_it(tmp_path: Path) -> None:
     space = tiny_space(LONG_EPOCHS, {"algorithm": "optuna", "sampler": "random", "num_samples": TRIALS, "seed": 3,
-                                "params": {"training.lr": {"loguniform": [0.01, 0.3]}}})  # fmt: skip
+                                "params": {"training.lr": {"loguniform": [0.01, 0.3]}}, **FLUSH})  # fmt: skip
     (tmp_path / "space.yaml").write_text(yaml.safe_dump(space))
     experiment = tmp_path / "results" / "exp"
     table = experiment / "epochs.parquet"
@@ -142,9 +144,10 @@ def test_a_read_only_disk_fails_a_flush_cleanly_and_the_table_stays_whole(tmp_pa
         assert pd.read_parquet(disk / "exp" / "epochs.parquet").epoch.tolist() == [1, 2]
 
 
+@pytest.mark.search
 def test_a_disk_that_fills_up_mid_search_stops_it_with_one_line_and_resume_finishes_it(tmp_path: Path) -> None:
     space = tiny_space(LONG_EPOCHS, {"algorithm": "optuna", "sampler": "random", "num_samples": TRIALS, "seed": 5,
-                                "params": {"training.lr": {"loguniform": [0.01, 0.3]}}})  # fmt: skip
+                                "params": {"training.lr": {"loguniform": [0.01, 0.3]}}, **FLUSH})  # fmt: skip
     (tmp_path / "space.yaml").write_text(yaml.safe_dump(space))
     mark = new_mark()
     with small_disk(tmp_path / "disk", "64m") as disk:

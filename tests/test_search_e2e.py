@@ -15,6 +15,8 @@ import pytest
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+pytestmark = pytest.mark.search  # every test here runs a real search or a Ray cluster (make test-fast leaves them out)
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

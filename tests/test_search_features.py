@@ -241,6 +241,7 @@ def ray_session() -> Iterator[None]:
     ray.shutdown()
 
 
+@pytest.mark.search
 def test_two_objective_search_with_repeats_returns_the_pareto_set(
     ray_session: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -292,6 +293,7 @@ def test_two_objective_search_with_repeats_returns_the_pareto_set(
     assert all(trial_id in printed for trial_id in on_front)
 
 
+@pytest.mark.search
 def test_asha_stops_worse_trials_and_marks_them(ray_session: None, tmp_path: Path) -> None:
     """A grid run one trial at a time, so ASHA's decisions are fixed: the first trial sets each rung's cutoff."""
     from neqtune.search.experiment import run_search
@@ -334,6 +336,7 @@ def test_checkpoint_clock_saves_once_the_interval_passed() -> None:
     assert [always.due() for _ in range(3)] == [True, True, True]
 
 
+@pytest.mark.search
 @pytest.mark.parametrize(("interval_s", "saved"), [(0.0, ["checkpoint_000002"]), (1e6, [])])
 def test_checkpoint_interval_sets_which_epochs_save_state(ray_session: None, tmp_path: Path, interval_s: float, saved: list[str]) -> None:
     """Every epoch reports; the state is saved after every epoch at interval 0 (Tune keeps the newest, the third), never at a long one."""
@@ -370,6 +373,7 @@ def test_a_resumed_budget_counts_the_epochs_already_reported(tmp_path: Path) -> 
     assert reported_epochs(str(tmp_path)) == 7
 
 
+@pytest.mark.search
 def test_trial_epoch_budget_ends_the_search(ray_session: None, tmp_path: Path) -> None:
     """One trial at a time, 3 epochs each, a budget of 5 trial-epochs: the second trial stops after 2, no third starts."""
     from neqtune.search.experiment import run_search
@@ -384,6 +388,7 @@ def test_trial_epoch_budget_ends_the_search(ray_session: None, tmp_path: Path) -
     assert len(pd.read_parquet(outcome.experiment_dir / "epochs.parquet")) == 5
 
 
+@pytest.mark.search
 def test_benchmark_quick_writes_its_tables(ray_session: None, tmp_path: Path) -> None:
     """The quick pipeline, in two runs: every method but one, then ``add`` the missing one to the same tables."""
     from benchmarks.search_efficiency import BUDGETED, METHODS, QUICK, Setting, run_benchmark

@@ -266,6 +266,7 @@ def test_a_full_or_read_only_disk_is_told_apart_from_other_errors() -> None:
     assert str(StorageError("/mnt/results/exp", "No space left on device")) == "/mnt/results/exp: No space left on device"
 
 
+@pytest.mark.benchmark
 def test_the_flush_benchmark_measures_both_layouts_and_the_dataset_writes_less_per_flush(tmp_path: Path) -> None:
     from benchmarks.table_flush import TableBenchConfig, run
 

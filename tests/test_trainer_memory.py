@@ -89,27 +89,31 @@ def test_input_channel_masks_leave_frozen_columns_bit_identical() -> None:
 
 @pytest.mark.parametrize(("policy", "unit"), [("random", "input_channel"), ("su", "input_channel"), ("velocity", "neuron")])
 def test_engine_equals_the_masked_path(policy: str, unit: str) -> None:
-    """Two steps of the trainer's two update paths from the same start agree (float32; exact in float64: test_engine.py).
+    """Two steps of the trainer's two update paths from the same start agree, in float64.
 
-    Whole epochs are not compared: from a random init at 16 px the BatchNorm statistics of 1x1 maps turn float
-    rounding differences into different runs within a few steps, whatever the path.
+    In float32 they differ by rounding only, but from a random init at 16 px the BatchNorm statistics of 1x1 maps
+    amplify it: by 1e-6 or by 3e-4 after two steps depending on how many threads torch's kernels use. The trainer's
+    model is cast to float64 in place (its parameters stay the objects the optimizer and the engine hold).
     """
     runs = []
     for engine in ("sparse", "masked"):
         cfg = config(policy, unit)
         cfg["training"].update(update_engine=engine, lr=0.01, momentum=0.5)
         runs.append(BudgetedRun(TrialConfig.from_dict(cfg)))
+        runs[-1].model.double()
     sparse, masked = runs
     assert all(torch.equal(sparse.masks[n], masked.masks[n]) for n in sparse.masks)
+    start = {k: v.clone() for k, v in sparse.model.state_dict().items()}
     for step, (inputs, labels) in zip(range(2), sparse.train_loader, strict=False):
         for run_ in runs:
             torch.manual_seed(step)  # the same dropout in both
             run_.model.train()
             run_.optimizer.zero_grad(set_to_none=True)
-            F.cross_entropy(run_.model(inputs), labels).backward()
+            F.cross_entropy(run_.model(inputs.double()), labels).backward()
             run_.optimizer.step()
     a, b = sparse.model.state_dict(), masked.model.state_dict()
-    assert max(float((a[k].double() - b[k].double()).abs().max()) for k in a) < 1e-4
+    assert any(not torch.equal(a[f"{name}.weight"], start[f"{name}.weight"]) for name in sparse.masks), "no budgeted layer moved"
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-9
 
 
 @pytest.mark.parametrize(("policy", "unit"), [("random", "input_channel"), ("velocity", "neuron")])
