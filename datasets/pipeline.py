@@ -176,7 +176,9 @@ def make_loader(split: Dataset[Any], config: DataConfig, settings: LoaderSetting
     workers = loader_workers(config, split, settings.cpus)
     common: dict[str, Any] = {
         "num_workers": workers,
-        "persistent_workers": workers > 0,
+        # Only the training loader keeps its workers between epochs: the validation and test loaders start theirs for
+        # each evaluation (a fork each), so a trial holds one set of loader processes, not three.
+        "persistent_workers": workers > 0 and train,
         "pin_memory": settings.device.type == "cuda",
         # The loader draws a base seed for its workers each time it starts them, which persistent workers do once per
         # process: drawn from the shuffle generator, a resumed run would shuffle differently from one that never stopped. In

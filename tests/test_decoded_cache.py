@@ -398,3 +398,30 @@ def test_pickling_carries_the_path_and_maps_again(source: FileSource, cache: Pat
     gone = pickle.loads(pickled)
     _assert_matches_source(gone, source)  # a receiver that finds the file gone builds it again
     assert "neqtune: decoding" in capsys.readouterr().err
+
+
+def test_a_space_probes_the_cache_directory_once_and_a_failed_probe_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every combination of a space runs ``data_problems``; only the first writes a probe file in the cache directory."""
+    from neqtune.datasets import checks
+    from neqtune.datasets.config import DataConfig
+
+    probed: list[Path] = []
+    probe = checks.check_cache_dir
+
+    def counting(directory: Path) -> None:
+        probed.append(directory)
+        probe(directory)
+
+    monkeypatch.setattr(checks, "check_cache_dir", counting)
+    good = tmp_path / "good"
+    monkeypatch.setenv("NEQ_CACHE", str(good))
+    config = DataConfig(name="digits", cache="decoded")
+    assert [checks.data_problems(config) for _ in range(50)] == [[]] * 50
+    assert probed == [good] and good.is_dir() and not any(good.iterdir())  # the probe file is gone
+    (tmp_path / "afile").write_text("not a directory")
+    bad = tmp_path / "afile" / "sub"
+    monkeypatch.setenv("NEQ_CACHE", str(bad))
+    for _ in range(2):
+        [problem] = checks.data_problems(config)
+        assert problem.key == "data.cache" and str(bad) in problem.message
+    assert probed == [good, bad, bad]  # not remembered: the directory may become writable

@@ -206,3 +206,20 @@ def test_bad_pipeline_and_device_input_is_one_line_exit_2_nothing_written(
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and key in err and str(tmp_path / "space.yaml") in err, err
     assert not out.exists()
+
+
+def test_only_the_training_loader_keeps_its_workers(fashion: DataConfig) -> None:
+    """After an epoch and an evaluation, the loader processes still alive are the training loader's: one set, not three."""
+    import multiprocessing
+
+    splits = build_dataset(fashion)
+    config = dataclasses.replace(fashion, workers=2)
+    before = set(multiprocessing.active_children())
+    train_loader = make_loader(splits.train, config, settings(cpus=3), train=True)
+    assert len(batches(train_loader, 1)) == 1
+    trained = set(multiprocessing.active_children()) - before
+    evaluation = [make_loader(split, config, settings(cpus=3), train=False) for split in (splits.val, splits.test)]
+    for loader in evaluation:  # kept, as a trial keeps them between epochs
+        assert len(batches(loader, 100)) == len(loader)  # iterated to the end, as an evaluation does
+    left = set(multiprocessing.active_children()) - before
+    assert len(trained) == 2 and left == trained
