@@ -34,11 +34,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import itertools
 import math
 import typing
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -331,37 +330,49 @@ def _read_yaml(path: Path) -> Any:
         raise SpaceError(str(path), "", f"malformed YAML: {where}{problem}") from None
 
 
-def _architecture(model: Any) -> str:
-    """What shapes the network of a model config (all its keys but the weights and the class count), as one cache key."""
-    values = dataclasses.asdict(model)
-    values.update(pretrained=None, num_classes=None)
-    return yaml.safe_dump(values, sort_keys=True)
+def value_key(value: Any) -> Hashable:
+    """A config as a hashable value (dataclasses and mappings as sorted pairs, lists as tuples): equal configs, equal keys."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+    if isinstance(value, Mapping):
+        return tuple(sorted((str(k), value_key(v)) for k, v in value.items()))
+    if isinstance(value, (list, tuple)):
+        return tuple(value_key(v) for v in value)
+    return value  # type: ignore[no-any-return]
+
+
+# What the space checks computed once per distinct value: probe networks per architecture, class counts per data
+# section, input-size problems per architecture and side, budget amounts per budget, architecture and side.
+_PROBES: dict[Hashable, Any] = {}
+_CLASS_COUNTS: dict[Hashable, int] = {}
+_INPUT_SIZE_PROBLEMS: dict[Hashable, ConfigError | None] = {}
+_BUDGET_AMOUNTS: dict[Hashable, int] = {}
+
+
+def _architecture(model: Any) -> Any:
+    """What shapes the network of a model config: the config without its weights and class count."""
+    return dataclasses.replace(model, pretrained=None, num_classes=None)
 
 
 def _probe_model(model: Any) -> Any:
     """The network of a model config, random init, 10 classes: one per architecture, shared by the checks."""
-    return _probe_model_cached(_architecture(model))
+    architecture = _architecture(model)
+    key = value_key(architecture)
+    if key not in _PROBES:
+        from neqtune.trainables.models.registry import build_model
 
-
-@functools.cache
-def _probe_model_cached(architecture: str) -> Any:
-    from neqtune.trainables.config import ModelConfig
-    from neqtune.trainables.models.registry import build_model
-
-    return build_model(from_mapping(ModelConfig, yaml.safe_load(architecture), "model"), num_classes=10)
+        _PROBES[key] = build_model(architecture, num_classes=10)
+    return _PROBES[key]
 
 
 def _dataset_num_classes(data: Any) -> int:
     """The class count of the data set ``data`` (a DataConfig) names, read once per distinct config."""
-    key = yaml.safe_dump(dataclasses.asdict(data), sort_keys=True)
+    key = value_key(data)
     if key not in _CLASS_COUNTS:
         from neqtune.datasets import build_dataset
 
         _CLASS_COUNTS[key] = build_dataset(data).num_classes
     return _CLASS_COUNTS[key]
-
-
-_CLASS_COUNTS: dict[str, int] = {}
 
 
 class CombinationError(ConfigError):
@@ -481,40 +492,32 @@ def trial_problems(overrides: Mapping[str, Any], base: Mapping[str, Any]) -> tup
     return config, problems
 
 
-@functools.cache
-def _input_size_problem(architecture: str, image_size: int) -> ConfigError | None:
-    from neqtune.trainables.checks import input_size_problems, side_problems
-    from neqtune.trainables.config import ModelConfig
-
-    model = from_mapping(ModelConfig, yaml.safe_load(architecture), "model")
-    found = side_problems(model, image_size) or input_size_problems(_probe_model_cached(architecture), model.name, image_size)
-    return found[0] if found else None
-
-
 def _check_input_size(model: Any, image_size: int) -> None:
     """Refuse a model that does not take the data's image side: a side that is no multiple of its patch size (a
     declared property of the model), else one that a forward pass refuses (one probe per architecture and size)."""
-    problem = _input_size_problem(_architecture(model), image_size)
+    key = (value_key(_architecture(model)), image_size)
+    if key not in _INPUT_SIZE_PROBLEMS:
+        from neqtune.trainables.checks import input_size_problems, side_problems
+
+        found = side_problems(model, image_size) or input_size_problems(_probe_model(model), model.name, image_size)
+        _INPUT_SIZE_PROBLEMS[key] = found[0] if found else None
+    problem = _INPUT_SIZE_PROBLEMS[key]
     if problem is not None:
         raise ConfigError(problem.key, problem.message)
 
 
-@functools.cache
-def _check_budget_cached(budget_key: str, architecture: str, image_size: int) -> int:
-    from neqtune.trainables.budget.resolve import build_budget
-    from neqtune.trainables.config import BudgetConfig
-    from neqtune.trainables.policies.base import check_policy_fit
-
-    budget = from_mapping(BudgetConfig, yaml.safe_load(budget_key), "budget")
-    model_name = yaml.safe_load(architecture)["name"]
-    resolved = build_budget(budget, _probe_model_cached(architecture), model_name=model_name, image_size=image_size)
-    check_policy_fit(budget, resolved)
-    return resolved.amount
-
-
 def _check_budget(budget: Any, model: Any, image_size: int) -> int:
-    """Resolve the budget against the model at the image size (scheme fit, memory bounds, the policy's options), once per distinct combination; its amount."""
-    return _check_budget_cached(yaml.safe_dump(dataclasses.asdict(budget), sort_keys=True), _architecture(model), image_size)
+    """Resolve the budget against the model at the image size (scheme fit, memory bounds, the policy's options), once
+    per distinct combination; its amount."""
+    key = (value_key(budget), value_key(_architecture(model)), image_size)
+    if key not in _BUDGET_AMOUNTS:
+        from neqtune.trainables.budget.resolve import build_budget
+        from neqtune.trainables.policies.base import check_policy_fit
+
+        resolved = build_budget(budget, _probe_model(model), model_name=model.name, image_size=image_size)
+        check_policy_fit(budget, resolved)
+        _BUDGET_AMOUNTS[key] = resolved.amount
+    return _BUDGET_AMOUNTS[key]
 
 
 def trial_budget(config: TrialConfig) -> tuple[Any, int]:

@@ -18,7 +18,15 @@ from neqtune.search.cli import main
 from neqtune.trainables.budget.costs import channel_costs, mask_memory, network_memory
 from neqtune.trainables.budget.resolve import build_budget
 from neqtune.trainables.budget.schemes import su_update_mask
-from neqtune.trainables.budget.units import Masks, Unit, budgeted_layers, frozen_bias_elements, frozen_weight_elements, unit_length
+from neqtune.trainables.budget.units import (
+    LinearCalls,
+    Masks,
+    Unit,
+    budgeted_layers,
+    frozen_bias_elements,
+    frozen_weight_elements,
+    unit_length,
+)
 from neqtune.trainables.config import BudgetConfig, ConfigError, TrialConfig
 from neqtune.trainables.models import registry as model_registry
 from neqtune.trainables.models.registry import register_model
@@ -400,3 +408,22 @@ def test_a_model_whose_layers_cannot_be_priced_is_refused(model: nn.Module, mess
     with pytest.raises(ConfigError) as caught:
         build_budget(BudgetConfig(policy="random", unit="input_channel", memory=1000), model, model_name="hidden", image_size=32)
     assert caught.value.key == "model.name" and message in str(caught.value)
+
+
+def test_linear_calls_leave_torch_alone_when_no_layer_is_a_linear(small_net: nn.Module) -> None:
+    """A CNN's budgeted layers hold no Linear: entering changes neither ``F.linear`` nor the MHA fast path; with one it does."""
+    original, fastpath = F.linear, torch.backends.mha.get_fastpath_enabled()
+    convs = {name: layer for name, layer in budgeted_layers(small_net).items() if isinstance(layer, nn.Conv2d)}
+    with LinearCalls(convs, lambda *args: pytest.fail("no call is routed")):
+        assert F.linear is original and torch.backends.mha.get_fastpath_enabled() == fastpath
+        small_net(torch.randn(1, 3, 8, 8))
+    routed: list[str] = []
+
+    def record(name: str, inputs: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, linear: Any) -> torch.Tensor:
+        routed.append(name)
+        return linear(inputs, weight, bias)
+
+    with LinearCalls({"head": small_net.head}, record):
+        assert F.linear is not original and not torch.backends.mha.get_fastpath_enabled()
+        small_net(torch.randn(1, 3, 8, 8))
+    assert routed == ["head"] and F.linear is original and torch.backends.mha.get_fastpath_enabled() == fastpath

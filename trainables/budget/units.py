@@ -141,6 +141,8 @@ class LinearCalls:
         self._saved: list[tuple[LinearFn, bool]] = []
 
     def __enter__(self) -> LinearCalls:
+        if not self.names:  # no Linear among the layers (a CNN's): F.linear and the MHA fast path stay as they are
+            return self
         previous: LinearFn = F.linear
         names, handler = self.names, self.handler
 
@@ -157,6 +159,8 @@ class LinearCalls:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        if not self.names:
+            return
         previous, fastpath = self._saved.pop()
         F.linear = previous
         torch.backends.mha.set_fastpath_enabled(fastpath)
