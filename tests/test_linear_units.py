@@ -427,3 +427,25 @@ def test_linear_calls_leave_torch_alone_when_no_layer_is_a_linear(small_net: nn.
         assert F.linear is not original and not torch.backends.mha.get_fastpath_enabled()
         small_net(torch.randn(1, 3, 8, 8))
     assert routed == ["head"] and F.linear is original and torch.backends.mha.get_fastpath_enabled() == fastpath
+
+
+def test_a_memory_budget_below_one_input_feature_with_its_layers_bias_is_refused() -> None:
+    """The cheapest input feature of the small vit at 16 px: a proj (or fc2) column, 64 weights + 17 tokens, plus the
+    layer's 64-element bias that the first feature taken from a layer pays: 145. A budget of 139 would buy nothing."""
+    from neqtune.trainables.config import ModelConfig, from_mapping
+    from neqtune.trainables.models.registry import build_model
+    from neqtune.trainables.policies.fill import select_units
+
+    model = build_model(ModelConfig(name="vit", patch_size=4, depth=4, width=64, heads=4, mlp_ratio=2.0), 10)
+
+    def budget(amount: int) -> Any:
+        values = {"policy": "random", "unit": "input_channel", "memory": amount}
+        return build_budget(from_mapping(BudgetConfig, values, "budget"), model, model_name="vit", image_size=16)
+
+    with pytest.raises(ConfigError) as caught:
+        budget(144)
+    assert caught.value.key == "budget.memory" and "below the cheapest input_channel of the model (145 elements per image)" in caught.value.message
+    resolved = budget(145)
+    masks = select_units("random", scores=None, pricing=resolved.pricing, budget=resolved.amount, generator=torch.Generator().manual_seed(0))
+    assert sum(int(m.sum()) for m in masks.values()) == 1
+    assert mask_memory(masks, resolved.costs, "input_channel").elements == 145

@@ -20,6 +20,7 @@ from neqtune.trainables.models.registry import build_model
 ROOT = Path(__file__).resolve().parent.parent
 SPACES = ROOT / "spaces" / "vit_digits"
 BUDGETS = [139, 560, 3_151, 13_758]
+SPACE_BUDGETS = [145, *BUDGETS[1:]]  # 139 buys no unit: the cheapest input feature with its layer's bias costs 145
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +43,9 @@ def test_the_full_total_counts_every_conv_and_linear_but_the_head_with_the_token
 def test_the_budgets_are_swints_shares_of_the_total(make_spaces: ModuleType) -> None:
     assert make_spaces.scaled_budgets(158_528) == BUDGETS
     assert make_spaces.scaled_budgets(make_spaces.SWINT_TOTAL) == list(make_spaces.SWINT_BUDGETS)  # the rule gives SwinT its own
+    model = build_model(ModelConfig(name="vit", **make_spaces.SHAPE), 10)
+    assert make_spaces.cheapest_unit(model, 16) == 64 + 17 + 64  # a proj / fc2 column, its 17 tokens, the layer's bias
+    assert make_spaces.space_budgets(158_528, 145) == SPACE_BUDGETS
 
 
 def test_the_spaces_run_the_three_policies_and_the_baseline_from_the_pretrained_vit(make_spaces: ModuleType) -> None:
@@ -51,7 +55,7 @@ def test_the_spaces_run_the_three_policies_and_the_baseline_from_the_pretrained_
         assert (raw["data"]["name"], raw["data"]["image_size"]) == ("digits", 16)
         assert raw["search"]["params"]["training.seed"] == {"choice": [0, 1, 2]}
     assert grid["search"]["params"]["budget.policy"] == {"choice": ["random", "rgn", "trady"]}
-    assert grid["search"]["params"]["budget.memory"] == {"choice": BUDGETS}
+    assert grid["search"]["params"]["budget.memory"] == {"choice": SPACE_BUDGETS}
     assert grid["budget"]["unit"] == "input_channel" and grid["budget"]["options"]["rgn"] == {"refresh": "epoch"}
     assert full["budget"] == {"policy": "full"}
 

@@ -16,6 +16,11 @@ model's full total is the budget, rounded to the nearest element:
 budgets this is the papers' own rule (1.988 % and 8.679 %); the two absolute
 ones, 27,946 and 112,640 (the CNN budgets), become 0.0876 % and 0.353 % of
 the model, so all four keep their place relative to the whole network.
+A share that buys no unit at all is raised to the cheapest unit alone
+(:func:`space_budgets`): here the smallest, 139 elements, is below one input
+feature of a ``proj`` or ``mlp`` fc2 (64 weights + 17 tokens) with the
+64-element bias that the first feature taken from a layer pays, 145, so the
+space's smallest budget is 145: one input feature.
 
 **The full total** counts, as ``shared/design/transformers.md`` derives from
 the papers, every ``nn.Conv2d`` and ``nn.Linear`` except the classifier: its
@@ -33,6 +38,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from neqtune.trainables.budget.resolve import model_costs
 from neqtune.trainables.config import ModelConfig
 from neqtune.trainables.models.registry import build_model, find_classifier
 
@@ -79,6 +85,17 @@ def scaled_budgets(total: int) -> list[int]:
     return [(2 * budget * total + SWINT_TOTAL) // (2 * SWINT_TOTAL) for budget in SWINT_BUDGETS]
 
 
+def cheapest_unit(model: nn.Module, image_size: int) -> int:
+    """The cheapest input channel or feature alone, with the bias its layer's first channel pays (what the pricing charges)."""
+    costs = model_costs(model, image_size)
+    return min(int((c.input_channel.weight + c.input_channel.activation).min()) + c.bias for c in costs.values())
+
+
+def space_budgets(total: int, cheapest: int) -> list[int]:
+    """:func:`scaled_budgets`, each at least ``cheapest`` (a budget below one unit would train nothing under it)."""
+    return [max(budget, cheapest) for budget in scaled_budgets(total)]
+
+
 HEADER = """\
 # Offline reproduction of TraDy's SwinT rows (ICLR 2026, appendix D.7, Table 2), issue 21 item 7:
 # {what}
@@ -96,8 +113,9 @@ HEADER = """\
 BUDGETED = """\
 Budgets (budget.memory, weight + input-activation elements of the Conv2d and Linear layers, one image): TraDy's
 # SwinT budgets 27,946 / 112,640 / 633,859 / 2,767,686 as the same shares of this model's full {total:,} as of SwinT's
-# 31,889,952 (0.0876 / 0.353 / 1.988 / 8.679 %): {budgets}. They resolve once nn.Linear is a budgeted
-# unit (issue 21, item 1). random = D-Full Random, rgn with refresh epoch = D-Det RGN, trady = TraDy."""
+# 31,889,952 (0.0876 / 0.353 / 1.988 / 8.679 %): {shares}; a share below the cheapest unit alone ({cheapest:,}: one
+# input feature with its layer's bias) is raised to it: {budgets}. random = D-Full Random, rgn with refresh epoch =
+# D-Det RGN, trady = TraDy."""
 
 FULL = """\
 The full fine-tuning baseline (TraDy's "full" row, all {total:,} elements): no budget, everything trains."""
@@ -154,7 +172,7 @@ BUDGET_SECTION = """\
 """
 
 
-def write(full: bool, total: int, budgets: list[int]) -> Path:
+def write(full: bool, total: int, budgets: list[int], cheapest: int) -> Path:
     suffix = "_full" if full else ""
     seeds = f"    training.seed: {{choice: [{', '.join(map(str, SEEDS))}]}}\n"
     if full:
@@ -165,7 +183,8 @@ def write(full: bool, total: int, budgets: list[int]) -> Path:
         what = f"policies {POLICIES} on input channels x 4 memory budgets x 3 seeds."
         section = BUDGET_SECTION.format(first=budgets[0])
         params = f"    budget.policy: {{choice: [{POLICIES}]}}\n    budget.memory: {{choice: [{', '.join(map(str, budgets))}]}}\n" + seeds
-        budget = BUDGETED.format(total=total, budgets=" / ".join(f"{b:,}" for b in budgets))
+        shares = " / ".join(f"{b:,}" for b in scaled_budgets(total))
+        budget = BUDGETED.format(total=total, shares=shares, cheapest=cheapest, budgets=" / ".join(f"{b:,}" for b in budgets))
     file = f"digits_vit{suffix}.yaml"
     common = {"size": IMAGE_SIZE, "weights": WEIGHTS, "epochs": EPOCHS, "warmup": WARMUP}
     text = HEADER.format(what=what, trials=trials, budget=budget, file=file, **common)
@@ -179,12 +198,14 @@ def main() -> None:
     model = build_model(ModelConfig(name="vit", **SHAPE), num_classes=10)
     weights, activations = full_total(model, IMAGE_SIZE)
     total = weights + activations
-    budgets = scaled_budgets(total)
+    cheapest = cheapest_unit(model, IMAGE_SIZE)
+    budgets = space_budgets(total, cheapest)
     print(f"vit {SHAPE} at {IMAGE_SIZE} px: {weights:,} weights + {activations:,} activations = {total:,} elements")
-    for swint, budget in zip(SWINT_BUDGETS, budgets, strict=True):
-        print(f"  {swint:>9,} of SwinT's {SWINT_TOTAL:,} ({100 * swint / SWINT_TOTAL:.4f} %) -> {budget:,}")
+    for swint, share, budget in zip(SWINT_BUDGETS, scaled_budgets(total), budgets, strict=True):
+        raised = f" (below the cheapest unit, {cheapest:,})" if budget != share else ""
+        print(f"  {swint:>9,} of SwinT's {SWINT_TOTAL:,} ({100 * swint / SWINT_TOTAL:.4f} %) -> {share:,}{raised} -> {budget:,}")
     for full in (False, True):
-        print(write(full, total, budgets))
+        print(write(full, total, budgets, cheapest))
 
 
 if __name__ == "__main__":

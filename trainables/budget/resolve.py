@@ -224,8 +224,9 @@ def check_layer_list(layers: list[int | str], pricing: Pricing, amount: int, *, 
 def check_memory_budget(amount: int, costs: Mapping[str, LayerCosts], unit: Unit, *, key: str) -> None:
     """Refuse a memory budget that buys no unit at all, or more than the whole network holds."""
     total = network_memory(costs)
-    # a unit alone: its weights plus the activations it needs (a neuron: its group's input)
-    cheapest = min(int((conv.units(unit).weight + conv.units(unit).activation).min()) for conv in costs.values())
+    # a unit alone: its weights plus the activations it needs (a neuron: its group's input, and its own bias element;
+    # an input channel: the layer's bias too, which the first channel taken from a layer pays, as the pricing does)
+    cheapest = min(int((conv.units(unit).weight + conv.units(unit).activation).min()) + (conv.bias if unit == "input_channel" else 0) for conv in costs.values())
     if amount < cheapest:
         raise ConfigError(key, f"memory budget {amount:,} elements is below the cheapest {unit} of the model ({cheapest:,} elements per image)")
     if amount > total:
