@@ -82,7 +82,7 @@ from neqtune.datasets.samples import ArraySource, SplitSettings, official_splits
 from neqtune.search.cli import shutdown_ray
 from neqtune.search.experiment import run_search
 from neqtune.search.space import build_space
-from neqtune.trainables.budget.units import UNITS, Masks, Unit, conv_layers
+from neqtune.trainables.budget.units import UNITS, Layer, Masks, Unit, budgeted_layers, frozen_weight_elements, unit_length
 from neqtune.trainables.config import ModelConfig, TrialConfig
 from neqtune.trainables.models.registry import build_model
 from neqtune.trainables.policies.base import get_policy, policy_names
@@ -133,7 +133,7 @@ STEP_VARIANTS = (
 class Sizes:
     """How much each section does; :data:`QUICK` is the toy version."""
 
-    engine_models: tuple[str, ...] = ("mbv2-w0.35", "resnet18")
+    engine_models: tuple[str, ...] = ("mbv2-w0.35", "resnet18", "vit")
     engine_image_size: int = 32
     engine_batch: int = 4
     trial_image_size: int = 32
@@ -342,29 +342,24 @@ def synchronize(device: torch.device) -> None:
 # --- 1. engine exactness -----------------------------------------------------------
 
 
-def updated_elements(conv: nn.Conv2d, mask: torch.Tensor, unit: Unit) -> torch.Tensor:
-    """Which elements of ``conv.weight`` a mask updates, as a bool tensor of the weight's shape.
+def updated_elements(layer: Layer, mask: torch.Tensor, unit: Unit) -> torch.Tensor:
+    """Which elements of a budgeted layer's weight (a conv's or a Linear's) a mask updates, as a bool tensor of its shape.
 
-    ``neuron``: the rows ``W[o]`` of the True output channels. ``input_channel``:
-    the elements that read a True input channel; ``W[o, j]`` reads channel
+    ``neuron``: the rows ``W[o]`` of the True output channels or features.
+    ``input_channel``: the elements that read a True input channel or
+    feature; a grouped conv's ``W[o, j]`` reads channel
     ``(o // (C_out / g)) * (C_in / g) + j`` (for a depthwise conv, ``W[c]`` is
-    channel c's).
+    channel c's). :func:`~neqtune.trainables.budget.units.frozen_weight_elements`, negated.
     """
-    mask = mask.to(device=conv.weight.device, dtype=torch.bool)
-    if unit == "neuron":
-        return mask.view(-1, 1, 1, 1).expand_as(conv.weight)
-    out_per_group, in_per_group = conv.out_channels // conv.groups, conv.in_channels // conv.groups
-    first = torch.arange(conv.out_channels, device=mask.device) // out_per_group * in_per_group
-    channel = first.unsqueeze(1) + torch.arange(in_per_group, device=mask.device)
-    return mask[channel][:, :, None, None].expand_as(conv.weight)
+    return ~frozen_weight_elements(layer, mask.to(dtype=torch.bool), unit).to(layer.weight.device)
 
 
 def mixed_masks(model: nn.Module, unit: Unit, seed: int) -> Masks:
-    """Seeded masks that take every path of the engine: conv by conv, none, few, most or all of its channels updated."""
+    """Seeded masks that take every path of the engine: layer by layer (convs and Linears), none, few, most or all of its units updated."""
     generator = torch.Generator().manual_seed(seed)
     masks: Masks = {}
-    for index, (name, conv) in enumerate(conv_layers(model).items()):
-        channels = conv.out_channels if unit == "neuron" else conv.in_channels
+    for index, (name, layer) in enumerate(budgeted_layers(model).items()):
+        channels = unit_length(layer, unit)
         few = max(1, channels // 8)
         count = {0: 0, 1: few, 2: max(few, channels - few), 3: channels}[index % 4]
         mask = torch.zeros(channels, dtype=torch.bool)
@@ -391,7 +386,7 @@ def compare_gradients(start: nn.Module, masks: Masks, unit: Unit, inputs: torch.
 
     Returns:
         ``updated_diff``: the largest absolute difference over the updated
-        elements of every conv weight gradient; ``updated_scale``: the largest
+        elements of every budgeted layer's weight gradient (convs and Linears); ``updated_scale``: the largest
         absolute value there (of the masked path); ``frozen_max``: the
         largest absolute value of the engine's gradient over the frozen
         elements (0 expected); ``other_diff``: the largest difference over
@@ -405,7 +400,7 @@ def compare_gradients(start: nn.Module, masks: Masks, unit: Unit, inputs: torch.
     theirs = _gradients(reference, inputs, labels)
     updated_diff = updated_scale = frozen_max = 0.0
     conv_params: set[str] = set()
-    for name, conv in conv_layers(start).items():
+    for name, conv in budgeted_layers(start).items():
         prefix = f"{name}." if name else ""
         key = f"{prefix}weight"
         conv_params |= {key, f"{prefix}bias"}

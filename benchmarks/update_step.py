@@ -37,6 +37,14 @@ for backward are compared with the cost model's kept activations x batch x
 4 bytes, and what remains is split (other saved tensors, gradients, optimizer
 state).
 
+Transformers (``suite`` ``transformers``): torchvision's ``swin_t`` and a
+ViT-S/16 (neqtune's ``vit`` in that shape) at TraDy's four SwinT memory
+budgets (another model gets the same shares of its own full total), random
+input channels and features, on the masked path and the engine with
+``bn_update`` all and selected; the bytes the Linear and conv layers save for
+backward against the cost model's count, which counts a Linear's inputs over
+the tokens it really sees.
+
 Memory (``memory_mib``): what a step holds beyond the weights: the bytes of
 the tensors autograd saves for backward (counted with
 ``torch.autograd.graph.saved_tensors_hooks``, each storage once, parameters
@@ -46,15 +54,17 @@ weights themselves and transient kernel workspaces are not counted.
 
 Usage::
 
-    python -m benchmarks.update_step                  # 128 px, batch 32, three models
+    python -m benchmarks.update_step                  # 128 px, batch 32, every suite
     python -m benchmarks.update_step --quick          # tiny sizes, one round
     python -m benchmarks.update_step --models mbv2-w0.35 --repeats 5 --out /tmp/bench
     python -m benchmarks.update_step --suite memory   # memory budgets only -> update_step_memory.*
+    python -m benchmarks.update_step --suite transformers --repeats 5 --warmup 1   # -> update_step_transformers.*
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import math
 import os
@@ -63,9 +73,10 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import torch
@@ -75,12 +86,24 @@ from torch import nn
 from neqtune.trainables.budget.costs import Pricing, mask_memory, network_memory
 from neqtune.trainables.budget.resolve import ResolvedBudget, build_budget, scheme_su_mask
 from neqtune.trainables.budget.schemes import get_scheme, su_update_mask
-from neqtune.trainables.budget.units import Masks, Unit, conv_layers, conv_neuron_params, layer_flops, total_params
+from neqtune.trainables.budget.units import (
+    LinearCalls,
+    Masks,
+    Unit,
+    budgeted_layers,
+    conv_layers,
+    conv_neuron_params,
+    hooked_layers,
+    layer_flops,
+    total_params,
+    unit_length,
+)
 from neqtune.trainables.config import BudgetConfig, ModelConfig, TrainingConfig, from_mapping
 from neqtune.trainables.cpu import prepare_cpu
 from neqtune.trainables.models.registry import build_model, model_names
 from neqtune.trainables.policies.fill import select_neurons, select_units
 from neqtune.trainables.policies.velocity import VelocityTracker
+from neqtune.trainables.update import engine as engine_module
 from neqtune.trainables.update.engine import SparseUpdateEngine, parameter_masks
 from neqtune.trainables.update.optim import MaskedAdam, MaskedSGD, build_optimizer
 
@@ -107,6 +130,18 @@ MEMORY_POLICIES: dict[str, tuple[str, Unit]] = {
 input once); ``velocity-weight`` is TraDy's comparison: the study's parameter budget equal to the weight part of the
 SU scheme, whatever memory its neurons' inputs take."""
 
+TRANSFORMERS: dict[str, ModelConfig] = {
+    "swin_t": ModelConfig(name="swin_t"),
+    "vit-s16": ModelConfig(name="vit", patch_size=16, depth=12, width=384, heads=6, mlp_ratio=4.0),
+    "vit": ModelConfig(name="vit"),
+}
+"""Models of the transformer suite: torchvision's SwinT (TraDy's), a ViT-S/16 (neqtune's ``vit`` in ViT-S/16's shape,
+22 M parameters, 65 tokens at 128 px) and neqtune's small default ``vit`` (for quick runs)."""
+SWINT_TOTAL = 31_889_952
+"""TraDy's full SwinT total at 128 px: weight + input-activation elements of every Conv2d and Linear but the classifier."""
+SWINT_BUDGETS = (27_946, 112_640, 633_859, 2_767_686)
+"""TraDy's SwinT memory budgets (elements); another model gets the same shares of its own full total."""
+
 
 @dataclass(frozen=True)
 class BenchConfig:
@@ -114,6 +149,7 @@ class BenchConfig:
 
     models: tuple[str, ...] = ("mbv2-w0.35", "mbv2", "resnet18")
     memory_models: tuple[str, ...] = tuple(MEMORY_SCHEMES)
+    transformer_models: tuple[str, ...] = ("swin_t", "vit-s16")
     image_size: int = 128
     batch_size: int = 32
     repeats: int = 11
@@ -171,9 +207,9 @@ class Runner:
 # --- masks ------------------------------------------------------------------
 
 
-def all_masks(model: nn.Module, value: bool) -> Masks:
-    """Every neuron updated (True) or every neuron frozen (False)."""
-    return {name: torch.full((conv.out_channels,), value, dtype=torch.bool) for name, conv in conv_layers(model).items()}
+def all_masks(model: nn.Module, value: bool, unit: Unit = "neuron") -> Masks:
+    """Every unit of every budgeted layer updated (True) or frozen (False)."""
+    return {name: torch.full((unit_length(layer, unit),), value, dtype=torch.bool) for name, layer in budgeted_layers(model).items()}
 
 
 def velocity_masks(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, budget: int, pricing: Pricing | None = None) -> Masks:
@@ -263,51 +299,97 @@ class StepMemory:
     """Bytes one training step holds beyond the weights.
 
     Attributes:
-        conv_inputs: tensors the convs save for backward (their inputs, or the selected channels of them).
-        other_saved: every other saved tensor (normalisation, activation functions, pooling, the classifier).
+        layer_inputs: tensors the budgeted layers (Conv2d, Linear) save for backward: their inputs, or the selected
+            channels or features of them.
+        other_saved: every other saved tensor (normalisation, activation functions, attention, pooling, the classifier).
         grads: parameter gradients.
         optimizer: optimizer state after the step.
     """
 
-    conv_inputs: int
+    layer_inputs: int
     other_saved: int
     grads: int
     optimizer: int
 
     @property
     def saved(self) -> int:
-        return self.conv_inputs + self.other_saved
+        return self.layer_inputs + self.other_saved
 
     @property
     def total(self) -> int:
         return self.saved + self.grads + self.optimizer
 
 
+_ENGINE_LINEAR_FUNCTIONS = ("_FrozenLinear", "_RowSparseLinear", "_ColumnSparseLinear")
+"""The engine's autograd Functions of a Linear layer (names in :mod:`neqtune.trainables.update.engine`)."""
+
+
+class _Marked:
+    """Stands in for one of the engine's Linear Functions: its ``apply`` runs inside a mark, so what it saves is counted
+    as a budgeted layer's (a Function's tensors are packed after its ``forward`` returned, before ``apply`` does)."""
+
+    def __init__(self, function: Any, inside: list[str]) -> None:
+        self.function, self.inside = function, inside
+
+    def apply(self, *args: Any) -> Any:
+        self.inside.append(self.function.__name__)
+        try:
+            return self.function.apply(*args)
+        finally:
+            self.inside.pop()
+
+
+@contextlib.contextmanager
+def _marked_engine_linears(inside: list[str]) -> Iterator[None]:
+    originals = {name: getattr(engine_module, name) for name in _ENGINE_LINEAR_FUNCTIONS}
+    for name, function in originals.items():
+        setattr(engine_module, name, _Marked(function, inside))
+    try:
+        yield
+    finally:
+        for name, function in originals.items():
+            setattr(engine_module, name, function)
+
+
 def step_memory(runner: Runner) -> StepMemory:
-    """Measure one step: saved-for-backward bytes (each storage once, parameters excluded) split by who saved them."""
+    """Measure one step: saved-for-backward bytes (each storage once, parameters excluded) split by who saved them.
+
+    A conv is seen by module hooks. A Linear is seen by :class:`LinearCalls`
+    (its weight may be used inside a function, as torchvision's Swin
+    attention does), and, where the engine routes it to one of its own
+    autograd Functions, by a mark around that Function's ``apply``.
+    """
     parameter_storages = {p.untyped_storage().data_ptr() for p in runner.model.parameters()}
-    saved: dict[int, tuple[int, bool]] = {}  # storage -> (bytes, saved by a conv)
-    inside_conv: list[str] = []
+    saved: dict[int, tuple[int, bool]] = {}  # storage -> (bytes, saved by a budgeted layer)
+    inside: list[str] = []
 
     def pack(tensor: torch.Tensor) -> torch.Tensor:
         storage = tensor.untyped_storage()
         pointer = storage.data_ptr()
         if pointer not in parameter_storages:
-            by_conv = bool(inside_conv) or saved.get(pointer, (0, False))[1]
-            saved[pointer] = (storage.nbytes(), by_conv)
+            by_layer = bool(inside) or saved.get(pointer, (0, False))[1]
+            saved[pointer] = (storage.nbytes(), by_layer)
         return tensor
 
     def enter(module: nn.Module, args: object) -> None:
-        inside_conv.append(type(module).__name__)
+        inside.append(type(module).__name__)
 
     def leave(module: nn.Module, args: object, output: object) -> None:
-        inside_conv.pop()
+        inside.pop()
 
-    convs = conv_layers(runner.model).values()
+    def linear_call(name: str, inputs: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, linear: Callable[..., torch.Tensor]) -> torch.Tensor:
+        inside.append(name)
+        try:
+            return linear(inputs, weight, bias)
+        finally:
+            inside.pop()
+
+    layers = budgeted_layers(runner.model)
+    convs = hooked_layers(layers).values()
     handles = [h for conv in convs for h in (conv.register_forward_pre_hook(enter), conv.register_forward_hook(leave))]
     runner.optimizer.zero_grad(set_to_none=True)
     try:
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        with _marked_engine_linears(inside), LinearCalls(layers, linear_call), torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
             loss = F.cross_entropy(runner.model(runner.inputs), runner.labels)
     finally:
         for handle in handles:
@@ -316,8 +398,8 @@ def step_memory(runner: Runner) -> StepMemory:
     grads = sum(p.grad.nbytes for p in runner.model.parameters() if p.grad is not None)
     runner.optimizer.step()
     state = sum(v.nbytes for s in runner.optimizer.state.values() for v in s.values() if isinstance(v, torch.Tensor))
-    conv_inputs = sum(size for size, by_conv in saved.values() if by_conv)
-    return StepMemory(conv_inputs, sum(size for size, by_conv in saved.values() if not by_conv), grads, state)
+    layer_inputs = sum(size for size, by_layer in saved.values() if by_layer)
+    return StepMemory(layer_inputs, sum(size for size, by_layer in saved.values() if not by_layer), grads, state)
 
 
 def layer_wgrad_seconds(model: nn.Module, inputs: torch.Tensor, repeats: int = 5) -> dict[str, float]:
@@ -490,8 +572,21 @@ def benchmark_memory_model(model_name: str, config: BenchConfig, log: Callable[[
     everything = (Condition(model_name, "full"), all_masks(start, True), plain)
     nothing = (Condition(model_name, "bound"), all_masks(start, False), plain)
     conditions = [everything, nothing, *memory_conditions(model_name, start, inputs, labels, config.seed, config.image_size)]
+    log(f"{model_name} (memory budgets): {len(conditions)} conditions, {config.warmup} warm-up + {config.repeats} timed rounds")
+    return measure_memory_conditions(conditions, start, inputs, labels, config, generator, log)
+
+
+def measure_memory_conditions(
+    conditions: Sequence[tuple[Condition, Masks, ResolvedBudget]],
+    start: nn.Module,
+    inputs: torch.Tensor,
+    labels: torch.Tensor,
+    config: BenchConfig,
+    generator: torch.Generator,
+    log: Callable[[str], None],
+) -> list[dict[str, object]]:
+    """Time the conditions in interleaved rounds, then measure each one's memory; one row per condition."""
     runners = [(build_runner(c, start, m, inputs, labels), r) for c, m, r in conditions]
-    log(f"{model_name} (memory budgets): {len(runners)} conditions, {config.warmup} warm-up + {config.repeats} timed rounds")
     time_rounds([runner for runner, _ in runners], config, generator, log)
     rows: list[dict[str, object]] = []
     for runner, resolved in runners:
@@ -518,8 +613,8 @@ def benchmark_memory_model(model_name: str, config: BenchConfig, log: Callable[[
                 "step_s": statistics.median(runner.times),
                 "step_min_s": min(runner.times),
                 "rounds": len(runner.times),
-                "conv_inputs_mib": memory.conv_inputs / MIB,
-                "predicted_conv_inputs_mib": predicted / MIB,
+                "layer_inputs_mib": memory.layer_inputs / MIB,
+                "predicted_layer_inputs_mib": predicted / MIB,
                 "other_saved_mib": memory.other_saved / MIB,
                 "saved_mib": memory.saved / MIB,
                 "grads_mib": memory.grads / MIB,
@@ -528,6 +623,52 @@ def benchmark_memory_model(model_name: str, config: BenchConfig, log: Callable[[
             }
         )
     return rows
+
+
+# --- transformers -------------------------------------------------------------
+
+
+def transformer_budgets(total: int) -> list[int]:
+    """TraDy's SwinT budgets as the same shares of a model's full total (exactly TraDy's for SwinT's 31,889,952)."""
+    return [round(budget * total / SWINT_TOTAL) for budget in SWINT_BUDGETS]
+
+
+def benchmark_transformer_model(label: str, config: BenchConfig, log: Callable[[str], None]) -> list[dict[str, object]]:
+    """The transformer conditions of one model: full, bound, and random input features at the four budgets (masked,
+    engine, engine with norms frozen beside frozen layers); one row per condition."""
+    model_config = TRANSFORMERS[label]
+    torch.manual_seed(config.seed)
+    start = build_model(model_config, NUM_CLASSES)
+    generator = torch.Generator().manual_seed(config.seed)
+    inputs = torch.randn(config.batch_size, 3, config.image_size, config.image_size, generator=generator)
+    labels = torch.randint(0, NUM_CLASSES, (config.batch_size,), generator=generator)
+    name, size = model_config.name, config.image_size
+    plain = build_budget(from_mapping(BudgetConfig, {"policy": "full"}, "budget"), start, model_name=name, image_size=size)
+    conditions = [(Condition(label, "full"), all_masks(start, True), plain), (Condition(label, "bound"), all_masks(start, False), plain)]
+    for number, amount in enumerate(transformer_budgets(network_memory(plain.costs)), start=1):
+        budget = from_mapping(BudgetConfig, {"policy": "random", "unit": "input_channel", "memory": amount}, "budget")
+        resolved = build_budget(budget, start, model_name=name, image_size=size)
+        masks = select_units("random", scores=None, pricing=resolved.pricing, budget=resolved.amount, generator=torch.Generator().manual_seed(config.seed))
+        for path, bn_update in (("masked", "all"), ("engine", "all"), ("engine-selected", "selected")):
+            conditions.append((Condition(label, path, "random", str(number), bn_update, "input_channel", memory_budget=True), masks, resolved))
+    log(f"{label} (transformer, {size} px): {len(conditions)} conditions, {config.warmup} warm-up + {config.repeats} timed rounds")
+    return measure_memory_conditions(conditions, start, inputs, labels, config, generator, log)
+
+
+def transformer_checks(table: pd.DataFrame) -> list[dict[str, object]]:
+    """The transformer targets: the prediction exact; at the smallest budget with norms frozen, memory and step against full."""
+    checks: list[dict[str, object]] = []
+    for model, rows in table.groupby("model", sort=False):
+        engine = rows[rows.path.str.startswith("engine")]
+        worst = float(engine.prediction_error_pct.abs().max())
+        checks.append({"target": f"{model}: Linear and conv inputs kept vs predicted, worst of {len(engine)} engine conditions, |error| %",
+                       "measured": round(worst, 6), "limit": 0.0, "holds": worst < 1e-9, "floor": math.nan, "time_floor": math.nan})  # fmt: skip
+        smallest = engine[(engine.scheme == "1") & (engine.path == "engine-selected")].iloc[0]
+        checks.append({"target": f"{model} budget 1, bn_update selected: memory / full", "measured": round(float(smallest.memory_vs_full), 3),
+                       "limit": 0.10, "holds": bool(smallest.memory_vs_full <= 0.10), "floor": round(float(smallest.floor_vs_full), 3), "time_floor": math.nan})  # fmt: skip
+        checks.append({"target": f"{model} budget 1, bn_update selected: step / full", "measured": round(float(smallest.vs_full), 3),
+                       "limit": 0.85, "holds": bool(smallest.vs_full <= 0.85), "floor": math.nan, "time_floor": math.nan})  # fmt: skip
+    return checks
 
 
 def add_memory_ratios(table: pd.DataFrame) -> pd.DataFrame:
@@ -541,10 +682,10 @@ def add_memory_ratios(table: pd.DataFrame) -> pd.DataFrame:
     full_saved = per_model[per_model.path == "full"].saved_mib.reindex(table.model).to_numpy()
     table["saved_vs_full"] = table.saved_mib.to_numpy() / full_saved
     engine = table.path.str.startswith("engine") | table.path.isin(["full", "bound"])
-    error = (table.conv_inputs_mib - table.predicted_conv_inputs_mib) / table.predicted_conv_inputs_mib.where(table.predicted_conv_inputs_mib > 0)
+    error = (table.layer_inputs_mib - table.predicted_layer_inputs_mib) / table.predicted_layer_inputs_mib.where(table.predicted_layer_inputs_mib > 0)
     table["prediction_error_pct"] = (100 * error).where(engine)
     # what the rules leave when the conv inputs are exactly the cost model's: norm/activation tensors, gradients, state
-    table["floor_vs_full"] = (table.memory_mib - table.conv_inputs_mib + table.predicted_conv_inputs_mib).to_numpy() / (
+    table["floor_vs_full"] = (table.memory_mib - table.layer_inputs_mib + table.predicted_layer_inputs_mib).to_numpy() / (
         per_model[per_model.path == "full"].memory_mib.reindex(table.model).to_numpy()
     )
     return table
@@ -576,11 +717,32 @@ def memory_checks(table: pd.DataFrame) -> list[dict[str, object]]:
     return checks
 
 
-def memory_markdown(table: pd.DataFrame, checks: list[dict[str, object]]) -> list[str]:
-    """The memory-budget section of the report."""
+MEMORY_INTRO = (
+    "Models of the MCUNet zoo at the memory budgets of SU schemes 1, 3 and 5 (TraDy's budgets: weight + conv-input "
+    "activation elements per image, `budget`). Masks: `su` and `random` on input channels; `velocity` on neurons "
+    "filling the same memory budget (a neuron pays its group's input once); `velocity-weight` on neurons at the scheme's "
+    "parameter budget (TraDy's comparison; its memory is not bounded)."
+)
+TRANSFORMER_INTRO = (
+    "Transformers at TraDy's four SwinT memory budgets (`scheme` 1-4: 27,946 / 112,640 / 633,859 / 2,767,686 elements for "
+    "swin_t, the same shares of its full total for another model; weight + input-activation elements per image of every "
+    "Conv2d and Linear but the classifier, a Linear's inputs counted over the tokens it sees). Masks: `random` input "
+    "channels and features (D-Full Random's draw), on the masked path, the engine (`bn_update: all`) and the engine with "
+    "the norms beside frozen layers frozen (`engine-selected`, `bn_update: selected`)."
+)
+COLUMNS_NOTE = (
+    "`layer_inputs_mib`: bytes the budgeted layers (Conv2d and Linear) saved for backward, measured; "
+    "`predicted_layer_inputs_mib`: the cost model's kept activations x batch x 4 bytes. What remains: "
+    "`other_saved_mib` (normalisation, activation functions, attention, pooling, classifier), `grads_mib`, `optimizer_mib` "
+    "(SGD momentum). `floor_vs_full`: the memory, over the full update's, with the layer inputs exactly as predicted (what the rules leave)."
+)
+
+
+def memory_markdown(table: pd.DataFrame, checks: list[dict[str, object]], heading: str = "Memory budgets", intro: str = MEMORY_INTRO) -> list[str]:
+    """A memory-budget section of the report (the zoo models' or the transformers')."""
     columns = [
         "model", "path", "policy", "unit", "scheme", "budget", "memory_used", "activation_sparsity_pct", "convs_partial",
-        "step_s", "vs_full", "vs_bound", "conv_inputs_mib", "predicted_conv_inputs_mib", "prediction_error_pct",
+        "step_s", "vs_full", "vs_bound", "layer_inputs_mib", "predicted_layer_inputs_mib", "prediction_error_pct",
         "other_saved_mib", "grads_mib", "optimizer_mib", "memory_mib", "memory_vs_full", "floor_vs_full",
     ]  # fmt: skip
     shown = table[columns].copy()
@@ -588,27 +750,21 @@ def memory_markdown(table: pd.DataFrame, checks: list[dict[str, object]]) -> lis
         shown[column] = shown[column].map(lambda v: f"{v:.3f}")
     for column in ("vs_full", "vs_bound", "memory_vs_full", "floor_vs_full"):
         shown[column] = shown[column].map(lambda v: "-" if pd.isna(v) else f"{v:.3f}")
-    for column in ("conv_inputs_mib", "predicted_conv_inputs_mib", "other_saved_mib", "grads_mib", "optimizer_mib", "memory_mib"):
+    for column in ("layer_inputs_mib", "predicted_layer_inputs_mib", "other_saved_mib", "grads_mib", "optimizer_mib", "memory_mib"):
         shown[column] = shown[column].map(lambda v: f"{v:.2f}")
     for column in ("activation_sparsity_pct", "prediction_error_pct"):
         shown[column] = shown[column].map(lambda v: "-" if pd.isna(v) else f"{v:.2f}")
     lines = [
         "",
-        "## Memory budgets",
+        f"## {heading}",
         "",
-        "Models of the MCUNet zoo at the memory budgets of SU schemes 1, 3 and 5 (TraDy's budgets: weight + conv-input "
-        "activation elements per image, `budget`). Masks: `su` and `random` on input channels; `velocity` on neurons "
-        "filling the same memory budget (a neuron pays its group's input once); `velocity-weight` on neurons at the scheme's "
-        "parameter budget (TraDy's comparison; its memory is not bounded). `conv_inputs_mib`: bytes the convs saved for backward, "
-        "measured; `predicted_conv_inputs_mib`: the cost model's kept activations x batch x 4 bytes. What remains: "
-        "`other_saved_mib` (normalisation, activation functions, pooling, classifier), `grads_mib`, `optimizer_mib` (SGD momentum). "
-        "`floor_vs_full`: the memory, over the full update's, with the conv inputs exactly as predicted (what the rules leave).",
+        f"{intro} {COLUMNS_NOTE}",
         "",
         "| " + " | ".join(columns) + " |",
         "|" + "---|" * len(columns),
     ]
     lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in shown.itertuples(index=False)]
-    lines += ["", "### Memory targets", "", "| target | measured | limit | holds | floor |", "|---|---|---|---|---|"]
+    lines += ["", f"### {heading}: targets", "", "| target | measured | limit | holds | floor |", "|---|---|---|---|---|"]
     lines += [f"| {c['target']} | {c['measured']} | {c['limit']} | {'yes' if c['holds'] else 'NO'} | {_cell(c['floor'])} |" for c in checks]
     return lines
 
@@ -787,6 +943,14 @@ def run(config: BenchConfig, command: str, log: Callable[[str], None] = print) -
         memory_table = add_memory_ratios(pd.DataFrame(memory_rows)).assign(suite="memory")
         tables.append(memory_table)
         text.append("\n".join(memory_markdown(memory_table, memory_checks(memory_table))) + "\n")
+    if config.transformer_models:
+        transformer_rows: list[dict[str, object]] = []
+        for label in config.transformer_models:
+            transformer_rows += benchmark_transformer_model(label, config, log)
+        transformer_table = add_memory_ratios(pd.DataFrame(transformer_rows)).assign(suite="transformers")
+        tables.append(transformer_table)
+        checks = transformer_checks(transformer_table)
+        text.append("\n".join(memory_markdown(transformer_table, checks, "Transformers", TRANSFORMER_INTRO)) + "\n")
     table = pd.concat(tables, ignore_index=True)
     table["image_size"] = config.image_size
     table["batch_size"] = config.batch_size
@@ -801,12 +965,16 @@ def parse_args(argv: Sequence[str] | None) -> BenchConfig:
     parser.add_argument("--quick", action="store_true", help="tiny sizes and one timed round (a smoke run)")
     parser.add_argument(
         "--suite",
-        choices=("all", "params", "memory"),
+        choices=("all", "params", "memory", "transformers"),
         default="all",
-        help="parameter budgets, memory budgets, or both (default); memory alone writes update_step_memory.*",
+        help="parameter budgets, memory budgets, transformers at memory budgets, or all (default); "
+        "memory alone writes update_step_memory.*, transformers alone update_step_transformers.*",
     )
     parser.add_argument("--models", nargs="+", choices=sorted(SCHEMES), help="models at parameter budgets (default: all three)")
     parser.add_argument("--memory-models", nargs="+", choices=sorted(MEMORY_SCHEMES), help="models at memory budgets (default: all three)")
+    parser.add_argument(
+        "--transformer-models", nargs="+", choices=sorted(TRANSFORMERS), help="transformers at memory budgets (default: swin_t vit-s16)"
+    )
     parser.add_argument("--image-size", type=int, help="input side in pixels (default 128; quick: 32)")
     parser.add_argument("--batch-size", type=int, help="images per step (default 32; quick: 4)")
     parser.add_argument("--repeats", type=int, help="timed rounds (default 11; quick: 1)")
@@ -826,11 +994,15 @@ def parse_args(argv: Sequence[str] | None) -> BenchConfig:
     unknown = [m for m in args.models or [] if m not in model_names()]
     if unknown:
         parser.error(f"--models: unknown models {unknown}")
+    def chosen(suite: str, given: list[str] | None, default: tuple[str, ...]) -> tuple[str, ...]:
+        return () if args.suite not in ("all", suite) else tuple(given) if given else default
+
     return BenchConfig(
-        models=() if args.suite == "memory" else tuple(args.models) if args.models else BenchConfig.models,
-        memory_models=() if args.suite == "params" else tuple(args.memory_models) if args.memory_models else BenchConfig.memory_models,
+        models=chosen("params", args.models, BenchConfig.models),
+        memory_models=chosen("memory", args.memory_models, BenchConfig.memory_models),
+        transformer_models=chosen("transformers", args.transformer_models, BenchConfig.transformer_models),
         out_dir=args.out,
-        name=("update_step_quick" if args.quick else "update_step") + ("_memory" if args.suite == "memory" else ""),
+        name=("update_step_quick" if args.quick else "update_step") + ("" if args.suite in ("all", "params") else f"_{args.suite}"),
         **values,
     )
 

@@ -20,7 +20,8 @@ def quick_table(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, pd.Data
     out = tmp_path_factory.mktemp("bench")
     threads = torch.get_num_threads()
     try:
-        argv = ["--quick", "--models", "mbv2-w0.35", "resnet18", "--memory-models", "mbv2-w0.35-zoo", "--image-size", "16", "--batch-size", "2"]
+        argv = ["--quick", "--models", "mbv2-w0.35", "resnet18", "--memory-models", "mbv2-w0.35-zoo", "--transformer-models", "vit"]
+        argv += ["--image-size", "16", "--batch-size", "2"]
         assert update_step.main([*argv, "--threads", "1", "--out", str(out)]) == 0
     finally:
         torch.set_num_threads(threads)
@@ -92,7 +93,7 @@ def test_masks_of_the_policies_fit_the_budgets() -> None:
 
 @pytest.mark.parametrize(
     "argv",
-    [["--repeats", "0"], ["--models", "vgg"], ["--threads", "0"], ["--image-size", "-1"]],
+    [["--repeats", "0"], ["--models", "vgg"], ["--transformer-models", "bert"], ["--threads", "0"], ["--image-size", "-1"]],
 )
 def test_bad_options_exit_2_before_any_work(argv: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
@@ -137,8 +138,36 @@ def test_memory_conditions_measure_what_the_cost_model_predicts(quick_table: tup
     # the conv inputs the engine keeps are exactly the cost model's activations x batch x 4 bytes
     assert engine.prediction_error_pct.abs().max() < 1e-9
     masked = bounded[bounded.path == "masked"]
-    assert (masked.conv_inputs_mib == memory[memory.path == "full"].conv_inputs_mib.iloc[0]).all()  # the study's path keeps every input
-    parts = memory.conv_inputs_mib + memory.other_saved_mib + memory.grads_mib + memory.optimizer_mib
+    assert (masked.layer_inputs_mib == memory[memory.path == "full"].layer_inputs_mib.iloc[0]).all()  # the study's path keeps every input
+    parts = memory.layer_inputs_mib + memory.other_saved_mib + memory.grads_mib + memory.optimizer_mib
     assert (parts - memory.memory_mib).abs().max() < 1e-9
     text = (out / "update_step_quick.md").read_text()
-    assert "## Memory budgets" in text and "### Memory targets" in text
+    assert "## Memory budgets" in text and "### Memory budgets: targets" in text
+
+
+@pytest.mark.benchmark
+def test_transformer_conditions_keep_exactly_the_predicted_linear_inputs(quick_table: tuple[Path, pd.DataFrame]) -> None:
+    """The small vit at TraDy's four SwinT budgets (as shares of its total): random input features on every path."""
+    out, table = quick_table
+    rows = table[table.suite == "transformers"]
+    expected = {(p, str(n)) for p in ("masked", "engine", "engine-selected") for n in range(1, 5)}
+    assert set(rows[rows.scheme != "-"][["path", "scheme"]].itertuples(index=False, name=None)) == expected
+    assert {"full", "bound"} <= set(rows.path) and set(rows.model) == {"vit"}
+    full = rows[rows.path == "full"].iloc[0]
+    budgets = rows[rows.path == "masked"].sort_values("scheme").budget.tolist()
+    assert budgets == update_step.transformer_budgets(int(full.budget)) and budgets == sorted(budgets)
+    bounded = rows[rows.scheme != "-"]
+    assert (bounded.memory_used <= bounded.budget).all() and (bounded.memory_used > 0).all()
+    engine = bounded[bounded.path.str.startswith("engine")]
+    # the Linear (and patch-conv) inputs the engine keeps are exactly the cost model's activations x batch x 4 bytes
+    assert ((engine.layer_inputs_mib - engine.predicted_layer_inputs_mib).abs() < 1e-12).all()
+    assert full.layer_inputs_mib == pytest.approx(full.predicted_layer_inputs_mib)  # every Linear's whole input, over its tokens
+    assert (bounded[bounded.path == "masked"].layer_inputs_mib == full.layer_inputs_mib).all()
+    parts = rows.layer_inputs_mib + rows.other_saved_mib + rows.grads_mib + rows.optimizer_mib
+    assert (parts - rows.memory_mib).abs().max() < 1e-9
+    text = (out / "update_step_quick.md").read_text()
+    assert "## Transformers" in text and "vit budget 1, bn_update selected: memory / full" in text
+
+
+def test_the_transformer_budgets_are_tradys_for_swin_t() -> None:
+    assert update_step.transformer_budgets(update_step.SWINT_TOTAL) == list(update_step.SWINT_BUDGETS)

@@ -147,6 +147,7 @@ CONVS = {
     "depthwise": nn.Conv2d(6, 6, 3, padding=1, groups=6),
     "depth-multiplier-2": nn.Conv2d(6, 12, 3, padding=1, groups=6),
     "grouped": nn.Conv2d(6, 9, 3, padding=1, groups=3),
+    "linear": nn.Linear(6, 9),
 }
 
 
@@ -156,7 +157,7 @@ def as_elements(update: UpdateMask, weight: torch.Tensor) -> torch.Tensor:
         shape = [1] * weight.dim()
         shape[update.axis] = -1
         return update.mask.view(shape).expand_as(weight)
-    return (update.view(-1, 1, 1, 1) if update.dim() == 1 else update).expand_as(weight)
+    return (update.view(-1, *[1] * (weight.dim() - 1)) if update.dim() == 1 else update).expand_as(weight)
 
 
 @pytest.mark.parametrize("kind", list(CONVS))
@@ -165,14 +166,15 @@ def test_updated_elements_agree_with_the_optimizer_masks(kind: str) -> None:
     channels = torch.tensor([True, False, False, True, True, False])
     expected = as_elements(parameter_masks({"": conv}, {"": channels}, "input_channel")[conv.weight], conv.weight)
     assert torch.equal(updated_elements(conv, channels, "input_channel"), expected)
-    rows = torch.arange(conv.out_channels) % 3 == 0
+    rows = torch.arange(conv.weight.shape[0]) % 3 == 0
     neuron = updated_elements(conv, rows, "neuron")
-    assert neuron.shape == conv.weight.shape and torch.equal(neuron[:, 0, 0, 0], rows) and bool(neuron[rows].all())
+    assert neuron.shape == conv.weight.shape and torch.equal(neuron.flatten(1)[:, 0], rows) and bool(neuron[rows].all())
 
 
 @pytest.mark.parametrize("unit", ["neuron", "input_channel"])
-def test_mixed_masks_take_every_path(unit: str) -> None:
-    model = build_model(ModelConfig(name="mbv2-w0.35"), 10)
+@pytest.mark.parametrize("model_name", ["mbv2-w0.35", "vit"])
+def test_mixed_masks_take_every_path(unit: str, model_name: str) -> None:
+    model = build_model(ModelConfig(name=model_name), 10)
     masks = mixed_masks(model, unit, seed=0)  # type: ignore[arg-type]
     shares = [float(m.float().mean()) for m in masks.values()]
     assert {s == 0 for s in shares} == {True, False} and 1.0 in shares
@@ -182,10 +184,11 @@ def test_mixed_masks_take_every_path(unit: str) -> None:
 
 
 @pytest.mark.parametrize("unit", ["neuron", "input_channel"])
-def test_the_engine_matches_the_masked_path_in_float64_on_cpu(unit: str) -> None:
+@pytest.mark.parametrize("model_name", ["mbv2-w0.35", "vit"])
+def test_the_engine_matches_the_masked_path_in_float64_on_cpu(unit: str, model_name: str) -> None:
     torch.set_num_threads(1)  # tiny ops: two threads only wait for each other (conftest restores the count)
     torch.manual_seed(0)
-    model = build_model(ModelConfig(name="mbv2-w0.35"), 10).double()
+    model = build_model(ModelConfig(name=model_name), 10).double()
     inputs = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     labels = torch.tensor([0, 1])
     masks = mixed_masks(model, unit, seed=3)  # type: ignore[arg-type]
@@ -194,7 +197,7 @@ def test_the_engine_matches_the_masked_path_in_float64_on_cpu(unit: str) -> None
     assert figures["updated_diff"] < gpu_check.TOLERANCE and figures["frozen_max"] == 0 and figures["other_diff"] < gpu_check.TOLERANCE
     assert figures["updated_scale"] > 1e-3  # real gradients were compared, not zeros
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # the start model is left alone
-    assert "forward" not in vars(next(iter(conv_layers(model).values())))
+    assert "forward" not in vars(next(iter(conv_layers(model).values()))) and "forward" not in vars(model)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (the whole check runs there)")
