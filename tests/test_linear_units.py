@@ -449,3 +449,43 @@ def test_a_memory_budget_below_one_input_feature_with_its_layers_bias_is_refused
     masks = select_units("random", scores=None, pricing=resolved.pricing, budget=resolved.amount, generator=torch.Generator().manual_seed(0))
     assert sum(int(m.sum()) for m in masks.values()) == 1
     assert mask_memory(masks, resolved.costs, "input_channel").elements == 145
+
+
+class AdapterAfterHead(nn.Module):
+    """The classifier ``out`` is not the last nn.Linear: an adapter declared after it feeds it."""
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.body = nn.Conv2d(3, 4, 3)
+        self.out = nn.Linear(4, num_classes)
+        self.adapter = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = self.body(x).mean(dim=(2, 3))
+        return self.out(features + self.adapter(features))
+
+
+def adapter_after_head(num_classes: int) -> nn.Module:
+    return AdapterAfterHead(num_classes)
+
+
+def test_the_configured_classifier_is_the_one_left_out_of_the_budget() -> None:
+    """``model.classifier`` names the head; the budget, its accounting and the trainer leave that layer out, not the last Linear."""
+    from neqtune.trainables.config import ModelConfig
+    from neqtune.trainables.models.registry import build_model, classifier_name, find_classifier
+
+    model = build_model(ModelConfig(name=f"{__name__}:adapter_after_head", classifier="out"), 3)
+    assert find_classifier(model) == "adapter"  # what the search by name and position would take
+    assert classifier_name(model) == "out" and list(budgeted_layers(model)) == ["body", "adapter"]
+    assert classifier_name(copy.deepcopy(model)) == "out"
+    run = BudgetedRun(
+        TrialConfig.from_dict(
+            {
+                "data": {"name": "digits", "image_size": 8, "batch_size": 64},
+                "model": {"name": f"{__name__}:adapter_after_head", "classifier": "out"},
+                "training": {"epochs": 1, "lr": 0.1},
+                "budget": {"policy": "random", "ratio": 0.5},
+            }
+        )
+    )
+    assert set(run.masks) == {"body", "adapter"}

@@ -19,6 +19,12 @@ def test_every_registered_policy_keeps_the_contract(name: str) -> None:
     check_policy(name)
 
 
+@pytest.mark.parametrize("name", ["velocity", "trady"])
+def test_the_contract_holds_on_a_vision_transformers_linear_layers(name: str) -> None:
+    """The same checks on the small vit, whose units are Linear layers' (every policy on Linear units: test_linear_units)."""
+    check_policy(name, model="vit")
+
+
 class Overspending(BudgetPolicy):
     """Every unit, yet it claims to keep a budget."""
 

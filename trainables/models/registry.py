@@ -353,9 +353,16 @@ def find_classifier(model: nn.Module, name: str | None = None) -> str:
     return last
 
 
+HEAD_MARK = "_neqtune_classifier"
+"""The attribute where :func:`fit_classifier` leaves the classifier's name on the model it fitted (``model.classifier``
+of the config, or the one found), so that everything asking later finds the same layer."""
+
+
 def classifier_name(model: nn.Module) -> str:
-    """Qualified name of the classification head (:func:`find_classifier` without a given name)."""
-    return find_classifier(model)
+    """Qualified name of the classification head: the one :func:`fit_classifier` fitted (``model.classifier`` when the
+    config names it), else :func:`find_classifier` without a given name."""
+    marked = getattr(model, HEAD_MARK, None)
+    return marked if isinstance(marked, str) else find_classifier(model)
 
 
 def fit_classifier(model: nn.Module, num_classes: int, name: str | None = None) -> str:
@@ -367,6 +374,7 @@ def fit_classifier(model: nn.Module, num_classes: int, name: str | None = None) 
     if head.out_features != num_classes:
         parent, _, leaf = found.rpartition(".")
         setattr(model.get_submodule(parent), leaf, nn.Linear(head.in_features, num_classes, bias=head.bias is not None))
+    object.__setattr__(model, HEAD_MARK, found)
     return found
 
 

@@ -3,12 +3,12 @@
 :func:`check_policy` runs a policy through the trainer's own run
 (:class:`~neqtune.trainables.trainer.BudgetedRun`: built, stepped epoch by
 epoch, checkpointed, resumed) on a network and data that need no download
-(``mbv2-w0.35`` on scikit-learn's 8x8 digits, two epochs of three steps,
-on the CPU with one thread), once for every unit the policy selects, and
+(``mbv2-w0.35``, or the model asked for, on scikit-learn's 8x8 digits, two
+epochs of three steps, on the CPU with one thread), once for every unit the policy selects, and
 checks that
 
 - **masks**: every mask set (the first, and each epoch's) has one 1-D bool
-  tensor per conv, keyed by the conv's name, as long as the conv has units;
+  tensor per budgeted layer (conv or Linear), keyed by its name, as long as the layer has units;
 - **budget**: its cost under the run's pricing (parameters, or weight and
   activation elements) never exceeds the budget (unless the policy declares
   ``needs_budget = False``, as ``full`` does);
@@ -53,7 +53,9 @@ class PolicyContractError(AssertionError):
     """A policy broke its contract; the message names the property, the policy and the unit."""
 
 
-def check_policy(policy: type[BudgetPolicy] | str, *, options: Mapping[str, Any] | None = None, epochs: int = 2) -> None:
+def check_policy(
+    policy: type[BudgetPolicy] | str, *, options: Mapping[str, Any] | None = None, epochs: int = 2, model: str = "mbv2-w0.35"
+) -> None:
     """Check that ``policy`` keeps the contract every selection policy keeps (see the module docstring).
 
     Args:
@@ -62,6 +64,11 @@ def check_policy(policy: type[BudgetPolicy] | str, *, options: Mapping[str, Any]
             or a registered policy name.
         options: its options (``budget.options.<name>``); its defaults if None.
         epochs: epochs of each run (>= 2: the resume check restarts after the first).
+        model: the network, a registered name: ``mbv2-w0.35`` (convs only, the
+            study's scheme 3 and its SU mask) or any other, for instance ``vit``
+            (neqtune's small vision transformer: its units are Linear layers'),
+            budgeted at a ratio of 0.2 from a random start (no SU mask: ``su``
+            and the ``su`` initialization need the default).
 
     Raises:
         PolicyContractError: the first property that does not hold.
@@ -74,32 +81,36 @@ def check_policy(policy: type[BudgetPolicy] | str, *, options: Mapping[str, Any]
     try:
         with registered_as(cls) as name:
             for unit in cls.units:
-                _check_unit(cls, name, unit, dict(options or {}), max(epochs, 2))
+                _check_unit(cls, name, unit, _config(name, unit, dict(options or {}), max(epochs, 2), model))
     finally:
         torch.set_num_threads(threads)
 
 
-def _config(name: str, unit: Unit, options: dict[str, Any], epochs: int) -> TrialConfig:
-    budget: dict[str, Any] = {"policy": name, "unit": unit, "scheme": SCHEME, "options": {name: options} if options else {}}
-    if unit == "input_channel":
-        budget["memory"] = MEMORY_BUDGET
+def _config(name: str, unit: Unit, options: dict[str, Any], epochs: int, model: str = "mbv2-w0.35") -> TrialConfig:
+    budget: dict[str, Any] = {"policy": name, "unit": unit, "options": {name: options} if options else {}}
+    if model == "mbv2-w0.35":
+        budget["scheme"] = SCHEME
+        if unit == "input_channel":
+            budget["memory"] = MEMORY_BUDGET
+    else:
+        budget.update(ratio=0.2, initialization="random")
     return TrialConfig.from_dict(
         {
             "data": {"name": "digits", "image_size": 8, "batch_size": 384, "velocity_images": 20, "workers": 0},
-            "model": {"name": "mbv2-w0.35"},
+            "model": {"name": model},
             "training": {"epochs": epochs, "lr": 0.1, "momentum": 0.9, "weight_decay": 0.01, "device": "cpu"},
             "budget": budget,
         }
     )
 
 
-def _check_unit(cls: type[BudgetPolicy], name: str, unit: Unit, options: dict[str, Any], epochs: int) -> None:
+def _check_unit(cls: type[BudgetPolicy], name: str, unit: Unit, config: TrialConfig) -> None:
     where = f"policy {name!r} ({cls.__module__}.{cls.__qualname__}), unit {unit}"
+    epochs = config.training.epochs
 
     def fail(prop: str, detail: str) -> PolicyContractError:
         return PolicyContractError(f"{prop}: {where}: {detail}")
 
-    config = _config(name, unit, options, epochs)
     straight = _build(config, fail)
     _check_masks(straight.masks, straight.budget, cls, fail, "the first masks")
     masks_seen = [_copy(straight.masks)]
