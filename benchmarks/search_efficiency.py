@@ -56,7 +56,7 @@ from typing import Any
 import pandas as pd
 import pyarrow.parquet as pq
 
-from neqtune.search.pareto import compare_policies_at_budget, dominates, pareto_front
+from neqtune.search.pareto import compare_policies_at_budget, dominates, finite, pareto_front
 from neqtune.search.space import Space, build_space
 from neqtune.search.tables import rows_to_table, write_atomic
 
@@ -215,10 +215,6 @@ def experiment_slug(method: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", method.lower()).strip("-")
 
 
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value)
-
-
 def overhead_parts(experiment_dir: Path, trials: pd.DataFrame) -> dict[str, float]:
     """Where a trial's overhead goes, from Ray's per-trial ``result.json`` (medians over the trials).
 
@@ -274,12 +270,12 @@ def epochs_to_reach(experiment_dir: Path, trials: pd.DataFrame, target: float) -
     latest: dict[str, dict[str, Any]] = {}
     for spent, (_, trial_id, result) in enumerate(sorted(events, key=lambda e: (e[0], e[1])), start=1):
         latest[trial_id] = result
-        scored = [(float(r["best_val_top1"]), tid) for tid, r in latest.items() if _finite(r.get("best_val_top1"))]
+        scored = [(float(r["best_val_top1"]), tid) for tid, r in latest.items() if finite(r.get("best_val_top1"))]
         if not scored:
             continue
         _, incumbent = min(scored, key=lambda v: (-v[0], v[1]))
         test = latest[incumbent].get("test_top1_at_best_val", math.nan)
-        if _finite(test) and float(test) >= target:
+        if finite(test) and float(test) >= target:
             return float(spent)
     return math.nan
 
@@ -293,7 +289,7 @@ def summarize(
     experiment_dir: Path | None = None,
 ) -> dict[str, Any]:
     """One row of the table from a method's trials table (``grid``: the grid's row, for the ratios)."""
-    done = trials[trials.status.isin(["TERMINATED", "STOPPED"]) & trials.best_val_top1.map(_finite)]
+    done = trials[trials.status.isin(["TERMINATED", "STOPPED"]) & trials.best_val_top1.map(finite)]
     best = done.sort_values(["best_val_top1", "trial_id"], ascending=[False, True]).iloc[0] if len(done) else None
     epochs = int(trials.epochs_run.sum())
     train_s = float(trials.train_time_s.sum())
@@ -331,7 +327,7 @@ def summarize(
 
 def _reached(row: dict[str, Any]) -> str:
     spent = row.get("epochs_to_grid_best_minus_1", math.nan)
-    if not _finite(spent):
+    if not finite(spent):
         return "never" if "epochs_to_grid_best_minus_1" in row else "-"
     return f"{spent:.0f} ({row['epochs_to_target_vs_grid']:.2f})"
 
@@ -417,7 +413,7 @@ def dominance_note(trials: pd.DataFrame, metrics: Sequence[str], modes: Sequence
     the best validation epoch is what is compared. Then, over all trials:
     how many random trials some velocity trial dominates in both objectives.
     """
-    rows = [r for r in trials.to_dict("records") if _finite(r.get("best_val_top1")) and _finite(r.get("budget_params"))]
+    rows = [r for r in trials.to_dict("records") if finite(r.get("best_val_top1")) and finite(r.get("budget_params"))]
     by_val = compare_policies_at_budget(rows, first="velocity", second="random", score="best_val_top1")
     parts = []
     wins = 0

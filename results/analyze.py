@@ -56,6 +56,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from neqtune.results.model import Analysis, AnalysisInputError, Experiments
+from neqtune.search.pareto import cost_score_mask
 
 # The tables neqtune.search.tables writes (importing the search package would pull in Ray and torch: seconds per command).
 EPOCHS_TABLE = "epochs.parquet"
@@ -479,30 +480,10 @@ def study_table(outcomes: pd.DataFrame, configs: pd.DataFrame | None = None) -> 
 
 
 # --- Pareto front ---------------------------------------------------------------
-def pareto_mask(budgets: Sequence[float], accuracies: Sequence[float]) -> np.ndarray:
-    """Which points no other point dominates (budget lower is better, accuracy higher is better).
-
-    A point is dominated when another has a budget no larger and an
-    accuracy no lower, and is strictly better in one of the two; equal
-    points do not dominate each other.
-    """
-    budget = np.asarray(budgets, dtype=float)
-    accuracy = np.asarray(accuracies, dtype=float)
-    keep = np.zeros(len(budget), dtype=bool)
-    best_below = -math.inf  # best accuracy over strictly smaller budgets
-    for value in np.unique(budget):
-        same = budget == value
-        top = accuracy[same].max()
-        if top > best_below:
-            keep |= same & (accuracy == top)
-        best_below = max(best_below, top)
-    return keep
-
-
 def pareto_front(outcomes: pd.DataFrame) -> pd.DataFrame:
     """The usable trials on the Pareto front of test top-1 (max) versus budget (min), by budget."""
     used = outcomes[outcomes["usable"] & outcomes["budget_params"].notna()]
-    front = used[pareto_mask(used["budget_params"].astype(float).tolist(), used["test_top1_at_best_val"].tolist())]
+    front = used[cost_score_mask(used["budget_params"].astype(float).tolist(), used["test_top1_at_best_val"].tolist())]
     columns = [*TRIAL_KEY, *GROUP_KEYS, SEED_KEY, "best_epoch", "best_val_top1", "test_top1_at_best_val"]
     return front.sort_values(["budget_params", "test_top1_at_best_val"], kind="stable")[columns].reset_index(drop=True)
 
@@ -515,7 +496,7 @@ def pareto_memory_front(outcomes: pd.DataFrame) -> pd.DataFrame:
     compete on one front; trials that report no memory are left out.
     """
     used = outcomes[outcomes["usable"] & outcomes["memory_used"].notna()]
-    front = used[pareto_mask(used["memory_used"].tolist(), used["test_top1_at_best_val"].tolist())]
+    front = used[cost_score_mask(used["memory_used"].tolist(), used["test_top1_at_best_val"].tolist())]
     columns = [
         *TRIAL_KEY,
         *GROUP_KEYS,

@@ -29,7 +29,6 @@ int, upper bound excluded as in Tune).
 
 from __future__ import annotations
 
-import math
 import time
 import warnings
 from collections.abc import Mapping, Sequence
@@ -42,6 +41,7 @@ from optuna.trial import TrialState
 from ray.tune import Callback
 from ray.tune.experiment import Trial
 
+from neqtune.search.pareto import finite
 from neqtune.search.recorder import read_results
 from neqtune.search.space import ParamSpec
 from neqtune.search.tables import EPOCHS_TABLE, join_location, read_table
@@ -100,10 +100,6 @@ def param_distributions(params: Mapping[str, ParamSpec]) -> dict[str, BaseDistri
             assert spec.randint is not None
             distributions[key] = IntDistribution(int(spec.randint[0]), int(spec.randint[1]) - 1)
     return distributions
-
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 class StudyRecorder(Callback):  # type: ignore[misc]
@@ -202,7 +198,7 @@ class StudyRecorder(Callback):  # type: ignore[misc]
         values = [last.get(metric) for metric in self.metrics]
         if "epoch" in last:
             storage.set_trial_user_attr(trial_id, "epochs_run", int(last["epoch"]))
-        if state == TrialState.COMPLETE and not all(_finite(v) for v in values):
+        if state == TrialState.COMPLETE and not all(finite(v) for v in values):
             storage.set_trial_user_attr(trial_id, "fail_reason", f"objective values {values} are not finite numbers")
             state = TrialState.FAIL
         complete = state == TrialState.COMPLETE
@@ -238,7 +234,7 @@ class StudyRecorder(Callback):  # type: ignore[misc]
             if last is None or int(last.get("epoch", 0)) <= epoch:
                 self._last[trial_id] = result
             value = result.get(self.metrics[0])
-            if isinstance(value, int | float) and _finite(value):
+            if isinstance(value, int | float) and finite(value):
                 self._logged.setdefault(trial_id, {})[epoch] = float(value)
 
     # --- Tune callback hooks -----------------------------------------------
@@ -251,7 +247,7 @@ class StudyRecorder(Callback):  # type: ignore[misc]
         self._last[trial.trial_id] = result
         trial_id = self._trial_id(trial)
         value = result.get(self.metrics[0])
-        if isinstance(value, int | float) and _finite(value) and not self._is_finished(trial_id):
+        if isinstance(value, int | float) and finite(value) and not self._is_finished(trial_id):
             self._open().set_trial_intermediate_value(trial_id, int(result["epoch"]), float(value))
 
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:

@@ -25,10 +25,10 @@ from neqtune.results.analyze import (
     load_experiments,
     main,
     mean_std,
-    pareto_mask,
     pareto_memory_front,
     table_markdown,
 )
+from neqtune.search.pareto import cost_score_mask
 from neqtune.search.tables import EPOCHS_TABLE, SCHEMA_VERSION, TRIALS_TABLE, rows_to_table, write_atomic
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -249,8 +249,8 @@ def test_pareto_mask_hand_cases() -> None:
     budgets = [100, 100, 200, 300, 400, 400, 50]
     accuracy = [80, 70, 80, 90, 95, 95, 10]
     # B loses to A (same budget, lower); C to A (larger budget, equal accuracy); E and F tie, neither dominates.
-    assert pareto_mask(budgets, accuracy).tolist() == [True, False, False, True, True, True, True]
-    assert pareto_mask([], []).tolist() == []
+    assert cost_score_mask(budgets, accuracy).tolist() == [True, False, False, True, True, True, True]
+    assert cost_score_mask([], []).tolist() == []
 
 
 def test_pareto_front_over_all_trials(grid: Path, full: Path) -> None:

@@ -17,7 +17,7 @@ import torch
 import yaml
 
 from neqtune.search.cli import main, print_pareto
-from neqtune.search.pareto import compare_policies_at_budget, dominates, pareto_front
+from neqtune.search.pareto import compare_policies_at_budget, cost_score_mask, dominates, finite, pareto_front
 from neqtune.search.space import Space, SpaceError, build_space
 from neqtune.trainables.config import TrialConfig
 from neqtune.trainables.repeats import aggregate, repeat_seeds, train_repeats
@@ -141,6 +141,11 @@ def test_pareto_front_by_hand() -> None:
     assert [r["id"] for r in pareto_front(rows, ["acc", "budget"], ["min", "max"])] == ["d", "c", "e", "f"]
     with pytest.raises(ValueError, match="one mode per metric"):
         pareto_front(rows, ["acc", "budget"], ["max"])
+    # the analysis's one-sort front of a cost against a score is the same set
+    finite_rows = [r for r in rows if finite(r["acc"])]
+    mask = cost_score_mask([r["budget"] for r in finite_rows], [r["acc"] for r in finite_rows])
+    assert sorted(r["id"] for r, kept in zip(finite_rows, mask, strict=True) if kept) == sorted(r["id"] for r in front)
+    assert [finite(v) for v in (1, 2.5, math.nan, math.inf, True, "3", None)] == [True, True, False, False, False, False, False]
 
 
 def test_policy_comparison_at_equal_budget() -> None:
