@@ -140,8 +140,9 @@ def _mean_std(values: list[float]) -> str:
     return f"{statistics.mean(values):.1f} ± {spread:.1f}"
 
 
-def summary(experiments: list[Path]) -> pd.DataFrame:
-    """One row per (policy, scheme): the trials' test top-1 at best val and at the last epoch, memory, times."""
+def summary(experiments: list[Path], budget_key: str = "budget.scheme") -> pd.DataFrame:
+    """One row per trial: its policy, its budget (``budget_key``'s value, in the column ``scheme``), seed, test top-1 at
+    best val and at the last epoch, memory, times."""
     rows = []
     for directory in experiments:
         epochs = pd.read_parquet(directory / "epochs.parquet")
@@ -150,7 +151,7 @@ def summary(experiments: list[Path]) -> pd.DataFrame:
             last = trial.iloc[-1]
             rows.append({
                 "policy": last["budget.policy"],
-                "scheme": last.get("budget.scheme") if last["budget.policy"] != "full" else "-",
+                "scheme": last.get(budget_key) if last["budget.policy"] != "full" else "-",
                 "seed": int(last["training.seed"]),
                 "test_top1_at_best_val": float(last["test_top1_at_best_val"]),
                 "final_test_top1": float(last["test_top1"]),
