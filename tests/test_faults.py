@@ -125,7 +125,7 @@ def checkpointed_trials(fs: pafs.FileSystem, experiment: str) -> set[str]:
 def test_a_driver_sigkilled_on_s3_storage_leaves_no_process_and_resumes_from_s3_with_every_trial_epoch_once(tmp_path: Path) -> None:
     trials_n, epochs_n = 4, 3
     space = tiny_space(epochs_n, {"algorithm": "optuna", "sampler": "random", "num_samples": trials_n, "seed": 7,
-                                  "params": {"training.lr": {"loguniform": [0.01, 0.3]}}, "table_flush_s": 1.0})  # fmt: skip
+                                  "params": {"training.lr": {"loguniform": [0.01, 0.3]}}})  # fmt: skip
     (tmp_path / "space.yaml").write_text(yaml.safe_dump(space))
     mark = new_mark()
     with s3_server("bucket") as endpoint:
@@ -140,19 +140,29 @@ def test_a_driver_sigkilled_on_s3_storage_leaves_no_process_and_resumes_from_s3_
             return 0 if found is None else found.num_rows
 
         try:
-            # Tune saves the experiment state every second, and the tables flush every second: the test kills the driver
-            # while a trial that the state names still has two epochs to go, so that trial is unfinished at the kill.
-            driver = run_search(["--space", "space.yaml", "--storage", storage, "--results", "results", "--name", "exp"], cwd=tmp_path, mark=mark,
-                                env={**S3_ENV, "TUNE_GLOBAL_CHECKPOINT_S": "1"})  # fmt: skip
+            driver = run_search(["--space", "space.yaml", "--storage", storage, "--results", "results", "--name", "exp"], cwd=tmp_path, mark=mark, env=S3_ENV)
 
             def unfinished_checkpointed() -> set[str]:
                 found = read_table(table)
                 if found is None or found.num_rows < 2:
                     return set()
                 last = found.to_pandas().groupby("trial_id").epoch.max()
-                return {t for t in checkpointed_trials(fs, "bucket/neqtune/exp") if t in last and last[t] < epochs_n - 1}
+                return {t for t in checkpointed_trials(fs, "bucket/neqtune/exp") if t in last and last[t] < epochs_n}
 
-            wait_until(unfinished_checkpointed, 150, "a saved experiment state naming a checkpoint of an unfinished trial", driver)
+            def stopped_driver_shows_one() -> set[str]:
+                """Looked at with the driver stopped (SIGSTOP): it cannot flush the table or save the state between this
+                look and the kill, so a trial seen unfinished here is unfinished in what the killed driver leaves."""
+                time.sleep(0.4)  # the driver runs between looks
+                try:
+                    os.kill(driver.pid, signal.SIGSTOP)
+                except ProcessLookupError:
+                    return set()
+                found = unfinished_checkpointed()
+                if not found:
+                    os.kill(driver.pid, signal.SIGCONT)
+                return found
+
+            wait_until(stopped_driver_shows_one, 150, "a saved experiment state naming a checkpoint of an unfinished trial", driver)
             # 1. SIGKILL the driver alone: no process of the Ray it started may outlive it by more than a few seconds.
             running = [pid for pid in marked(mark) if pid != driver.pid]
             assert any("raylet" in command(pid) for pid in running) and len(running) >= 4, [command(p) for p in running]
