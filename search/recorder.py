@@ -54,7 +54,7 @@ from neqtune.search.tables import (
     resolve_location,
     storage_fault,
 )
-from neqtune.search.trainable import INVALID_CONFIG, resolve_trial_config
+from neqtune.search.trainable import INVALID_CONFIG, PLANNED_EPOCHS, RESOLVED_CONFIG, resolve_trial_config
 from neqtune.trainables.config import ConfigError, TrialConfig, flatten, with_overrides
 from neqtune.trainables.metrics import ADAPTER_COLUMNS, fixed_dtypes, metric_names
 from neqtune.trainables.repeats import SEED_KEYS as REPEAT_SEED_KEYS
@@ -171,8 +171,12 @@ class ResultRecorder(Callback):
             trial_id, epoch = result.get("trial_id"), result.get("epoch")
             if not isinstance(trial_id, str) or not isinstance(epoch, int):
                 continue
-            if trial_id not in self._config_columns and isinstance(result.get("config"), dict):
-                self._config_columns[trial_id] = flatten(resolve_trial_config(self.base, result["config"]).to_dict())
+            if trial_id not in self._config_columns:
+                if isinstance(result.get(RESOLVED_CONFIG), dict):
+                    self._config_columns[trial_id] = flatten(result[RESOLVED_CONFIG])
+                elif isinstance(result.get("config"), dict):  # a log written before trials sent their resolved config
+                    self._config_columns[trial_id] = flatten(resolve_trial_config(self.base, result["config"]).to_dict())
+            result = {key: value for key, value in result.items() if key != RESOLVED_CONFIG}
             last = self._last.get(trial_id)
             if last is None or int(last["epoch"]) <= epoch:
                 self._last[trial_id] = result
@@ -214,8 +218,9 @@ class ResultRecorder(Callback):
         }
 
     def _describe(self, trial: Trial) -> str:
-        config = self._config_of(trial)
-        return " ".join(f"{key}={_short(config.get(key))}" for key in self.searched)
+        """The searched values as sampled (the trial has not resolved its config yet when it starts)."""
+        sampled = dict(trial.config)
+        return " ".join(f"{key}={_short(sampled.get(key))}" for key in self.searched)
 
     def _run_name(self, trial_id: str) -> str:
         """The trial's TensorBoard run: policy, budget, first mask, seed, searched values, trial id."""
@@ -351,6 +356,9 @@ class ResultRecorder(Callback):
             return
         if isinstance(result.get("resume_note"), str):  # its newest checkpoint was unreadable (neqtune.search.trainable)
             self.echo(f"trial {trial.trial_id}: {result['resume_note']}")
+        if isinstance(result.get(RESOLVED_CONFIG), dict):  # the trial's own config, as it resolved it: read once, never re-parsed
+            self._config_columns.setdefault(trial.trial_id, flatten(result[RESOLVED_CONFIG]))
+            result = {key: value for key, value in result.items() if key != RESOLVED_CONFIG}
         self._last[trial.trial_id] = result
         self._layer_names.setdefault(trial.trial_id, list(result.get("layer_names", [])))
         self._epoch_times.setdefault(trial.trial_id, {})[int(result["epoch"])] = float(result.get("epoch_time_s", 0.0))
@@ -365,9 +373,12 @@ class ResultRecorder(Callback):
 
     def _completed_status(self, trial: Trial) -> str:
         """``STOPPED`` for a trial that ended before its last epoch (early stopping), else ``TERMINATED``."""
-        config = self._config_of(trial)
-        planned = int(config.get("training.epochs", 0)) + int(config.get("training.warmup_epochs", 0))
-        run = int(self._last.get(trial.trial_id, {}).get("epoch", 0))
+        last = self._last.get(trial.trial_id, {})
+        planned = last.get(PLANNED_EPOCHS)
+        if not isinstance(planned, int):  # no report, or one from before trials sent it
+            config = self._config_of(trial)
+            planned = int(config.get("training.epochs", 0)) + int(config.get("training.warmup_epochs", 0))
+        run = int(last.get("epoch", 0))
         return "STOPPED" if run < planned else "TERMINATED"
 
     def _record_invalid(self, trial: Trial, result: dict[str, Any]) -> None:

@@ -45,7 +45,7 @@ from neqtune.search.pareto import finite
 from neqtune.search.recorder import read_results
 from neqtune.search.space import ParamSpec
 from neqtune.search.tables import EPOCHS_TABLE, join_location, read_table
-from neqtune.search.trainable import INVALID_CONFIG, resolve_trial_config
+from neqtune.search.trainable import INVALID_CONFIG, PLANNED_EPOCHS, resolve_trial_config
 
 OPTUNA_DB = "optuna.db"
 TUNE_TRIAL_ID = "tune_trial_id"
@@ -210,7 +210,9 @@ class StudyRecorder(Callback):  # type: ignore[misc]
             return TrialState.FAIL
         last = self._last.get(trial.trial_id) or dict(trial.last_result or {})
         ran = int(last.get("epoch", 0) or 0)
-        planned = resolve_trial_config(self.base, dict(trial.config)).training.total_epochs
+        planned = last.get(PLANNED_EPOCHS)
+        if not isinstance(planned, int):  # reports from before trials sent it: resolve the sampled values
+            planned = resolve_trial_config(self.base, dict(trial.config)).training.total_epochs
         return TrialState.PRUNED if ran < planned else TrialState.COMPLETE
 
     # --- resume --------------------------------------------------------------

@@ -27,6 +27,12 @@ A checkpoint holds the state and its CRC-32. A restarted trial whose newest
 checkpoint is unreadable (truncated, or not what was written) goes back to
 an older checkpoint of the trial if one is kept, else starts from scratch,
 and its first report says so (``resume_note``), which the driver prints.
+
+The first report of a trial process also carries the config the trial
+resolved (:data:`RESOLVED_CONFIG`), and every report its planned epochs
+(:data:`PLANNED_EPOCHS`): the driver's tables, summary and Optuna study take
+them from there, and resolve the sampled values themselves only for a trial
+that never reported (its config refused) or whose reports predate these keys.
 """
 
 from __future__ import annotations
@@ -59,6 +65,11 @@ from neqtune.trainables.trainer import Metrics, StateFn, train
 
 INVALID_CONFIG = "invalid_config"
 """The key of the one result a trial with an invalid config reports: its reason, one line."""
+RESOLVED_CONFIG = "resolved_config"
+"""The key of the trial's whole resolved config (nested), in the first report of each trial process: the driver takes
+it from there instead of resolving the sampled values again."""
+PLANNED_EPOCHS = "planned_epochs"
+"""The key of the trial's warm-up plus decay epochs, in every report: what tells a trial stopped early from a finished one."""
 
 
 def resolve_trial_config(base: dict[str, Any], sampled: dict[str, Any]) -> TrialConfig:
@@ -107,18 +118,21 @@ def budgeted_trainable(
         placement["resume_note"] = note
 
     clock = CheckpointClock(checkpoint_interval_s)
+    placement[PLANNED_EPOCHS] = trial_config.training.total_epochs
+    first: dict[str, Any] = {RESOLVED_CONFIG: trial_config.to_dict()}  # sent once; not kept with the checkpoints' reports
 
     def report(metrics: Metrics, state: StateFn) -> None:
         sent = {**metrics, **placement}
         history.append(sent)
         if not clock.due():
-            tune.report(sent)
+            tune.report({**sent, **first})
         else:
             with tempfile.TemporaryDirectory() as directory:
                 save_state({**state(), REPORTS_KEY: history}, Path(directory))
                 write_reports(Path(directory), trial_id, dict(config), history)
-                tune.report(sent, checkpoint=tune.Checkpoint.from_directory(directory))
+                tune.report({**sent, **first}, checkpoint=tune.Checkpoint.from_directory(directory))
         placement.pop("resume_note", None)  # said once
+        first.clear()
 
     try:
         if repeats > 1:

@@ -248,9 +248,16 @@ def ray_session() -> Iterator[None]:
 
 @pytest.mark.search
 def test_two_objective_search_with_repeats_returns_the_pareto_set(
-    ray_session: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ray_session: None, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from neqtune.search import recorder, study
     from neqtune.search.experiment import run_search
+
+    # The driver takes every trial's resolved config and planned epochs from the trial's reports: it parses none itself.
+    parsed: list[str] = []
+    for module in (recorder, study):
+        original = module.resolve_trial_config
+        monkeypatch.setattr(module, "resolve_trial_config", lambda base, sampled, o=original, m=module: parsed.append(m.__name__) or o(base, sampled))
 
     space = space_of(
         tiny(
@@ -270,7 +277,9 @@ def test_two_objective_search_with_repeats_returns_the_pareto_set(
     )
     outcome = run_search(space, results_dir=tmp_path, name="mo", echo=lambda line: None)
     assert outcome.errors == 0 and outcome.num_trials == 4
+    assert parsed == []
     trials = pd.read_parquet(outcome.experiment_dir / "trials.parquet")
+    assert trials["training.epochs"].tolist() == [1] * 4 and trials["budget.unit"].tolist() == ["neuron"] * 4  # resolved, whole
     assert trials["budget.ratio"].between(0.01, 1.0).all() and trials["budget.ratio"].nunique() == 4
     saved = pd.read_parquet(outcome.experiment_dir / "pareto.parquet")
     assert outcome.pareto is not None and sorted(saved.trial_id) == sorted(r["trial_id"] for r in outcome.pareto)

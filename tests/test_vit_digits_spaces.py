@@ -80,10 +80,9 @@ def test_the_reproduction_report_checks_swints_ordering_per_budget() -> None:
     rows = [("full", "-", 0, 97.0)]
     for budget, scores in ((145, {"random": 88.0, "rgn": 87.0, "trady": 87.5}), (560, {"random": 88.0, "rgn": 90.0, "trady": 89.0})):
         rows += [(policy, budget, seed, score + seed / 10) for policy, score in scores.items() for seed in (0, 1, 2)]
-    trials = pd.DataFrame(
-        [{"policy": p, "scheme": b, "seed": s, "test_top1_at_best_val": a, "final_test_top1": a, "memory_budget": b, "memory_used": 100.0,
-          "params_updated": 64.0, "epoch_time_s": 1.0} for p, b, s, a in rows]  # fmt: skip
-    )
+    common = {"memory_used": 100.0, "params_updated": 64.0, "epoch_time_s": 1.0}
+    columns = ("policy", "scheme", "seed", "test_top1_at_best_val")
+    trials = pd.DataFrame([{**dict(zip(columns, row, strict=True)), "final_test_top1": row[3], "memory_budget": row[1], **common} for row in rows])
     text = report(trials)
     assert "| 145 | 27,946 (its share, 139, buys no unit) | D-Full Random | 88.1 ± 0.1 |" in text
     assert "- budget 145: D-Det RGN 87.1 vs TraDy 87.6: does not hold; TraDy 87.6 vs D-Full Random 88.1: does not hold" in text
