@@ -259,15 +259,17 @@ def test_config_errors_survive_pickling() -> None:
 
 
 def test_a_plugin_that_fails_to_import(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    (tmp_path / "my_models.py").write_text("import torch\n\nlayer = nn.Linear(2, 3)\n")
+    # a module name of its own: another test of this process (the docs' example) imports a my_models.py of its own
+    module = f"broken_models_{secrets.token_hex(4)}.py"
+    (tmp_path / module).write_text("import torch\n\nlayer = nn.Linear(2, 3)\n")
     results = tmp_path / "results"
-    code, _, err = run_cli(["--plugin", str(tmp_path / "my_models.py"), "--results", str(results)], capsys)
-    assert code == 2 and err == f"error: --plugin: {tmp_path / 'my_models.py'}: NameError: name 'nn' is not defined\n"
+    code, _, err = run_cli(["--plugin", str(tmp_path / module), "--results", str(results)], capsys)
+    assert code == 2 and err == f"error: --plugin: {tmp_path / module}: NameError: name 'nn' is not defined\n"
     space = tmp_path / "space.yaml"
-    space.write_text(yaml.safe_dump({"plugins": ["my_models.py"]}))
+    space.write_text(yaml.safe_dump({"plugins": [module]}))
     for dry in ([], ["--dry-run"]):
         code, _, err = run_cli(["--space", str(space), "--results", str(results), *dry], capsys)
-        assert code == 2 and err == f"error: {space}: plugins: my_models.py: NameError: name 'nn' is not defined\n"
+        assert code == 2 and err == f"error: {space}: plugins: {module}: NameError: name 'nn' is not defined\n"
     assert not results.exists()
 
 
