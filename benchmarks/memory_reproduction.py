@@ -211,10 +211,12 @@ def report(trials: pd.DataFrame, *, image_size: int, epochs: int, warmup: int, p
             f"{overhead.median():.1f} %" if len(overhead) else "-",
         ]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "## The papers' orderings, here", ""]
-    lines += orderings(trials)
-    lines += ["", "## How far this is from the papers", "", CAVEATS]
-    return "\n".join(lines) + "\n"
+    return report_text(lines, "The papers' orderings, here", orderings(trials), CAVEATS)
+
+
+def report_text(table: list[str], orderings_title: str, found: list[str], caveats: str) -> str:
+    """A reproduction report: its header and table lines, the orderings checked, then how far it is from the papers."""
+    return "\n".join([*table, "", f"## {orderings_title}", "", *found, "", "## How far this is from the papers", "", caveats]) + "\n"
 
 
 def orderings(trials: pd.DataFrame) -> list[str]:

@@ -923,34 +923,44 @@ def write_atomically(path: Path, write: Callable[[Path], object]) -> None:
         temporary.unlink(missing_ok=True)
 
 
+Measure = Callable[[str, BenchConfig, Callable[[str], None]], list[dict[str, object]]]
+
+
+def params_section(table: pd.DataFrame) -> str:
+    """The parameter-budget suite's Markdown, with its targets."""
+    return markdown(table, target_checks(table))
+
+
+def memory_section(table: pd.DataFrame) -> str:
+    """The memory-budget suite's Markdown, with its targets."""
+    return "\n".join(memory_markdown(table, memory_checks(table))) + "\n"
+
+
+def transformer_section(table: pd.DataFrame) -> str:
+    """The transformer suite's Markdown, with its targets."""
+    return "\n".join(memory_markdown(table, transformer_checks(table), "Transformers", TRANSFORMER_INTRO)) + "\n"
+
+
+def _suites(config: BenchConfig) -> list[tuple[str, tuple[str, ...], Measure, Callable[[pd.DataFrame], pd.DataFrame], Callable[[pd.DataFrame], str]]]:
+    """Each suite the config asks for: its name, models, how a model is measured, the ratios added, its Markdown."""
+    suites = [
+        ("params", config.models, benchmark_model, add_ratios, params_section),
+        ("memory", config.memory_models, benchmark_memory_model, add_memory_ratios, memory_section),
+        ("transformers", config.transformer_models, benchmark_transformer_model, add_memory_ratios, transformer_section),
+    ]
+    return [suite for suite in suites if suite[1]]
+
+
 def run(config: BenchConfig, command: str, log: Callable[[str], None] = print) -> pd.DataFrame:
     """Run the benchmark, write ``<name>.parquet`` and ``<name>.md`` into ``config.out_dir``."""
     torch.set_num_threads(config.threads)
     prepare_cpu()  # as the trainer does: denormals flushed, freed memory kept for reuse
     tables: list[pd.DataFrame] = []
     text = ["\n".join(markdown_header(config, command)) + "\n"]
-    if config.models:
-        rows: list[dict[str, object]] = []
-        for model_name in config.models:
-            rows += benchmark_model(model_name, config, log)
-        params_table = add_ratios(pd.DataFrame(rows)).assign(suite="params")
-        tables.append(params_table)
-        text.append(markdown(params_table, target_checks(params_table)))
-    if config.memory_models:
-        memory_rows: list[dict[str, object]] = []
-        for model_name in config.memory_models:
-            memory_rows += benchmark_memory_model(model_name, config, log)
-        memory_table = add_memory_ratios(pd.DataFrame(memory_rows)).assign(suite="memory")
-        tables.append(memory_table)
-        text.append("\n".join(memory_markdown(memory_table, memory_checks(memory_table))) + "\n")
-    if config.transformer_models:
-        transformer_rows: list[dict[str, object]] = []
-        for label in config.transformer_models:
-            transformer_rows += benchmark_transformer_model(label, config, log)
-        transformer_table = add_memory_ratios(pd.DataFrame(transformer_rows)).assign(suite="transformers")
-        tables.append(transformer_table)
-        checks = transformer_checks(transformer_table)
-        text.append("\n".join(memory_markdown(transformer_table, checks, "Transformers", TRANSFORMER_INTRO)) + "\n")
+    for suite, names, measure, ratios, render in _suites(config):
+        suite_table = ratios(pd.DataFrame([row for name in names for row in measure(name, config, log)])).assign(suite=suite)
+        tables.append(suite_table)
+        text.append(render(suite_table))
     table = pd.concat(tables, ignore_index=True)
     table["image_size"] = config.image_size
     table["batch_size"] = config.batch_size

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchmarks.memory_reproduction import BYTES_PER_ELEMENT, KB, _mean_std, run, summary
+from benchmarks.memory_reproduction import BYTES_PER_ELEMENT, KB, _mean_std, report_text, run, summary
 
 ROOT = Path(__file__).resolve().parent.parent
 SPACES = ROOT / "spaces" / "vit_digits"
@@ -70,10 +70,7 @@ def report(trials: pd.DataFrame) -> str:
             f"{group.epoch_time_s.median():.2f}",
         ]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "## SwinT's ordering (D-Det RGN ≥ TraDy ≥ D-Full Random), here", ""]
-    lines += orderings(trials)
-    lines += ["", "## How far this is from the papers", "", CAVEATS]
-    return "\n".join(lines) + "\n"
+    return report_text(lines, "SwinT's ordering (D-Det RGN ≥ TraDy ≥ D-Full Random), here", orderings(trials), CAVEATS)
 
 
 def orderings(trials: pd.DataFrame) -> list[str]:
