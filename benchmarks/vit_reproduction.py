@@ -97,6 +97,9 @@ def main(argv: list[str] | None = None) -> int:
         if missing:
             parser.error(f"--render: no epochs.parquet under {', '.join(missing)}")
     else:
+        weights = ROOT / "results" / "pretrained" / "vit-fashion-mnist-16px.pt"
+        if not weights.is_file():
+            parser.error(f"no pretrained weights at {weights} (python -m benchmarks.vit_pretrain writes them)")
         for experiment, space in zip(experiments, EXPERIMENTS.values(), strict=True):
             run(SPACES / space, args.results, experiment.name)
     trials = summary(experiments, budget_key="budget.memory")

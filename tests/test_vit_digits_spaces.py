@@ -88,3 +88,12 @@ def test_the_reproduction_report_checks_swints_ordering_per_budget() -> None:
     assert "- budget 145: D-Det RGN 87.1 vs TraDy 87.6: does not hold; TraDy 87.6 vs D-Full Random 88.1: does not hold" in text
     assert "- budget 560: D-Det RGN 90.1 vs TraDy 89.1: holds; TraDy 89.1 vs D-Full Random 88.1: holds" in text
     assert "| - | 31,889,952 (full) | full | 97.0 ± 0.0 |" in text
+
+
+def test_render_without_experiments_is_one_line_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks.vit_reproduction import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--render", "--results", str(tmp_path), "--out", str(tmp_path / "out")])
+    assert exit_info.value.code == 2 and not (tmp_path / "out").exists()
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith(f"--render: no epochs.parquet under {tmp_path / 'vit-digits-full'}, {tmp_path / 'vit-digits'}")
