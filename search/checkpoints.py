@@ -2,14 +2,16 @@
 
 A checkpoint directory (Ray Tune's ``checkpoint_NNNNNN``) holds the run state (``state.pt``) and its CRC-32
 (``state.crc32``), and every report the trial made up to it (``reports.json``, with the trial's id and sampled
-config). The trainable writes them (:mod:`neqtune.search.trainable`), the driver reads the reports back and
-mends an interrupted experiment's checkpoints (:mod:`neqtune.search.experiment`).
+config). The trainable writes them (:mod:`neqtune.search.trainable`), the driver reads the reports back, and
+:func:`fill_missing_checkpoints` mends an interrupted experiment's checkpoints before it is resumed
+(:func:`neqtune.search.experiment.resume_search`).
 """
 
 from __future__ import annotations
 
 import io
 import json
+import os
 import time
 import zlib
 from collections.abc import Callable
@@ -19,6 +21,8 @@ from typing import Any
 import torch
 from ray import tune
 
+from neqtune.search.tables import resolve_location
+
 STATE_FILE = "state.pt"
 CHECKSUM_FILE = "state.crc32"
 CONFIG_FILE = "resolved_config.yaml"
@@ -26,6 +30,8 @@ CHECKPOINT_PREFIX = "checkpoint_"
 REPORTS_FILE = "reports.json"
 # The key of the run state under which the trial's reports so far travel (taken out before the trainer sees the state).
 REPORTS_KEY = "tune_reports"
+# How many checkpoints the experiment state saved by Tune may lag behind a trial's newest one.
+CHECKPOINT_LAG = 3
 
 
 class UnreadableCheckpoint(ValueError):
@@ -151,6 +157,45 @@ def checkpoint_reports(fs: Any, trial_path: str) -> list[dict[str, Any]]:
             continue  # written before checkpoints carried reports, or cut short
         return [{**report, **extra} for report in reports if isinstance(report, dict)]
     return []
+
+
+def fill_missing_checkpoints(location: str, lag: int = CHECKPOINT_LAG) -> list[str]:
+    """Make the checkpoints an interrupted experiment state may still name exist again.
+
+    With ``CheckpointConfig(num_to_keep=1)`` Tune deletes a trial's previous
+    checkpoint as soon as it registers the next one, and saves the experiment
+    state a moment later; a driver killed in between leaves a state that names
+    a deleted checkpoint, and the trial would fail to restore. For each trial,
+    the ``lag`` checkpoint directories below its newest one are recreated as
+    links to the newest (its state carries its own epoch, so the trial goes on
+    from the newest epoch). Returns the directories created, to remove later.
+    """
+    import pyarrow.fs as pafs
+
+    fs, root = resolve_location(location)
+    fs = fs or pafs.LocalFileSystem()
+    created: list[str] = []
+    for trial in fs.get_file_info(pafs.FileSelector(root, allow_not_found=True)):
+        if trial.type != pafs.FileType.Directory or not trial.base_name.startswith("trial_"):
+            continue
+        indices = sorted(index for index, _ in checkpoint_dirs(fs, trial.path))
+        if not indices:
+            continue
+        newest = f"{trial.path}/{checkpoint_name(indices[-1])}"
+        files = [info for info in fs.get_file_info(pafs.FileSelector(newest, recursive=True)) if info.type == pafs.FileType.File]
+        for index in range(max(0, indices[-1] - lag), indices[-1]):
+            if index in indices:
+                continue
+            target = f"{trial.path}/{checkpoint_name(index)}"
+            fs.create_dir(target)
+            for info in files:
+                destination = f"{target}/{info.path[len(newest) + 1 :]}"
+                if isinstance(fs, pafs.LocalFileSystem):
+                    os.link(info.path, destination)
+                else:
+                    fs.copy_file(info.path, destination)
+            created.append(target)
+    return created
 
 
 class CheckpointClock:

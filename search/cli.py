@@ -135,7 +135,9 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "run_search.py") -> i
         if note and not args.dry_run:
             print(note)
     if args.resume is not None:
-        from neqtune.search.experiment import ClusterError, StopOnInterrupt, resume_search
+        from neqtune.search.experiment import resume_search
+        from neqtune.search.interrupts import StopOnInterrupt
+        from neqtune.search.ray_cluster import ClusterError
 
         try:
             with StopOnInterrupt() as stop:
@@ -201,7 +203,9 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "run_search.py") -> i
         print(f"error: {space.source}: {err}", file=sys.stderr)
         return 2
 
-    from neqtune.search.experiment import ClusterError, StopOnInterrupt, run_search
+    from neqtune.search.experiment import run_search
+    from neqtune.search.interrupts import StopOnInterrupt
+    from neqtune.search.ray_cluster import ClusterError
 
     try:
         with StopOnInterrupt() as stop:
@@ -240,7 +244,7 @@ EXIT_STORAGE = 1
 
 def resume_hint(location: str | None) -> str:
     """How to go on with the search at ``location``."""
-    from neqtune.search.experiment import resumable
+    from neqtune.search.storage import resumable
 
     if location is None or not resumable(location):
         return "no trial had started: run the search again"
@@ -249,7 +253,7 @@ def resume_hint(location: str | None) -> str:
 
 def guarded(search: Callable[[], SearchOutcome], stop: Any) -> SearchOutcome:
     """Run ``search``; on Ctrl-C or a full or read-only disk, stop Ray, print one line and raise :class:`SearchStopped`."""
-    from neqtune.search.experiment import SearchInterrupted
+    from neqtune.search.interrupts import SearchInterrupted
     from neqtune.search.tables import StorageError
 
     try:

@@ -156,10 +156,10 @@ class SearchConfig:
     ``sampler``: ``tpe`` (multi-objective TPE when there are several
     objectives), ``nsga2`` (NSGA-II, ``population_size`` per generation) or
     ``random``. ``max_concurrent: auto`` runs as many trials at once as the
-    CPUs, the GPUs and the memory allow (see :func:`neqtune.search.experiment.auto_concurrency`);
+    CPUs, the GPUs and the memory allow (see :func:`neqtune.search.resources.auto_concurrency`);
     ``gpus_per_trial``: a fraction shares a GPU (0.25: four trials on one),
     ``auto`` uses the cluster's GPUs where it has any, with the packing rule
-    of :func:`neqtune.search.experiment.auto_gpus_per_trial` (0 without GPUs);
+    of :func:`neqtune.search.resources.auto_gpus_per_trial` (0 without GPUs);
     ``max_failures``: restarts of a failed trial from its last checkpoint.
     ``max_trial_epochs``: a budget for the whole search; once its trials ran
     that many epochs in total (each reported epoch counts), running trials

@@ -15,8 +15,10 @@ import pytest
 import yaml
 
 from neqtune.search.cli import main
-from neqtune.search.experiment import ClusterError, auto_concurrency, check_shared_storage, estimate_trial_memory, probe_address
+from neqtune.search.ray_cluster import ClusterError, probe_address
+from neqtune.search.resources import auto_concurrency, estimate_trial_memory
 from neqtune.search.space import DEFAULT_SPACE, load_space
+from neqtune.search.storage import check_shared_storage
 
 
 def space_file(tmp_path: Path, **search: Any) -> Path:

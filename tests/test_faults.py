@@ -440,7 +440,8 @@ def test_resume_recovers_the_epochs_only_a_stored_checkpoint_carries(tmp_path: P
 
 
 def test_storage_root_and_space_file_under_a_uri(tmp_path: Path) -> None:
-    from neqtune.search.experiment import ClusterError, storage_root, write_text
+    from neqtune.search.ray_cluster import ClusterError
+    from neqtune.search.storage import storage_root, write_text
 
     assert storage_root(None, tmp_path / "results") == str((tmp_path / "results").resolve())
     assert storage_root(f"file://{tmp_path}/store/", tmp_path) == f"file://{tmp_path}/store"
@@ -451,7 +452,7 @@ def test_storage_root_and_space_file_under_a_uri(tmp_path: Path) -> None:
 
 
 def test_checkpoints_a_stale_experiment_state_may_name_are_recreated(tmp_path: Path) -> None:
-    from neqtune.search.experiment import fill_missing_checkpoints
+    from neqtune.search.checkpoints import fill_missing_checkpoints
 
     newest = tmp_path / "trial_a" / "checkpoint_000005"
     newest.mkdir(parents=True)

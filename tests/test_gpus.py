@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 from search_procs import tiny_space
 
-from neqtune.search.experiment import TRIALS_PER_GPU, ClusterError, auto_concurrency, auto_gpus_per_trial, resolve_gpus, run_search
+from neqtune.search.experiment import run_search
+from neqtune.search.ray_cluster import ClusterError
+from neqtune.search.resources import TRIALS_PER_GPU, auto_concurrency, auto_gpus_per_trial, resolve_gpus
 from neqtune.search.space import build_space
 
 

@@ -206,7 +206,7 @@ def test_resume_loads_the_plugins_again(tmp_path: Path) -> None:
 def ray_session() -> Iterator[None]:
     import ray
 
-    from neqtune.search.experiment import start_ray
+    from neqtune.search.ray_cluster import start_ray
 
     start_ray(None)
     yield

@@ -239,7 +239,7 @@ def test_aggregate_by_hand() -> None:
 def ray_session() -> Iterator[None]:
     import ray
 
-    from neqtune.search.experiment import start_ray
+    from neqtune.search.ray_cluster import start_ray
 
     start_ray(None)
     yield
@@ -365,7 +365,7 @@ def test_checkpoint_interval_sets_which_epochs_save_state(ray_session: None, tmp
 
 
 def test_trial_epoch_budget_counts_each_report_once() -> None:
-    from neqtune.search.experiment import TrialEpochBudget
+    from neqtune.search.tuner import TrialEpochBudget
 
     budget = TrialEpochBudget(limit=6)
     for trial_id, epoch in [("a", 1), ("a", 2), ("a", 2), ("b", 1), ("a", 3), ("a", 2), ("a", 3)]:
@@ -377,7 +377,7 @@ def test_trial_epoch_budget_counts_each_report_once() -> None:
 
 
 def test_a_resumed_budget_counts_the_epochs_already_reported(tmp_path: Path) -> None:
-    from neqtune.search.experiment import reported_epochs
+    from neqtune.search.tuner import reported_epochs
 
     for trial, epochs in (("trial_a", [1, 2, 3]), ("trial_b", [1, 2, 1, 2])):  # b restarted from scratch once
         (tmp_path / trial).mkdir()
