@@ -62,8 +62,10 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from neqtune.results.analyze import load_experiments, mean_std, trial_configs, trial_outcomes
+from neqtune.results.loading import load_experiments
 from neqtune.results.model import AnalysisInputError, Experiments
+from neqtune.results.outcomes import trial_configs, trial_outcomes
+from neqtune.results.report import mean_std
 
 PAPERS_DIR = Path(__file__).resolve().parent / "papers"
 AVG7 = "avg7"

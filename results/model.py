@@ -36,12 +36,12 @@ class Analysis:
     """Everything the analysis computes from :class:`Experiments`.
 
     Attributes:
-        outcomes: one row per trial (see :func:`trial_outcomes`).
-        table: the study's table (see :func:`study_table`).
-        pareto: the non-dominated trials (see :func:`pareto_front`).
+        outcomes: one row per trial (see :func:`~neqtune.results.outcomes.trial_outcomes`).
+        table: the study's table (see :func:`~neqtune.results.outcomes.study_table`).
+        pareto: the non-dominated trials (see :func:`~neqtune.results.outcomes.pareto_front`).
         problems: the trials kept out of the table, with the reason.
         pareto_memory: the non-dominated trials by measured memory (see
-            :func:`pareto_memory_front`); None when no trial has a memory budget.
+            :func:`~neqtune.results.outcomes.pareto_memory_front`); None when no trial has a memory budget.
     """
 
     outcomes: pd.DataFrame

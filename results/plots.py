@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from neqtune.results.model import Analysis, Experiments
 
 FULL = "full"
-NO_UNIT = "-"  # neqtune.results.analyze.MISSING: the unit of a table written before budget units
+NO_UNIT = "-"  # neqtune.results.outcomes.MISSING: the unit of a table written before budget units
 DPI = 110
 # At most this many budget columns in the learning curves (the most seeded ones); the report says when more exist.
 MAX_CURVE_PANELS = 8

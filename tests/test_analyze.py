@@ -16,18 +16,12 @@ import pyarrow as pa
 import pytest
 
 import neqtune.search.tables
-from neqtune.results import analyze as analyze_module
-from neqtune.results.analyze import (
-    AnalysisInputError,
-    analyze,
-    best_epoch,
-    default_out_dir,
-    load_experiments,
-    main,
-    mean_std,
-    pareto_memory_front,
-    table_markdown,
-)
+from neqtune.results import loading
+from neqtune.results.analyze import default_out_dir, main
+from neqtune.results.loading import load_experiments
+from neqtune.results.model import AnalysisInputError
+from neqtune.results.outcomes import MISSING, analyze, best_epoch, pareto_memory_front
+from neqtune.results.report import mean_std, table_markdown
 from neqtune.search.pareto import cost_score_mask
 from neqtune.search.tables import EPOCHS_TABLE, SCHEMA_VERSION, TRIALS_TABLE, rows_to_table, write_atomic
 
@@ -241,7 +235,7 @@ def test_missing_and_partial_data_are_reported(grid: Path) -> None:
 
 
 def test_reads_the_files_the_recorder_writes() -> None:
-    assert (analyze_module.EPOCHS_TABLE, analyze_module.TRIALS_TABLE) == (neqtune.search.tables.EPOCHS_TABLE, neqtune.search.tables.TRIALS_TABLE)
+    assert (loading.EPOCHS_TABLE, loading.TRIALS_TABLE) == (neqtune.search.tables.EPOCHS_TABLE, neqtune.search.tables.TRIALS_TABLE)
 
 
 def test_pareto_mask_hand_cases() -> None:
@@ -481,7 +475,7 @@ def test_memory_pareto_front_over_measured_memory(grid: Path, memory: Path) -> N
         {
             "experiment": "e", "trial_id": ["a", "b", "c", "d", "e"], "usable": [True, True, True, False, True],
             "memory_used": [100.0, 100.0, 50.0, 10.0, NAN], "test_top1_at_best_val": [80.0, 80.0, 70.0, 99.0, 99.0],
-            **{key: analyze_module.MISSING for key in ("data.label", "model.name", "budget.scheme", "budget.unit", "budget.initialization", "budget.policy")},
+            **{key: MISSING for key in ("data.label", "model.name", "budget.scheme", "budget.unit", "budget.initialization", "budget.policy")},
             "budget_params": pd.array([None] * 5, dtype="Int64"), "memory_budget": pd.array([100] * 5, dtype="Int64"),
             "training.seed": 0, "best_epoch": 1, "best_val_top1": 1.0, "memory_used_kb": 1.0, "activation_sparsity_pct": 1.0,
             "memory_budget_kb": 0.4,

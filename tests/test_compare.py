@@ -17,8 +17,8 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from neqtune.results.analyze import load_experiments
 from neqtune.results.compare import PAPERS_DIR, SEVEN, compare, comparison_markdown, load_paper, main, paper_names
+from neqtune.results.loading import load_experiments
 from neqtune.search.tables import EPOCHS_TABLE, SCHEMA_VERSION, TRIALS_TABLE, rows_to_table, write_atomic
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -151,7 +151,8 @@ def test_a_search_writes_the_folder_name_as_data_label(tmp_path: Path, neq_cache
     assert ",data=pond," in run.name
     assert any(neq_cache.glob("decoded-*.u8"))  # the trial built the folder's decoded cache where $NEQ_CACHE says
 
-    from neqtune.results.analyze import analyze, load_experiments
+    from neqtune.results.loading import load_experiments
+    from neqtune.results.outcomes import analyze
 
     table = analyze(load_experiments([experiment])).table
     assert table["data.label"].tolist() == ["pond"]
