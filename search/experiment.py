@@ -35,6 +35,11 @@ from neqtune.search.tables import (
     write_atomic,
 )
 from neqtune.search.trainable import budgeted_trainable
+
+# Tune pickles the searcher and the stopper into the experiment's tuner.pkl by module and class name. An
+# experiment saved before they moved to neqtune.search.tuner names them here, and --resume must still load it
+# (TrialEpochBudget, which resume_search uses, comes in with the Tuner's other pieces).
+from neqtune.search.tuner import RefusingOptunaSearch as RefusingOptunaSearch
 from neqtune.search.tuner import (
     TrialEpochBudget,
     build_scheduler,

@@ -387,6 +387,16 @@ def test_a_resumed_budget_counts_the_epochs_already_reported(tmp_path: Path) -> 
     assert reported_epochs(str(tmp_path)) == 7
 
 
+
+@pytest.mark.parametrize("name", ["RefusingOptunaSearch", "TrialEpochBudget"])
+def test_an_experiment_saved_before_the_tuner_module_still_unpickles(name: str) -> None:
+    """tuner.pkl names the searcher's and the stopper's classes by module; experiments saved before they moved name experiment."""
+    import pickle
+
+    from neqtune.search import tuner
+
+    assert pickle.loads(f"cneqtune.search.experiment\n{name}\n.".encode()) is getattr(tuner, name)
+
 @pytest.mark.search
 def test_trial_epoch_budget_ends_the_search(ray_session: None, tmp_path: Path) -> None:
     """One trial at a time, 3 epochs each, a budget of 5 trial-epochs: the second trial stops after 2, no third starts."""
