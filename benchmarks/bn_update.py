@@ -30,7 +30,7 @@ from typing import Any
 import pandas as pd
 import torch
 
-from benchmarks.update_step import machine, write_tables
+from benchmarks.report import machine, write_tables
 from neqtune.trainables.config import TrialConfig
 from neqtune.trainables.trainer import train
 

@@ -64,16 +64,11 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from benchmarks.update_step import (
-    NUM_CLASSES,
-    BenchConfig,
-    Runner,
-    build_runner,
-    conv_counts,
-    model_conditions,
-    time_rounds,
-    write_atomically,
-)
+from benchmarks.report import write_atomically
+from benchmarks.update_step.conditions import NUM_CLASSES, model_conditions
+from benchmarks.update_step.config import BenchConfig
+from benchmarks.update_step.mask_summary import conv_counts
+from benchmarks.update_step.runners import Runner, build_runner, time_rounds
 from neqtune.datasets import build_dataset
 from neqtune.datasets.cache import ENV_VAR as CACHE_ENV_VAR
 from neqtune.datasets.config import DataConfig
@@ -600,7 +595,7 @@ class DeviceRunner(Runner):
 
 
 def device_runner(runner: Runner, precision: MixedPrecision) -> DeviceRunner:
-    """``runner`` (from :func:`~benchmarks.update_step.build_runner`) stepping under ``precision``."""
+    """``runner`` (from :func:`~benchmarks.update_step.runners.build_runner`) stepping under ``precision``."""
     fields = {f.name: getattr(runner, f.name) for f in dataclasses.fields(Runner)}
     return DeviceRunner(**fields, precision=precision)
 

@@ -180,7 +180,8 @@ def input_rows(name: str, base: DataConfig, paths: dict[str, InputPath], batches
 
 def step_rows(models: list[str], image_size: int, repeats: int, log: Callable[[str], None]) -> list[dict[str, Any]]:
     """Images/s of a training step (full update; the engine under velocity masks at scheme 3's budget) at 128 px, batch 32."""
-    from benchmarks.update_step import build_runner, model_conditions
+    from benchmarks.update_step.conditions import model_conditions
+    from benchmarks.update_step.runners import build_runner
     from neqtune.trainables.config import ModelConfig
     from neqtune.trainables.models.registry import build_model
 

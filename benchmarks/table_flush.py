@@ -268,6 +268,7 @@ def run(config: TableBenchConfig, command: str, log: Any = print) -> pd.DataFram
     import contextlib
 
     from benchmarks.local_s3 import S3_ENV, s3_server
+    from benchmarks.report import write_tables  # here, not at the top: the measuring child processes stay free of torch
 
     results = []
     with tempfile.TemporaryDirectory(prefix="neqtune-tables-") as scratch, contextlib.ExitStack() as stack:
@@ -291,8 +292,6 @@ def run(config: TableBenchConfig, command: str, log: Any = print) -> pd.DataFram
     table["before_over_after"] = [
         before[(r.storage, r.rows)] / r.flush_median_s if r.layout == "after" else float("nan") for r in table.itertuples()
     ]
-    from benchmarks.update_step import write_tables
-
     write_tables(config.out_dir, config.name, table, markdown(table, config, command))
     return table
 
