@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import torch
 
 from neqtune.search.pareto import finite
 
@@ -29,10 +28,12 @@ from neqtune.search.pareto import finite
 def table_lines(header: Sequence[str], rows: Iterable[Sequence[object]], *, right_aligned: Collection[str] = ()) -> list[str]:
     """A Markdown table: the header, the separator (``---:`` under the ``right_aligned`` columns), one line per row.
 
-    Cells are written with ``str``; format numbers first (:func:`number`, :func:`format_cell`).
+    Cells are written with ``str``, one space either side; format numbers first (:func:`number`, :func:`format_cell`).
+    A column without a name (``""``) has the header cell ``| |``.
     """
+    names = "|" + "|".join(f" {name} " if name else " " for name in header) + "|"
     separator = "|" + "".join("---:|" if column in right_aligned else "---|" for column in header)
-    return ["| " + " | ".join(header) + " |", separator, *("| " + " | ".join(str(cell) for cell in row) + " |" for row in rows)]
+    return [names, separator, *("| " + " | ".join(str(cell) for cell in row) + " |" for row in rows)]
 
 
 def number(value: Any, spec: str = "") -> str:
@@ -90,6 +91,8 @@ def cpu_name(fallback: str) -> str:
 
 def machine() -> str:
     """CPU model, cores and torch threads, for a table's caption."""
+    import torch  # only here: table_flush's measuring child processes import this module and stay free of torch
+
     cpu = cpu_name(platform.processor() or platform.machine())
     return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} with {torch.get_num_threads()} threads"
 
