@@ -30,7 +30,7 @@ from typing import Any
 import pandas as pd
 import torch
 
-from benchmarks.update_step import machine, write_tables
+from benchmarks.report import machine, table_lines, write_tables
 from neqtune.trainables.config import TrialConfig
 from neqtune.trainables.trainer import train
 
@@ -92,11 +92,7 @@ def markdown(table: pd.DataFrame, summary: pd.DataFrame, config: BnBenchConfig, 
 
     def rows(frame: pd.DataFrame) -> list[str]:
         cells = frame.map(lambda v: f"{v:.2f}" if isinstance(v, float) else str(v))
-        return [
-            "| " + " | ".join(frame.columns) + " |",
-            "|" + "---|" * len(frame.columns),
-            *("| " + " | ".join(r) + " |" for r in cells.itertuples(index=False)),
-        ]
+        return table_lines(list(frame.columns), cells.itertuples(index=False))
 
     return "\n".join(
         [

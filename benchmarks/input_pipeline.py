@@ -50,6 +50,7 @@ import pandas as pd
 import torch
 from PIL import Image
 
+from benchmarks.report import table_lines, verdict, write_tables
 from neqtune.datasets import build_dataset
 from neqtune.datasets.config import DataConfig
 from neqtune.datasets.pipeline import LoaderSettings, make_loader, with_decoded_cache
@@ -180,7 +181,8 @@ def input_rows(name: str, base: DataConfig, paths: dict[str, InputPath], batches
 
 def step_rows(models: list[str], image_size: int, repeats: int, log: Callable[[str], None]) -> list[dict[str, Any]]:
     """Images/s of a training step (full update; the engine under velocity masks at scheme 3's budget) at 128 px, batch 32."""
-    from benchmarks.update_step import build_runner, model_conditions
+    from benchmarks.update_step.conditions import model_conditions
+    from benchmarks.update_step.runners import build_runner
     from neqtune.trainables.config import ModelConfig
     from neqtune.trainables.models.registry import build_model
 
@@ -273,15 +275,15 @@ def markdown(table: pd.DataFrame, build: dict[str, float], command: str, image_s
         "Inputs written by the benchmark: an image folder of 500x375 JPEGs, a CIFAR-10 pickled-batch set (32x32, resized to 128 px),",
         "a VWW layout (500x375 JPEGs, square resize). `workers` at 1 CPU: one loader process; at 2 CPUs: two.",
         "",
-        "| kind | data | path | CPUs | workers | images/s |",
-        "|---|---|---|---|---|---|",
     ]
-    for row in table.itertuples():
-        workers = "auto" if row.workers == -1 else row.workers
-        lines.append(f"| {row.kind} | {row.data} | {row.path} | {row.cpus} | {workers} | {row.images_per_s:,.0f} |")
-    lines += ["", "Decoded-cache builds (once per node and data set): " + ", ".join(f"{k} {v:.1f} s" for k, v in build.items()), "", "| target | measured | required | |", "|---|---|---|---|"]
-    for name, measured, required in checks(table):
-        lines.append(f"| {name} | {measured:.2f} | >= {required:g} | {'met' if measured >= required else 'missed'} |")
+    rows = [
+        (row.kind, row.data, row.path, row.cpus, "auto" if row.workers == -1 else row.workers, f"{row.images_per_s:,.0f}")
+        for row in table.itertuples()
+    ]
+    lines += table_lines(["kind", "data", "path", "CPUs", "workers", "images/s"], rows)
+    lines += ["", "Decoded-cache builds (once per node and data set): " + ", ".join(f"{k} {v:.1f} s" for k, v in build.items()), ""]
+    targets = [(name, f"{measured:.2f}", f">= {required:g}", verdict(measured >= required)) for name, measured, required in checks(table)]
+    lines += table_lines(["target", "measured", "required", ""], targets)
     return "\n".join(lines) + "\n"
 
 
@@ -330,9 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     command = " ".join(["python -m benchmarks.input_pipeline", *given])
     text = markdown(table, build, command, args.image_size) + f"\nWall time: {(time.perf_counter() - started) / 60:.1f} min.\n"
     name = "input_pipeline_quick" if args.quick else "input_pipeline"
-    args.out.mkdir(parents=True, exist_ok=True)
-    table.to_parquet(args.out / f"{name}.parquet")
-    (args.out / f"{name}.md").write_text(text)
+    write_tables(args.out, name, table, text)
     print(text)
     return 0
 

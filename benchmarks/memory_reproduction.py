@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -46,6 +45,8 @@ from typing import Any
 
 import pandas as pd
 import yaml
+
+from benchmarks.report import mean_std, table_lines
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs" / "memory"
@@ -132,14 +133,6 @@ def run(space_file: Path, results: Path, name: str, echo: Any = print) -> None:
     echo(f"  done in {(time.monotonic() - started) / 60:.1f} min")
 
 
-def _mean_std(values: list[float]) -> str:
-    values = [v for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
-    if not values:
-        return "-"
-    spread = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.1f} ± {spread:.1f}"
-
-
 def summary(experiments: list[Path], budget_key: str = "budget.scheme") -> pd.DataFrame:
     """One row per trial: its policy, its budget (``budget_key``'s value, in the column ``scheme``), seed, test top-1 at
     best val and at the last epoch, memory, times."""
@@ -192,9 +185,10 @@ def report(trials: pd.DataFrame, *, image_size: int, epochs: int, warmup: int, p
         "Top-1 in %, mean ± standard deviation over the seeds; memory in kB (1,024 bytes) at 4 bytes per element, the mean over epochs of "
         "what the masks keep; epoch time the median over the trial's epochs (2 trials at a time on 2 CPU cores).",
         "",
-        "| budget | policy | test top-1 at best val | final test top-1 | memory used (kB) | budget (kB) | params updated | epoch (s) | grad-norm overhead |",
-        "|---|---|---|---|---|---|---|---|---|",
     ]
+    header = ["budget", "policy", "test top-1 at best val", "final test top-1", "memory used (kB)", "budget (kB)", "params updated", "epoch (s)",
+              "grad-norm overhead"]  # fmt: skip
+    rows = []
     trials = trials.assign(rank=trials.policy.map({p: i for i, p in enumerate(order)}))
     for (scheme, policy), group in trials.sort_values(["scheme", "rank"]).groupby(["scheme", "policy"], sort=False):
         budget = group.memory_budget.dropna()
@@ -202,16 +196,16 @@ def report(trials: pd.DataFrame, *, image_size: int, epochs: int, warmup: int, p
         cells = [
             _scheme_label(scheme),
             policy,
-            _mean_std(list(group.test_top1_at_best_val)),
-            _mean_std(list(group.final_test_top1)),
+            mean_std(group.test_top1_at_best_val),
+            mean_std(group.final_test_top1),
             f"{group.memory_used.mean() * BYTES_PER_ELEMENT / KB:.1f}",
             f"{budget.mean() * BYTES_PER_ELEMENT / KB:.1f}" if len(budget) else "-",
             f"{group.params_updated.mean():,.0f}",
             f"{group.epoch_time_s.median():.2f}",
             f"{overhead.median():.1f} %" if len(overhead) else "-",
         ]
-        lines.append("| " + " | ".join(cells) + " |")
-    return report_text(lines, "The papers' orderings, here", orderings(trials), CAVEATS)
+        rows.append(cells)
+    return report_text([*lines, *table_lines(header, rows)], "The papers' orderings, here", orderings(trials), CAVEATS)
 
 
 def report_text(table: list[str], orderings_title: str, found: list[str], caveats: str) -> str:

@@ -23,6 +23,8 @@ from typing import Any
 
 import pandas as pd
 
+from benchmarks.report import table_lines, verdict
+
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "docs" / "benchmarks"
 FASHION_ROOT = "/usr/share/datasets/fashion-mnist"
@@ -101,24 +103,23 @@ def render(runs: pd.DataFrame) -> str:
         f"warm-up epoch to lr 0.1 then cosine to 0, weight decay 5e-5, {int(runs['epochs'].iloc[0])} epochs in all; the same recipe under `data.augment: pil` (torchvision per sample)",
         "and `data.augment: batched` (the same transforms on whole batches); seeds 0, 42, 100; CPU, one thread per run.",
         "",
-        "| augment | seed | test top-1 at best val (%) | best epoch | final test top-1 (%) | median epoch (s) |",
-        "|---|---|---|---|---|---|",
     ]
-    for row in runs.sort_values(["augment", "seed"], ascending=[False, True]).itertuples():
-        mark = " (diverged)" if row.final_test_top1 < CHANCE_LEVEL else ""
-        lines.append(f"| {row.augment} | {row.seed}{mark} | {row.test_top1_at_best_val:.2f} | {row.best_epoch} | {row.final_test_top1:.2f} | {row.median_epoch_s:.1f} |")
-    lines += [
-        "",
-        "| augment | mean test top-1 at best val (%) | its spread over seeds (std) | mean final test top-1 (%) | mean epoch (s) |",
-        "|---|---|---|---|---|",
+    per_run = [
+        (row.augment, f"{row.seed}{' (diverged)' if row.final_test_top1 < CHANCE_LEVEL else ''}", f"{row.test_top1_at_best_val:.2f}", row.best_epoch,
+         f"{row.final_test_top1:.2f}", f"{row.median_epoch_s:.1f}")
+        for row in runs.sort_values(["augment", "seed"], ascending=[False, True]).itertuples()
+    ]  # fmt: skip
+    lines += table_lines(["augment", "seed", "test top-1 at best val (%)", "best epoch", "final test top-1 (%)", "median epoch (s)"], per_run)
+    per_path = [
+        (augment, f"{m.test_top1_at_best_val:.2f}", f"{spread[augment]:.2f}", f"{m.final_test_top1:.2f}", f"{m.median_epoch_s:.1f}")
+        for augment, m in ((augment, means.loc[augment]) for augment in PATHS)
     ]
-    for augment in PATHS:
-        m = means.loc[augment]
-        lines.append(f"| {augment} | {m.test_top1_at_best_val:.2f} | {spread[augment]:.2f} | {m.final_test_top1:.2f} | {m.median_epoch_s:.1f} |")
+    header = ["augment", "mean test top-1 at best val (%)", "its spread over seeds (std)", "mean final test top-1 (%)", "mean epoch (s)"]
+    lines += ["", *table_lines(header, per_path)]
     lines += [
         "",
         f"Target: batched within {TARGET_POINTS:g} point of PIL (mean of 3 seeds, test top-1 at the best validation epoch): "
-        f"**{'met' if met else 'missed'}** (batched - PIL = {gap:+.2f} points; final epoch {final_gap:+.2f}). The standard error of that"
+        f"**{verdict(met)}** (batched - PIL = {gap:+.2f} points; final epoch {final_gap:+.2f}). The standard error of that"
         f" difference over the seeds is {gap_error:.2f} points.",
     ]
     trained = runs[runs.final_test_top1 >= CHANCE_LEVEL]

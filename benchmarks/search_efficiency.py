@@ -56,6 +56,7 @@ from typing import Any
 import pandas as pd
 import pyarrow.parquet as pq
 
+from benchmarks.report import table_lines, write_atomically
 from neqtune.search.pareto import compare_policies_at_budget, dominates, finite, pareto_front
 from neqtune.search.space import Space, build_space
 from neqtune.search.tables import rows_to_table, write_atomic
@@ -343,17 +344,17 @@ def markdown(rows: Sequence[dict[str, Any]], setting: Setting, pareto: Sequence[
         "",
         f"Setting: {setting.describe()}.",
         "",
-        "| method | configs | stopped early | trial-epochs | vs grid | best val top-1 | test top-1 of best | "
-        "max test top-1 | incumbent within 1 pt of grid's best after (trial-epochs, vs grid) | wall s | train s | "
-        "overhead / trial s | steady overhead / trial s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in rows:
-        lines.append(
-            f"| {r['method']} | {r['configurations']} | {r['stopped_early']} | {r['trial_epochs']} | {r['epochs_vs_grid']:.2f} | "
-            f"{r['best_val_top1']:.2f} | {r['test_top1_of_best']:.2f} | {r['max_test_top1']:.2f} | {_reached(r)} | {r['wall_s']:.1f} | "
-            f"{r['train_s']:.1f} | {r['overhead_per_trial_s']:.2f} | {r['steady_overhead_per_trial_s']:.2f} |"
-        )
+    methods = [
+        (r["method"], r["configurations"], r["stopped_early"], r["trial_epochs"], f"{r['epochs_vs_grid']:.2f}", f"{r['best_val_top1']:.2f}",
+         f"{r['test_top1_of_best']:.2f}", f"{r['max_test_top1']:.2f}", _reached(r), f"{r['wall_s']:.1f}", f"{r['train_s']:.1f}",
+         f"{r['overhead_per_trial_s']:.2f}", f"{r['steady_overhead_per_trial_s']:.2f}")
+        for r in rows
+    ]  # fmt: skip
+    header = ["method", "configs", "stopped early", "trial-epochs", "vs grid", "best val top-1", "test top-1 of best", "max test top-1",
+              "incumbent within 1 pt of grid's best after (trial-epochs, vs grid)", "wall s", "train s", "overhead / trial s",
+              "steady overhead / trial s"]  # fmt: skip
+    lines += table_lines(header, methods)
     lines += ["", "Best configurations (by validation):", ""]
     lines += [f"- {r['method']}: {r['best_config']}" for r in rows]
     lines += [
@@ -367,16 +368,16 @@ def markdown(rows: Sequence[dict[str, Any]], setting: Setting, pareto: Sequence[
         "",
         "## Per-trial overhead: a trial's wall time minus its epochs' time",
         "",
-        "| method | epochs / trial (mean) | wall - train per trial s (median) | (max) | start in worker s | "
-        "checkpoint + report per epoch s | driver per trial s |",
-        "|---|---|---|---|---|---|---|",
     ]
-    for r in rows:
-        lines.append(
-            f"| {r['method']} | {r['trial_epochs'] / max(r['configurations'], 1):.1f} | {r['in_trial_overhead_median_s']:.2f} | "
-            f"{r['in_trial_overhead_max_s']:.2f} | {r.get('start_in_worker_s', math.nan):.2f} | "
-            f"{r.get('report_per_epoch_s', math.nan):.3f} | {r.get('driver_per_trial_s', math.nan):.2f} |"
-        )
+    overheads = [
+        (r["method"], f"{r['trial_epochs'] / max(r['configurations'], 1):.1f}", f"{r['in_trial_overhead_median_s']:.2f}",
+         f"{r['in_trial_overhead_max_s']:.2f}", f"{r.get('start_in_worker_s', math.nan):.2f}", f"{r.get('report_per_epoch_s', math.nan):.3f}",
+         f"{r.get('driver_per_trial_s', math.nan):.2f}")
+        for r in rows
+    ]  # fmt: skip
+    header = ["method", "epochs / trial (mean)", "wall - train per trial s (median)", "(max)", "start in worker s", "checkpoint + report per epoch s",
+              "driver per trial s"]  # fmt: skip
+    lines += table_lines(header, overheads)
     lines += [
         "",
         "Medians over the trials, from Ray's per-trial `result.json`: `start in worker`: the first result's "
@@ -388,14 +389,13 @@ def markdown(rows: Sequence[dict[str, Any]], setting: Setting, pareto: Sequence[
         "",
         "## Two objectives: best validation top-1 (max) and budget in parameters (min)",
         "",
-        "| trial | policy | scheme | lr | budget params | best val top-1 | test top-1 at best val |",
-        "|---|---|---|---|---|---|---|",
     ]
-    for p in pareto:
-        lines.append(
-            f"| {p['trial_id']} | {p['budget.policy']} | {p['budget.scheme']} | {p['training.lr']:.3g} | {int(p['budget_params'])} | "
-            f"{p['best_val_top1']:.2f} | {p['test_top1_at_best_val']:.2f} |"
-        )
+    front = [
+        (p["trial_id"], p["budget.policy"], p["budget.scheme"], f"{p['training.lr']:.3g}", int(p["budget_params"]), f"{p['best_val_top1']:.2f}",
+         f"{p['test_top1_at_best_val']:.2f}")
+        for p in pareto
+    ]  # fmt: skip
+    lines += table_lines(["trial", "policy", "scheme", "lr", "budget params", "best val top-1", "test top-1 at best val"], front)
     lines += ["", comparison, ""]
     return "\n".join(lines)
 
@@ -463,10 +463,7 @@ def write_outputs(
         front = rows_to_table([{k: p[k] for k in columns} for p in pareto])
         front = front.replace_schema_metadata({**(front.schema.metadata or {}), NOTE_KEY: note.encode()})
         write_atomic(front, out_dir / "search_efficiency.pareto.parquet")
-    report = out_dir / "search_efficiency.md"
-    partial = report.with_name(report.name + ".partial")
-    partial.write_text(markdown(rows, setting, pareto or [], note))
-    partial.replace(report)
+    write_atomically(out_dir / "search_efficiency.md", lambda p: p.write_text(markdown(rows, setting, pareto or [], note)))
     return table
 
 

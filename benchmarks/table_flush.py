@@ -45,6 +45,8 @@ from typing import Any
 
 import pandas as pd
 
+from benchmarks.report import cpu_name, table_lines, write_tables
+
 SIZES = (1_000, 10_000, 60_000)
 QUICK_SIZES = (300, 1_500)
 CONCURRENT = 8
@@ -291,17 +293,12 @@ def run(config: TableBenchConfig, command: str, log: Any = print) -> pd.DataFram
     table["before_over_after"] = [
         before[(r.storage, r.rows)] / r.flush_median_s if r.layout == "after" else float("nan") for r in table.itertuples()
     ]
-    from benchmarks.update_step import write_tables
-
     write_tables(config.out_dir, config.name, table, markdown(table, config, command))
     return table
 
 
 def machine_line() -> str:
-    cpu = platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")), cpu)
+    cpu = cpu_name(platform.machine())
     load = os.getloadavg()
     return f"{cpu}, {os.cpu_count()} cores; load average {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f} (1 / 5 / 15 min) at the end"
 
@@ -319,15 +316,15 @@ def markdown(table: pd.DataFrame, config: TableBenchConfig, command: str) -> str
         "before the table existed, after the timed flushes / at its highest during them. `open`: a resumed driver "
         "opening the table. S3: a local moto server on 127.0.0.1. `before / after`: ratio of the median flush times.",
         "",
-        "| storage | rows | layout | flush median (ms) | flush max (ms) | written per flush (kB) | files | open (s) | rss (MiB) | peak (MiB) | before / after |",
-        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for r in table.itertuples():
-        ratio = "" if r.layout == "before" else f"{r.before_over_after:.1f}x"
-        lines.append(
-            f"| {r.storage} | {r.rows:,} | {r.layout} | {r.flush_median_s * 1e3:.1f} | {r.flush_max_s * 1e3:.1f} | "
-            f"{r.written_per_flush_kb:,.0f} | {r.files} | {r.open_s:.2f} | {r.rss_mib:.1f} | {r.peak_mib:.1f} | {ratio} |"
-        )
+    header = ["storage", "rows", "layout", "flush median (ms)", "flush max (ms)", "written per flush (kB)", "files", "open (s)", "rss (MiB)",
+              "peak (MiB)", "before / after"]  # fmt: skip
+    rows = [
+        (r.storage, f"{r.rows:,}", r.layout, f"{r.flush_median_s * 1e3:.1f}", f"{r.flush_max_s * 1e3:.1f}", f"{r.written_per_flush_kb:,.0f}", r.files,
+         f"{r.open_s:.2f}", f"{r.rss_mib:.1f}", f"{r.peak_mib:.1f}", "" if r.layout == "before" else f"{r.before_over_after:.1f}x")
+        for r in table.itertuples()
+    ]  # fmt: skip
+    lines += table_lines(header, rows, right_aligned=[name for name in header if name not in ("storage", "layout")])
     after = table[table.layout == "after"]
     lines += ["", "Flush time of the dataset layout against the table's size (median, ms):", ""]
     for storage in after.storage.unique():

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchmarks.memory_reproduction import BYTES_PER_ELEMENT, KB, _mean_std, report_text, run, summary
+from benchmarks.memory_reproduction import BYTES_PER_ELEMENT, KB, report_text, run, summary
+from benchmarks.report import mean_std, table_lines
 
 ROOT = Path(__file__).resolve().parent.parent
 SPACES = ROOT / "spaces" / "vit_digits"
@@ -54,23 +55,24 @@ def report(trials: pd.DataFrame) -> str:
         "over the seeds; memory in kB (1,024 bytes) at 4 bytes per element, the mean over epochs of what the masks keep; epoch "
         "time the median over the trial's epochs (2 trials at a time on 2 CPU cores).",
         "",
-        "| budget (elements) | TraDy's SwinT budget | policy | test top-1 at best val | final test top-1 | memory used (kB) | params updated | epoch (s) |",
-        "|---|---|---|---|---|---|---|---|",
     ]
+    header = ["budget (elements)", "TraDy's SwinT budget", "policy", "test top-1 at best val", "final test top-1", "memory used (kB)", "params updated",
+              "epoch (s)"]  # fmt: skip
+    rows = []
     trials = trials.assign(rank=trials.policy.map({p: i for i, p in enumerate(ORDER)}), budget=trials.scheme.map(lambda s: -1 if s == "-" else int(s)))
     for (budget, policy), group in trials.sort_values(["budget", "rank"]).groupby(["budget", "policy"], sort=False):
         cells = [
             "-" if budget < 0 else f"{budget:,}",
             TRADY_BUDGETS.get(budget, "31,889,952 (full)" if budget < 0 else "-"),
             NAMES.get(policy, policy),
-            _mean_std(list(group.test_top1_at_best_val)),
-            _mean_std(list(group.final_test_top1)),
+            mean_std(group.test_top1_at_best_val),
+            mean_std(group.final_test_top1),
             f"{group.memory_used.mean() * BYTES_PER_ELEMENT / KB:.1f}",
             f"{group.params_updated.mean():,.0f}",
             f"{group.epoch_time_s.median():.2f}",
         ]
-        lines.append("| " + " | ".join(cells) + " |")
-    return report_text(lines, "SwinT's ordering (D-Det RGN ≥ TraDy ≥ D-Full Random), here", orderings(trials), CAVEATS)
+        rows.append(cells)
+    return report_text([*lines, *table_lines(header, rows)], "SwinT's ordering (D-Det RGN ≥ TraDy ≥ D-Full Random), here", orderings(trials), CAVEATS)
 
 
 def orderings(trials: pd.DataFrame) -> list[str]:

@@ -9,7 +9,10 @@ import pandas as pd
 import pytest
 import torch
 
-from benchmarks import bn_update, update_step
+from benchmarks import bn_update
+from benchmarks.update_step.cli import main as update_step_main
+from benchmarks.update_step.conditions import MEMORY_POLICIES, SWINT_BUDGETS, SWINT_TOTAL, all_masks, policy_masks, transformer_budgets
+from benchmarks.update_step.mask_summary import layer_wgrad_seconds, mask_summary
 from neqtune.trainables.budget.units import layer_flops
 from neqtune.trainables.config import ModelConfig
 from neqtune.trainables.models.registry import build_model
@@ -22,7 +25,7 @@ def quick_table(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, pd.Data
     try:
         argv = ["--quick", "--models", "mbv2-w0.35", "resnet18", "--memory-models", "mbv2-w0.35-zoo", "--transformer-models", "vit"]
         argv += ["--image-size", "16", "--batch-size", "2"]
-        assert update_step.main([*argv, "--threads", "1", "--out", str(out)]) == 0
+        assert update_step_main([*argv, "--threads", "1", "--out", str(out)]) == 0
     finally:
         torch.set_num_threads(threads)
     return out, pd.read_parquet(out / "update_step_quick.parquet")
@@ -76,19 +79,19 @@ def test_engine_memory_is_never_above_the_masked_path(quick_table: tuple[Path, p
 def test_masks_of_the_policies_fit_the_budgets() -> None:
     model = build_model(ModelConfig(name="mbv2-w0.35"), 10)
     inputs, labels = torch.randn(16, 3, 16, 16), torch.randint(0, 10, (16,))
-    velocity = update_step.policy_masks("velocity", model, "mbv2-w0.35_scheme_1", inputs, labels, seed=0)
+    velocity = policy_masks("velocity", model, "mbv2-w0.35_scheme_1", inputs, labels, seed=0)
     assert velocity is not None
     flops = layer_flops(model, inputs[:1])
-    seconds = update_step.layer_wgrad_seconds(model, inputs, repeats=1)
+    seconds = layer_wgrad_seconds(model, inputs, repeats=1)
     assert set(seconds) == set(flops) and all(s > 0 for s in seconds.values())
-    summary = update_step.mask_summary(model, velocity, flops, seconds)
+    summary = mask_summary(model, velocity, flops, seconds)
     assert 0 < summary["params_updated"] <= 22_410
-    everything = update_step.mask_summary(model, update_step.all_masks(model, True), flops, seconds)
-    nothing = update_step.mask_summary(model, update_step.all_masks(model, False), flops, seconds)
+    everything = mask_summary(model, all_masks(model, True), flops, seconds)
+    nothing = mask_summary(model, all_masks(model, False), flops, seconds)
     for share in ("wgrad_flop_share", "wgrad_time_share"):
         assert everything[share] == pytest.approx(1.0) and nothing[share] == 0.0 and 0 < summary[share] < 1
-    assert math.isnan(update_step.mask_summary(model, velocity, flops)["wgrad_time_share"])  # no times measured
-    assert update_step.policy_masks("su", build_model(ModelConfig(name="resnet18"), 10), "scheme_1", inputs, labels, seed=0) is None
+    assert math.isnan(mask_summary(model, velocity, flops)["wgrad_time_share"])  # no times measured
+    assert policy_masks("su", build_model(ModelConfig(name="resnet18"), 10), "scheme_1", inputs, labels, seed=0) is None
 
 
 @pytest.mark.parametrize(
@@ -97,7 +100,7 @@ def test_masks_of_the_policies_fit_the_budgets() -> None:
 )
 def test_bad_options_exit_2_before_any_work(argv: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
-        update_step.main([*argv, "--out", str(tmp_path / "out")])
+        update_step_main([*argv, "--out", str(tmp_path / "out")])
     assert exit_info.value.code == 2
     assert not (tmp_path / "out").exists()
     last_line = capsys.readouterr().err.strip().splitlines()[-1]
@@ -129,7 +132,7 @@ def test_bn_update_comparison_runs_and_writes_both_settings(tmp_path: Path) -> N
 def test_memory_conditions_measure_what_the_cost_model_predicts(quick_table: tuple[Path, pd.DataFrame]) -> None:
     out, table = quick_table
     memory = table[table.suite == "memory"]
-    expected = {(p, policy, scheme) for p in ("masked", "engine", "engine-selected") for policy in update_step.MEMORY_POLICIES for scheme in "135"}
+    expected = {(p, policy, scheme) for p in ("masked", "engine", "engine-selected") for policy in MEMORY_POLICIES for scheme in "135"}
     assert set(memory[memory.scheme != "-"][["path", "policy", "scheme"]].itertuples(index=False, name=None)) == expected
     assert set(memory.unit) == {"neuron", "input_channel"}
     bounded = memory[memory.budget_kind == "memory"]
@@ -155,7 +158,7 @@ def test_transformer_conditions_keep_exactly_the_predicted_linear_inputs(quick_t
     assert {"full", "bound"} <= set(rows.path) and set(rows.model) == {"vit"}
     full = rows[rows.path == "full"].iloc[0]
     budgets = rows[rows.path == "masked"].sort_values("scheme").budget.tolist()
-    assert budgets == update_step.transformer_budgets(int(full.budget)) and budgets == sorted(budgets)
+    assert budgets == transformer_budgets(int(full.budget)) and budgets == sorted(budgets)
     bounded = rows[rows.scheme != "-"]
     assert (bounded.memory_used <= bounded.budget).all() and (bounded.memory_used > 0).all()
     engine = bounded[bounded.path.str.startswith("engine")]
@@ -170,4 +173,4 @@ def test_transformer_conditions_keep_exactly_the_predicted_linear_inputs(quick_t
 
 
 def test_the_transformer_budgets_are_tradys_for_swin_t() -> None:
-    assert update_step.transformer_budgets(update_step.SWINT_TOTAL) == list(update_step.SWINT_BUDGETS)
+    assert transformer_budgets(SWINT_TOTAL) == list(SWINT_BUDGETS)

@@ -10,25 +10,12 @@ import pytest
 import torch
 from torch import nn
 
-from benchmarks import gpu_check
-from benchmarks.gpu_check import (
-    CheckContext,
-    Section,
-    SectionOutput,
-    SectionResult,
-    Table,
-    compare_gradients,
-    format_cell,
-    markdown_table,
-    mixed_masks,
-    ratio,
-    render_markdown,
-    run_checks,
-    search_cpus_per_trial,
-    trials_per_hour,
-    updated_elements,
-    write_report,
-)
+from benchmarks.gpu_check import cli
+from benchmarks.gpu_check.engine import TOLERANCE, compare_gradients, mixed_masks, updated_elements
+from benchmarks.gpu_check.report import markdown_table, render_markdown, write_report
+from benchmarks.gpu_check.search import search_cpus_per_trial, trials_per_hour
+from benchmarks.gpu_check.section import QUICK, CheckContext, Section, SectionOutput, SectionResult, Table, ratio, run_checks
+from benchmarks.report import format_cell
 from neqtune.trainables.budget.units import conv_layers
 from neqtune.trainables.config import ModelConfig
 from neqtune.trainables.models.registry import build_model
@@ -41,7 +28,7 @@ def test_without_cuda_it_prints_one_line_and_writes_nothing(
 ) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     out = tmp_path / "report" / "gpu_check.md"
-    assert gpu_check.main(["--out", str(out), "--sections", "engine", "search"]) == 0
+    assert cli.main(["--out", str(out), "--sections", "engine", "search"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 1 and "no CUDA device" in lines[0]
     assert not out.exists() and not out.with_suffix(".json").exists() and not (tmp_path / "report").exists()
@@ -49,17 +36,17 @@ def test_without_cuda_it_prints_one_line_and_writes_nothing(
 
 def test_help_needs_no_gpu(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
-        gpu_check.main(["--help"])
+        cli.main(["--help"])
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
     assert "--sections" in text and "--quick" in text and "--out" in text
 
 
 def test_default_report_names_and_a_folder_refused(tmp_path: Path) -> None:
-    assert gpu_check.parse_args([]).out == Path("docs/benchmarks/gpu_check.md")
-    assert gpu_check.parse_args(["--quick"]).out == Path("docs/benchmarks/gpu_check_quick.md")
+    assert cli.parse_args([]).out == Path("docs/benchmarks/gpu_check.md")
+    assert cli.parse_args(["--quick"]).out == Path("docs/benchmarks/gpu_check_quick.md")
     with pytest.raises(SystemExit) as exit_info:
-        gpu_check.parse_args(["--out", str(tmp_path)])
+        cli.parse_args(["--out", str(tmp_path)])
     assert exit_info.value.code == 2
 
 
@@ -132,7 +119,7 @@ def test_a_failing_section_is_reported_and_the_others_still_run() -> None:
     }
     lines: list[str] = []
     results = run_checks(
-        sections, ["raises", "misses", "holds", "measures"], CheckContext(gpu_check.QUICK, torch.device("cpu"), lines.append)
+        sections, ["raises", "misses", "holds", "measures"], CheckContext(QUICK, torch.device("cpu"), lines.append)
     )
     assert ran == ["raises", "misses", "measures"]
     assert [r.status for r in results] == ["FAILED", "FAILED", "PASSED", "MEASURED"]
@@ -194,7 +181,7 @@ def test_the_engine_matches_the_masked_path_in_float64_on_cpu(unit: str, model_n
     masks = mixed_masks(model, unit, seed=3)  # type: ignore[arg-type]
     before = {k: v.clone() for k, v in model.state_dict().items()}
     figures = compare_gradients(model, masks, unit, inputs, labels)  # type: ignore[arg-type]
-    assert figures["updated_diff"] < gpu_check.TOLERANCE and figures["frozen_max"] == 0 and figures["other_diff"] < gpu_check.TOLERANCE
+    assert figures["updated_diff"] < TOLERANCE and figures["frozen_max"] == 0 and figures["other_diff"] < TOLERANCE
     assert figures["updated_scale"] > 1e-3  # real gradients were compared, not zeros
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # the start model is left alone
     assert "forward" not in vars(next(iter(conv_layers(model).values()))) and "forward" not in vars(model)
@@ -203,7 +190,7 @@ def test_the_engine_matches_the_masked_path_in_float64_on_cpu(unit: str, model_n
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (the whole check runs there)")
 def test_quick_run_on_the_gpu(tmp_path: Path) -> None:
     out = tmp_path / "gpu_check_quick.md"
-    assert gpu_check.main(["--quick", "--out", str(out)]) == 0
+    assert cli.main(["--quick", "--out", str(out)]) == 0
     figures = json.loads(out.with_suffix(".json").read_text())
-    assert [s["key"] for s in figures["sections"]] == list(gpu_check.SECTIONS)
+    assert [s["key"] for s in figures["sections"]] == list(cli.SECTIONS)
     assert all(s["status"] != "FAILED" for s in figures["sections"])
