@@ -4,9 +4,7 @@ python run_search.py                          # the embedded digits space
 python run_search.py --space spaces/vww.yaml
 """
 
-import sys
-
-from neqtune.search.cli import main
+from neqtune.search.cli import run
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -20,7 +20,7 @@ from typing import Any
 
 import pandas as pd
 
-from neqtune.search.pareto import finite
+from neqtune.pareto import finite
 
 # --- Markdown -------------------------------------------------------------------
 

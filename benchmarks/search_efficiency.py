@@ -57,7 +57,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from benchmarks.report import table_lines, write_atomically
-from neqtune.search.pareto import compare_policies_at_budget, dominates, finite, pareto_front
+from neqtune.pareto import compare_policies_at_budget, dominates, finite, pareto_front
 from neqtune.search.space import Space, build_space
 from neqtune.search.tables import rows_to_table, write_atomic
 

@@ -1,8 +1,6 @@
 """``python -m neqtune``: the same command line as ``run_search.py`` and the ``neqtune`` console script."""
 
-import sys
-
-from neqtune.search.cli import main
+from neqtune.search.cli import run
 
 if __name__ == "__main__":
-    sys.exit(main(prog="python -m neqtune"))
+    run(prog="python -m neqtune")

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import sys
-
-from neqtune.search.cli import main
+from neqtune.search.cli import run
 
 if __name__ == "__main__":
-    sys.exit(main(prog="python -m neqtune.search"))
+    run(prog="python -m neqtune.search")

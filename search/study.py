@@ -41,7 +41,7 @@ from optuna.trial import TrialState
 from ray.tune import Callback
 from ray.tune.experiment import Trial
 
-from neqtune.search.pareto import finite
+from neqtune.pareto import finite
 from neqtune.search.recorder import read_results
 from neqtune.search.space import ParamSpec
 from neqtune.search.tables import EPOCHS_TABLE, join_location, read_table

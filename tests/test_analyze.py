@@ -22,7 +22,7 @@ from neqtune.results.loading import load_experiments
 from neqtune.results.model import AnalysisInputError
 from neqtune.results.outcomes import MISSING, analyze, best_epoch, pareto_memory_front
 from neqtune.results.report import mean_std, table_markdown
-from neqtune.search.pareto import cost_score_mask
+from neqtune.pareto import cost_score_mask
 from neqtune.search.tables import EPOCHS_TABLE, SCHEMA_VERSION, TRIALS_TABLE, rows_to_table, write_atomic
 
 ROOT = Path(__file__).resolve().parent.parent

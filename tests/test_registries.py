@@ -130,11 +130,3 @@ def test_parsing_looks_nothing_up_and_checking_does() -> None:
     assert keys == ["data.name", "model.name", "budget.policy"]
     assert "known data sets: " in caught.value.message
 
-
-def test_the_data_sets_import_nothing_from_the_layers_above() -> None:
-    """Layers run one way: datasets, then trainables, then search; the data sets are imported alone in a fresh interpreter."""
-    import subprocess
-    import sys
-
-    probe = "import sys, neqtune.datasets; print(sorted({'.'.join(m.split('.')[:2]) for m in sys.modules} & {'neqtune.trainables', 'neqtune.search', 'neqtune.results', 'ray'}))"
-    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.strip() == "[]"

@@ -14,7 +14,7 @@ import torch
 
 from benchmarks.gpu_check.section import SectionResult, Table
 from benchmarks.report import format_cell, table_lines, write_markdown_and_json
-from neqtune.search.pareto import finite
+from neqtune.pareto import finite
 
 GIB = 2**30
 

@@ -3,7 +3,7 @@
 Pure functions: over trial rows (dicts, as in ``trials.parquet``), which rows
 no other row dominates and whether one policy dominates another at equal
 budget (the search); over two columns, a cost against a score, which points
-are on the front (the analysis, :mod:`neqtune.results.analyze`). One home for
+are on the front (the analysis, :mod:`neqtune.results.outcomes`). One home for
 both, and for :func:`finite`, the test of a usable number they share.
 """
 
