@@ -28,16 +28,19 @@ syntax, unknown keys, types, value ranges, names of policies, models, data
 sets and schemes, and whether every combination of choices makes a valid
 trial (SU schemes must fit the model). Each problem is one
 :class:`SpaceError` naming the file and the key.
+
+A combination's config is judged by
+:func:`~neqtune.trainables.trial_checks.trial_problems`, the one check of a
+trial, which the trial itself and the dry run call too.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import itertools
 import math
 import typing
-from collections.abc import Hashable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -45,8 +48,11 @@ from typing import Any, Literal
 import yaml
 
 from neqtune.search.plugins import Plugin, PluginError, entry_point_plugins, load_plugins, resolve_plugins, saved_specs
+from neqtune.trainables.checks import section_problems
 from neqtune.trainables.config import LEGACY_OPTIONS, ConfigError, TrialConfig, from_mapping, iter_leaf_keys, with_overrides
 from neqtune.trainables.metrics import metric_names
+from neqtune.trainables.policies.base import needs_su_mask
+from neqtune.trainables.trial_checks import CombinationError, trial_problems
 
 DEFAULT_SPACE = Path(__file__).resolve().parent.parent / "spaces" / "digits.yaml"
 TRIAL_SECTIONS = ("data", "model", "training", "budget")
@@ -305,7 +311,7 @@ class Space:
         if self.search.asha.max_epochs is not None:
             return self.search.asha.max_epochs
         return max(
-            (check_trial(c, self.base).training.total_epochs for c in itertools.islice(self.combinations(), MAX_CHECKED_COMBINATIONS)),
+            (_combination_config(c, self.base).training.total_epochs for c in itertools.islice(self.combinations(), MAX_CHECKED_COMBINATIONS)),
             default=TrialConfig().training.total_epochs,
         )
 
@@ -330,73 +336,6 @@ def _read_yaml(path: Path) -> Any:
         raise SpaceError(str(path), "", f"malformed YAML: {where}{problem}") from None
 
 
-def value_key(value: Any) -> Hashable:
-    """A config as a hashable value (dataclasses and mappings as sorted pairs, lists as tuples): equal configs, equal keys."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        value = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
-    if isinstance(value, Mapping):
-        return tuple(sorted((str(k), value_key(v)) for k, v in value.items()))
-    if isinstance(value, (list, tuple)):
-        return tuple(value_key(v) for v in value)
-    return value  # type: ignore[no-any-return]
-
-
-# What the space checks computed once per distinct value: probe networks per architecture, class counts per data
-# section, input-size problems per architecture and side, budget amounts per budget, architecture and side.
-_PROBES: dict[Hashable, Any] = {}
-_CLASS_COUNTS: dict[Hashable, int] = {}
-_INPUT_SIZE_PROBLEMS: dict[Hashable, ConfigError | None] = {}
-_BUDGET_AMOUNTS: dict[Hashable, int] = {}
-
-
-def _architecture(model: Any) -> Any:
-    """What shapes the network of a model config: the config without its weights and class count."""
-    return dataclasses.replace(model, pretrained=None, num_classes=None)
-
-
-def _probe_model(model: Any) -> Any:
-    """The network of a model config, random init, 10 classes: one per architecture, shared by the checks."""
-    architecture = _architecture(model)
-    key = value_key(architecture)
-    if key not in _PROBES:
-        from neqtune.trainables.models.registry import build_model
-
-        _PROBES[key] = build_model(architecture, num_classes=10)
-    return _PROBES[key]
-
-
-def _dataset_num_classes(data: Any) -> int:
-    """The class count of the data set ``data`` (a DataConfig) names, read once per distinct config."""
-    key = value_key(data)
-    if key not in _CLASS_COUNTS:
-        from neqtune.datasets import build_dataset
-
-        _CLASS_COUNTS[key] = build_dataset(data).num_classes
-    return _CLASS_COUNTS[key]
-
-
-class CombinationError(ConfigError):
-    """A :class:`ConfigError` of one trial config that names the config keys it depends on.
-
-    ``depends_on`` holds dotted keys or whole sections (``data``); a searched
-    key among them is part of the cause, so :func:`build_space` shows its
-    value next to the message.
-    """
-
-    def __init__(self, key: str, message: str, depends_on: Sequence[str]) -> None:
-        super().__init__(key, message)
-        self.depends_on = tuple(depends_on)
-
-
-@contextlib.contextmanager
-def _depending_on(*keys: str) -> Iterator[None]:
-    """Re-raise a ConfigError inside the block as a :class:`CombinationError` that depends on ``keys``."""
-    try:
-        yield
-    except ConfigError as err:
-        raise CombinationError(err.key, err.message, keys) from None
-
-
 def _error_inputs(err: ConfigError) -> tuple[str, ...]:
     """The config keys or sections ``err`` depends on.
 
@@ -416,119 +355,23 @@ def _searched_causes(err: ConfigError, combination: Mapping[str, Any]) -> dict[s
     return {key: value for key, value in combination.items() if any(key == given or key.startswith(f"{given}.") for given in inputs)}
 
 
-def check_trial(overrides: Mapping[str, Any], base: Mapping[str, Any]) -> TrialConfig:
-    """Validate one combination; SU schemes are checked against the model's convs, data sets against the disk.
-
-    Raises:
-        ConfigError: the first of :func:`trial_problems`.
-    """
-    config, problems = trial_problems(overrides, base)
-    if problems:
-        raise problems[0]
-    assert config is not None
-    return config
-
-
-def trial_problems(overrides: Mapping[str, Any], base: Mapping[str, Any]) -> tuple[TrialConfig | None, list[ConfigError]]:
-    """One combination's config and every problem found: a bad value (its section validates it), else each of
-    the cross-section checks, as a :class:`CombinationError` naming the keys it depends on (data on disk, the
-    model head's class count, the SU mask of the scheme)."""
-    from neqtune.datasets import check_dataset
-    from neqtune.trainables.budget.resolve import check_scheme_fits
-    from neqtune.trainables.budget.schemes import get_scheme
-    from neqtune.trainables.checks import config_problems
-    from neqtune.trainables.policies.base import needs_su_mask
-
+def combination_problems(overrides: Mapping[str, Any], base: Mapping[str, Any]) -> tuple[TrialConfig | None, list[ConfigError]]:
+    """One combination's config (None where it does not parse) and every problem of it: a bad value (its section
+    validates it), else those of :func:`~neqtune.trainables.trial_checks.trial_problems`, the one check of a trial."""
     try:
         config = TrialConfig.from_dict(with_overrides(base, overrides))
     except ConfigError as err:
         return None, [err]
-    checked = config_problems(config)  # registered names and files, section by section
-    if checked:
-        return None, checked
-    problems: list[ConfigError] = []
-    data_ok = True
-    if config.data.name != "digits":  # built in; every other data set must be on disk (or downloadable) before Ray starts
-        try:
-            with _depending_on("data"):
-                check_dataset(config.data)
-        except ConfigError as err:
-            problems.append(err)
-            data_ok = False
-    if config.model.num_classes is not None and data_ok:
-        try:
-            with _depending_on("data", "model.num_classes"):
-                found = _dataset_num_classes(config.data)
-            if found != config.model.num_classes:
-                where = f" at {config.data.root}" if config.data.root else ""
-                raise CombinationError(
-                    "model.num_classes",
-                    f"the model head has {config.model.num_classes} classes but data set {config.data.name!r}{where} has {found}",
-                    ("data", "model.num_classes"),
-                )
-        except ConfigError as err:
-            problems.append(err)
-    budget = config.budget
-    if needs_su_mask(budget):
-        scheme = get_scheme(budget.scheme) if budget.scheme else None
-        try:
-            if scheme is None or scheme.su is None:
-                raise CombinationError(
-                    "budget.scheme",
-                    f"policy {budget.policy!r} with initialization {budget.initialization!r} needs a scheme with an SU part, got {budget.scheme!r}",
-                    ("budget.policy", "budget.initialization", "budget.scheme"),
-                )
-            with _depending_on("budget.policy", "budget.initialization", "budget.scheme", "budget.unit", "model.name"):
-                check_scheme_fits(scheme, _probe_model(config.model), budget.unit)
-        except ConfigError as err:
-            problems.append(err)
-    try:
-        with _depending_on("model", "data.image_size"):
-            _check_input_size(config.model, config.data.image_size)
-        with _depending_on("budget", "model", "data.image_size"):
-            _check_budget(budget, config.model, config.data.image_size)
-    except ConfigError as err:
-        problems.append(err)
-    return config, problems
+    return config, trial_problems(config)
 
 
-def _check_input_size(model: Any, image_size: int) -> None:
-    """Refuse a model that does not take the data's image side: a side that is no multiple of its patch size (a
-    declared property of the model), else one that a forward pass refuses (one probe per architecture and size)."""
-    key = (value_key(_architecture(model)), image_size)
-    if key not in _INPUT_SIZE_PROBLEMS:
-        from neqtune.trainables.checks import input_size_problems, side_problems
-
-        found = side_problems(model, image_size) or input_size_problems(_probe_model(model), model.name, image_size)
-        _INPUT_SIZE_PROBLEMS[key] = found[0] if found else None
-    problem = _INPUT_SIZE_PROBLEMS[key]
-    if problem is not None:
-        raise ConfigError(problem.key, problem.message)
-
-
-def _check_budget(budget: Any, model: Any, image_size: int) -> int:
-    """Resolve the budget against the model at the image size (scheme fit, memory bounds, the policy's options), once
-    per distinct combination; its amount."""
-    key = (value_key(budget), value_key(_architecture(model)), image_size)
-    if key not in _BUDGET_AMOUNTS:
-        from neqtune.trainables.budget.resolve import build_budget
-        from neqtune.trainables.policies.base import check_policy_fit
-
-        resolved = build_budget(budget, _probe_model(model), model_name=model.name, image_size=image_size)
-        check_policy_fit(budget, resolved)
-        _BUDGET_AMOUNTS[key] = resolved.amount
-    return _BUDGET_AMOUNTS[key]
-
-
-def trial_budget(config: TrialConfig) -> tuple[Any, int]:
-    """The model a checked trial's budget was resolved against (random init, 10 classes, shared) and the budget's amount.
-
-    Raises:
-        ConfigError: the model does not take the image size, or the budget does not resolve.
-    """
-    _check_input_size(config.model, config.data.image_size)
-    amount = _check_budget(config.budget, config.model, config.data.image_size)
-    return _probe_model(config.model), amount
+def _combination_config(overrides: Mapping[str, Any], base: Mapping[str, Any]) -> TrialConfig:
+    """One combination's checked config (raises the first of :func:`combination_problems`)."""
+    config, problems = combination_problems(overrides, base)
+    if problems:
+        raise problems[0]
+    assert config is not None
+    return config
 
 
 def _written_value_errors(base: dict[str, Any]) -> list[ConfigError]:
@@ -541,8 +384,6 @@ def _written_value_errors(base: dict[str, Any]) -> list[ConfigError]:
     written = {f"{section}.{key}" for section, values in base.items() for key in values}
     hints = typing.get_type_hints(TrialConfig)
     found: list[ConfigError] = []
-    from neqtune.trainables.checks import section_problems
-
     for section in TRIAL_SECTIONS:
         try:
             problems = section_problems(section, from_mapping(hints[section], base.get(section) or {}, section))
@@ -630,7 +471,7 @@ def build_space(
         for n, combination in enumerate(space.combinations()):
             if n >= MAX_CHECKED_COMBINATIONS:
                 break
-            for err in trial_problems(combination, base)[1]:
+            for err in combination_problems(combination, base)[1]:
                 if (err.key, err.message) in seen or any(err.key == written.key for written in written_errors):
                     continue  # one problem once, with the values of the first combination that has it
                 seen.add((err.key, err.message))
@@ -688,8 +529,6 @@ def _ignored_scheme_search(space: Space) -> ConfigError | None:
     ``su`` or to ``initialization: su``; without either, every choice of the
     search would run the same trial.
     """
-    from neqtune.trainables.policies.base import needs_su_mask
-
     params = space.search.params
     if "budget.scheme" not in params or "budget.memory" in params or (space.base.get("budget") or {}).get("memory") is None:
         return None
