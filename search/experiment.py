@@ -26,7 +26,8 @@ from neqtune.search.dry_run import choices
 from neqtune.search.local_ray import LocalRay, start_local_ray
 from neqtune.search.pareto import PARETO_TABLE, pareto_front
 from neqtune.search.recorder import ResultRecorder, read_results
-from neqtune.search.space import ParamSpec, SearchConfig, Space, build_space
+from neqtune.search.search_config import ParamSpec, SearchConfig
+from neqtune.search.space import Space, build_space
 from neqtune.search.study import StudyRecorder
 from neqtune.search.tables import (
     StorageError,
