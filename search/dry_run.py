@@ -92,7 +92,7 @@ INPUT_ERRORS = (ConfigError, OSError, ValueError, RuntimeError)
 
 def describe_data(space: Space, problems: Problems) -> Iterator[str]:
     """One line per data set of the space: classes and split sizes (reads the data; never downloads)."""
-    for name in choices(space, "data.name"):
+    for name in (DataConfig().name if given is None else given for given in choices(space, "data.name")):  # no data.name: the default
         if name not in dataset_names():  # refused with the known names when the space loaded: not again
             yield f"data {name}: unknown data set (see the errors below)"
             continue
@@ -156,7 +156,7 @@ def weights_line(config: ModelConfig) -> str:
 def describe_models(space: Space, problems: Problems) -> Iterator[str]:
     """Per model: its source, convs and conv parameters, its ImageNet weights, then every budget in parameters."""
     sizes = sorted({s for s in choices(space, "data.image_size") if s is not None}) or [DataConfig().image_size]
-    for name in choices(space, "model.name"):
+    for name in (ModelConfig().name if given is None else given for given in choices(space, "model.name")):  # no model.name: the default
         try:
             spec = model_spec(name)
         except ValueError:
