@@ -83,6 +83,10 @@ def _split_pairs(split_dir: Path, label: dict[str, int], classes_dir: Path) -> t
     return tuple(pairs)
 
 
+def _no_folder(root: Path) -> str:
+    return f"no image folder at {root} (no such directory); expected {root}/<class>/<image> or {root}/train/<class>/<image>"
+
+
 def index_folder(root: Path) -> FolderIndex:
     """The classes and split files of the image folder at ``root`` (see the module's docstring for the layouts).
 
@@ -92,7 +96,7 @@ def index_folder(root: Path) -> FolderIndex:
             class of ``val/`` / ``test/`` that ``train/`` lacks.
     """
     if not root.is_dir():
-        raise FolderError(f"no image folder at {root} (no such directory); expected {root}/<class>/<image> or {root}/train/<class>/<image>")
+        raise FolderError(_no_folder(root))
     split_dirs = [name for name in SPLIT_DIRS if (root / name).is_dir()]
     if split_dirs and "train" not in split_dirs:
         raise FolderError(f"{root} has {'/ and '.join(split_dirs)}/ but no train/ (the classes are train/'s subdirectories)")
@@ -156,9 +160,7 @@ def _root(config: DataConfig) -> Path:
 def check_image_folder(config: DataConfig) -> None:
     """The folder's layout, classes and image headers (cached per process while the folder is unchanged)."""
     root = _root(config)
-    require(
-        root.is_dir(), f"no image folder at {root} (no such directory); expected {root}/<class>/<image> or {root}/train/<class>/<image>"
-    )
+    require(root.is_dir(), _no_folder(root))
     try:
         _checked_index(root, _listing_state(root))
     except (FolderError, OSError) as err:  # OSError: a directory that cannot be listed (permissions)
@@ -172,6 +174,7 @@ def read_folder(config: DataConfig) -> FolderIndex:
         ConfigError: (``data.root``) the folder is missing or malformed (the message names the directory).
     """
     root = _root(config)
+    require(root.is_dir(), _no_folder(root))  # the line the folder's check gives, not the failed stat's
     try:
         return _index(root, _listing_state(root))
     except (FolderError, OSError) as err:

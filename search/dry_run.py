@@ -19,15 +19,34 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from torch import nn
+
+from neqtune.datasets import build_dataset, check_dataset, dataset_names
 from neqtune.search.plugins import Plugin
-from neqtune.search.space import Space, SpaceError, load_space
-from neqtune.trainables.config import BudgetConfig, ConfigError, ConfigProblems, DataConfig, ModelConfig, from_mapping
+from neqtune.search.space import MAX_CHECKED_COMBINATIONS, Space, SpaceError, load_space
+from neqtune.trainables.budget.accounting import account_parameters, frozen_note, outside_warning
+from neqtune.trainables.budget.costs import network_memory
+from neqtune.trainables.budget.resolve import budget_kind, build_budget, model_costs, resolve_budget
+from neqtune.trainables.budget.schemes import get_scheme
+from neqtune.trainables.budget.units import budgeted_layers, conv_neuron_params, total_params
+from neqtune.trainables.checks import budget_problems, model_problems
+from neqtune.trainables.config import (
+    BudgetConfig,
+    ConfigError,
+    ConfigProblems,
+    DataConfig,
+    ModelConfig,
+    TrialConfig,
+    from_mapping,
+    with_overrides,
+)
+from neqtune.trainables.models.registry import imagenet_weights_source, model_spec, ungrouped_conv_params
+from neqtune.trainables.trial_checks import input_size_problem, probe_model, trial_budget
 
 
 @dataclass(frozen=True)
 class BudgetLine:
     """One reachable budget for one model."""
-
     label: str
     params: int
     share_pct: float
@@ -51,7 +70,6 @@ def _section(space: Space, section: str, overrides: dict[str, Any]) -> dict[str,
 
 class Problems:
     """The problems a dry run found, each once, in the order found."""
-
     def __init__(self, source: str, found: Sequence[SpaceError] = ()) -> None:
         self.source = source
         self.found: list[SpaceError] = list(found)
@@ -74,10 +92,7 @@ INPUT_ERRORS = (ConfigError, OSError, ValueError, RuntimeError)
 
 def describe_data(space: Space, problems: Problems) -> Iterator[str]:
     """One line per data set of the space: classes and split sizes (reads the data; never downloads)."""
-    from neqtune.datasets import build_dataset, dataset_names
-    from neqtune.datasets.registry import check_dataset
-
-    for name in choices(space, "data.name"):
+    for name in (DataConfig().name if given is None else given for given in choices(space, "data.name")):  # no data.name: the default
         if name not in dataset_names():  # refused with the known names when the space loaded: not again
             yield f"data {name}: unknown data set (see the errors below)"
             continue
@@ -100,10 +115,6 @@ def describe_data(space: Space, problems: Problems) -> Iterator[str]:
 
 def budget_lines(space: Space, model: Any, total: int) -> list[BudgetLine]:
     """Every budget the space reaches for ``model`` (``total`` conv parameters)."""
-    from neqtune.trainables.budget.resolve import resolve_budget
-    from neqtune.trainables.budget.schemes import get_scheme
-    from neqtune.trainables.checks import budget_problems
-
     lines = []
     combos = itertools.product(choices(space, "budget.scheme"), choices(space, "budget.ratio"), choices(space, "budget.params"))
     for scheme_name, ratio, params in combos:
@@ -136,8 +147,6 @@ def budget_lines(space: Space, model: Any, total: int) -> list[BudgetLine]:
 
 def weights_line(config: ModelConfig) -> str:
     """Whether the ImageNet weights of ``config``'s model are cached, and where a run would get them; fetches nothing."""
-    from neqtune.trainables.models.registry import imagenet_weights_source
-
     source = imagenet_weights_source(config)
     if source.cached:
         return f"  ImageNet weights: cached at {source.path}"
@@ -146,14 +155,8 @@ def weights_line(config: ModelConfig) -> str:
 
 def describe_models(space: Space, problems: Problems) -> Iterator[str]:
     """Per model: its source, convs and conv parameters, its ImageNet weights, then every budget in parameters."""
-    from torch import nn
-
-    from neqtune.trainables.budget.units import budgeted_layers, conv_neuron_params, total_params
-    from neqtune.trainables.checks import input_size_problems, model_problems, side_problems
-    from neqtune.trainables.models.registry import build_model, model_spec, ungrouped_conv_params
-
     sizes = sorted({s for s in choices(space, "data.image_size") if s is not None}) or [DataConfig().image_size]
-    for name in choices(space, "model.name"):
+    for name in (ModelConfig().name if given is None else given for given in choices(space, "model.name")):  # no model.name: the default
         try:
             spec = model_spec(name)
         except ValueError:
@@ -165,7 +168,7 @@ def describe_models(space: Space, problems: Problems) -> Iterator[str]:
             found = model_problems(config)
             if found:
                 raise ConfigProblems(found)
-            model = build_model(config, num_classes=10)  # random init: the weights are neither loaded nor fetched
+            model = probe_model(config)  # random init, shared with the trials' checks: the weights are neither loaded nor fetched
         except INPUT_ERRORS as err:
             for problem in getattr(err, "problems", [err]):
                 problems.add(problem)
@@ -187,7 +190,7 @@ def describe_models(space: Space, problems: Problems) -> Iterator[str]:
             yield weights_line(ModelConfig(name=name, pretrained="imagenet", zoo_dir=config.zoo_dir))
         yield from accounting_lines(space, model, name)
         # the sizes it does not take are problems of the space, reported with them
-        sizes_taken = [size for size in sizes if not side_problems(config, size) and not input_size_problems(model, name, size)]
+        sizes_taken = [size for size in sizes if input_size_problem(config, size) is None]
         if len(sizes_taken) < len(sizes):
             yield f"  does not take {'/'.join(str(s) for s in sizes if s not in sizes_taken)} px inputs (see the errors below)"
         for line in budget_lines(space, model, total):
@@ -203,7 +206,6 @@ def accounting_lines(space: Space, model: Any, model_name: str) -> Iterator[str]
     policy trains everything); ``budget.bn_update: selected`` makes the
     norms' count a ceiling.
     """
-    from neqtune.trainables.budget.accounting import account_parameters, frozen_note
 
     policies = [p for p in choices(space, "budget.policy") if p not in (None, "full")]
     if not policies:
@@ -231,10 +233,6 @@ def budget_warnings(space: Space) -> list[str]:
     Combinations that do not check out are skipped: they are the space's
     problems, reported on their own.
     """
-    from neqtune.search.space import MAX_CHECKED_COMBINATIONS, trial_budget
-    from neqtune.trainables.budget.accounting import account_parameters, outside_warning
-    from neqtune.trainables.budget.resolve import budget_kind
-    from neqtune.trainables.config import TrialConfig, with_overrides
 
     smallest: dict[str, tuple[int, str, Any]] = {}
     for combination in itertools.islice(space.combinations(), MAX_CHECKED_COMBINATIONS):
@@ -259,9 +257,6 @@ def budget_warnings(space: Space) -> list[str]:
 
 def memory_budget_lines(space: Space, model: Any, model_name: str, sizes: list[int]) -> Iterator[str]:
     """Every memory budget the space reaches for ``model``: elements per image, share of the network, kB (builds nothing else)."""
-    from neqtune.trainables.budget.costs import network_memory
-    from neqtune.trainables.budget.resolve import build_budget, model_costs
-
     units = choices(space, "budget.unit")
     memories = choices(space, "budget.memory")
     if "input_channel" not in units and all(m is None for m in memories):

@@ -28,25 +28,32 @@ syntax, unknown keys, types, value ranges, names of policies, models, data
 sets and schemes, and whether every combination of choices makes a valid
 trial (SU schemes must fit the model). Each problem is one
 :class:`SpaceError` naming the file and the key.
+
+The ``search`` section's schema is :mod:`neqtune.search.search_config`; a
+combination's config is judged by
+:func:`~neqtune.trainables.trial_checks.trial_problems`, the one check of a
+trial, which the trial itself and the dry run call too.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import itertools
 import math
 import typing
-from collections.abc import Hashable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 
 from neqtune.search.plugins import Plugin, PluginError, entry_point_plugins, load_plugins, resolve_plugins, saved_specs
-from neqtune.trainables.config import LEGACY_OPTIONS, ConfigError, TrialConfig, from_mapping, iter_leaf_keys, with_overrides
-from neqtune.trainables.metrics import metric_names
+from neqtune.search.search_config import SearchConfig
+from neqtune.trainables.checks import section_problems
+from neqtune.trainables.config import ConfigError, TrialConfig, from_mapping, with_overrides
+from neqtune.trainables.policies.base import needs_su_mask
+from neqtune.trainables.trial_checks import CombinationError, trial_problems
 
 DEFAULT_SPACE = Path(__file__).resolve().parent.parent / "spaces" / "digits.yaml"
 TRIAL_SECTIONS = ("data", "model", "training", "budget")
@@ -61,209 +68,6 @@ class SpaceError(ValueError):
         self.source = source
         self.key = key
 
-
-@dataclass
-class ParamSpec:
-    """One searched key: exactly one of a choice list or a numeric range."""
-
-    choice: list[Any] | None = None
-    uniform: list[float] | None = None
-    loguniform: list[float] | None = None
-    randint: list[int] | None = None
-
-    def validate(self, path: str) -> None:
-        given = [kind for kind in ("choice", "uniform", "loguniform", "randint") if getattr(self, kind) is not None]
-        if len(given) != 1:
-            raise ConfigError(path, "give exactly one of choice, uniform, loguniform, randint")
-        if self.choice is not None and not self.choice:
-            raise ConfigError(f"{path}.choice", "the choice list is empty")
-        for kind in ("uniform", "loguniform", "randint"):
-            bounds = getattr(self, kind)
-            if bounds is None:
-                continue
-            if len(bounds) != 2 or not bounds[0] < bounds[1]:
-                raise ConfigError(f"{path}.{kind}", f"expected [low, high] with low < high, got {bounds}")
-            if kind == "loguniform" and bounds[0] <= 0:
-                raise ConfigError(f"{path}.{kind}", f"bounds must be > 0, got {bounds}")
-
-    @property
-    def kind(self) -> str:
-        """``choice``, ``uniform``, ``loguniform`` or ``randint``."""
-        return next(k for k in ("choice", "uniform", "loguniform", "randint") if getattr(self, k) is not None)
-
-    def representatives(self) -> list[Any]:
-        """Values that stand for the whole distribution when checking: the choices or the bounds."""
-        if self.choice is not None:
-            return list(self.choice)
-        low, high = getattr(self, self.kind)
-        return [low, high - 1] if self.kind == "randint" else [low, high]
-
-
-def _is_policy_option(key: str) -> bool:
-    """``budget.options.<policy>.<key>``: a policy's own option, checked by that policy when the trials are checked."""
-    parts = key.split(".")
-    return len(parts) >= 4 and parts[:2] == ["budget", "options"] and all(parts[2:])
-
-
-# Per-epoch metrics a search or a scheduler may steer by (all numeric, reported every epoch).
-Mode = Literal["max", "min"]
-
-
-def _is_test_metric(metric: str) -> bool:
-    return metric.startswith("test_")
-
-
-@dataclass
-class AshaConfig:
-    """Early stopping with Ray Tune's ASHA scheduler (``search.scheduler: asha``).
-
-    A trial reaching a rung (``grace_period * reduction_factor**i`` epochs,
-    below ``max_epochs``) continues only if its ``metric`` is in the top
-    ``1 / reduction_factor`` of the trials that reached that rung so far.
-    ``max_epochs`` null: the trials' own epoch count (warm-up included).
-    """
-
-    metric: str = "best_val_top1"
-    mode: Mode = "max"
-    grace_period: int = 1
-    reduction_factor: float = 3.0
-    max_epochs: int | None = None
-
-    def validate(self, path: str) -> None:
-        if self.metric not in metric_names(objective=True):
-            raise ConfigError(f"{path}.metric", f"unknown metric {self.metric!r}; known: {', '.join(metric_names(objective=True))}")
-        if _is_test_metric(self.metric):
-            raise ConfigError(f"{path}.metric", f"early stopping must not look at the test split, got {self.metric!r}")
-        if self.grace_period < 1:
-            raise ConfigError(f"{path}.grace_period", f"must be >= 1 epoch, got {self.grace_period}")
-        if self.reduction_factor <= 1:
-            raise ConfigError(f"{path}.reduction_factor", f"must be > 1, got {self.reduction_factor}")
-        if self.max_epochs is not None and self.max_epochs < self.grace_period:
-            raise ConfigError(f"{path}.max_epochs", f"must be >= grace_period ({self.grace_period}), got {self.max_epochs}")
-
-
-@dataclass
-class SearchConfig:
-    """How to search: algorithm, trial counts, resources, objectives, early stopping, repeats.
-
-    ``num_samples`` is the number of trials for ``optuna``, and the number of
-    repeats of the whole grid for ``grid`` (seeds belong in the grid as
-    ``training.seed``). ``metric`` is reported by every epoch; the default
-    maximises the best validation top-1. A single objective never steers by
-    test accuracy. ``metric`` and ``mode`` may be lists of equal length (a
-    multi-objective search: Optuna's sampler gets every objective, and the
-    Pareto set is saved); there a test metric is allowed, at the user's risk.
-    ``sampler``: ``tpe`` (multi-objective TPE when there are several
-    objectives), ``nsga2`` (NSGA-II, ``population_size`` per generation) or
-    ``random``. ``max_concurrent: auto`` runs as many trials at once as the
-    CPUs, the GPUs and the memory allow (see :func:`neqtune.search.resources.auto_concurrency`);
-    ``gpus_per_trial``: a fraction shares a GPU (0.25: four trials on one),
-    ``auto`` uses the cluster's GPUs where it has any, with the packing rule
-    of :func:`neqtune.search.resources.auto_gpus_per_trial` (0 without GPUs);
-    ``max_failures``: restarts of a failed trial from its last checkpoint.
-    ``max_trial_epochs``: a budget for the whole search; once its trials ran
-    that many epochs in total (each reported epoch counts), running trials
-    stop and no new one starts (null: no budget).
-    ``checkpoint_interval_s``: a trial saves its full state (for restarts
-    and ``--resume``) after an epoch once this many seconds passed since its
-    last save; 0 saves after every epoch. A restart repeats at most that much
-    work, and exactly (the epochs it repeats report the same numbers).
-    ``table_flush_s``: the longest time between two writes of the Parquet
-    tables while the search runs (they are always written at its end).
-    ``scheduler: asha`` stops bad trials early (see
-    :class:`AshaConfig`). ``repeats``: every configuration runs under that
-    many seeds in lockstep and is scored by the mean. ``reuse_actors``:
-    trials reuse Ray worker processes (and their cached data sets).
-    """
-
-    algorithm: Literal["optuna", "grid"] = "optuna"
-    sampler: Literal["tpe", "random", "nsga2"] = "tpe"
-    population_size: int = 8
-    startup_trials: int = 4
-    num_samples: int = 8
-    max_concurrent: int | Literal["auto"] = "auto"
-    max_failures: int = 2
-    max_trial_epochs: int | None = None
-    checkpoint_interval_s: float = 10.0
-    table_flush_s: float = 10.0
-    cpus_per_trial: float = 1.0
-    gpus_per_trial: float | Literal["auto"] = 0.0
-    seed: int = 0
-    metric: str | list[str] = "best_val_top1"
-    mode: Mode | list[Mode] = "max"
-    scheduler: Literal["fifo", "asha"] = "fifo"
-    asha: AshaConfig = field(default_factory=AshaConfig)
-    repeats: int = 1
-    reuse_actors: bool = True
-    params: dict[str, ParamSpec] = field(default_factory=dict)
-
-    @property
-    def metrics(self) -> list[str]:
-        """The objectives' metrics, as a list (one for a single objective)."""
-        return [self.metric] if isinstance(self.metric, str) else list(self.metric)
-
-    @property
-    def modes(self) -> list[Mode]:
-        """The objectives' modes, as a list."""
-        return [self.mode] if isinstance(self.mode, str) else list(self.mode)
-
-    @property
-    def multi_objective(self) -> bool:
-        """Whether the search has more than one objective."""
-        return len(self.metrics) > 1
-
-    def _validate_objectives(self, path: str) -> None:
-        metrics, modes = self.metrics, self.modes
-        if not metrics:
-            raise ConfigError(f"{path}.metric", "give at least one metric")
-        if isinstance(self.metric, str) != isinstance(self.mode, str) or len(metrics) != len(modes):
-            raise ConfigError(f"{path}.mode", f"give one mode per metric: metric {self.metric!r}, mode {self.mode!r}")
-        if len(set(metrics)) != len(metrics):
-            raise ConfigError(f"{path}.metric", f"objectives repeat a metric: {metrics}")
-        for metric in metrics:
-            if metric not in metric_names(objective=True):
-                raise ConfigError(f"{path}.metric", f"unknown metric {metric!r}; known: {', '.join(metric_names(objective=True))}")
-        if len(metrics) == 1 and _is_test_metric(metrics[0]):
-            raise ConfigError(f"{path}.metric", f"a single objective must not steer by the test split, got {metrics[0]!r}; use best_val_top1")
-
-    def validate(self, path: str) -> None:
-        for key, value in (
-            ("num_samples", self.num_samples),
-            ("max_concurrent", 1 if self.max_concurrent == "auto" else self.max_concurrent),
-            ("startup_trials", self.startup_trials),
-        ):
-            if value < 1:
-                raise ConfigError(f"{path}.{key}", f"must be >= 1 (or auto), got {value}" if key == "max_concurrent" else f"must be >= 1, got {value}")
-        if self.max_failures < 0:
-            raise ConfigError(f"{path}.max_failures", f"must be >= 0, got {self.max_failures}")
-        if self.max_trial_epochs is not None and self.max_trial_epochs < 1:
-            raise ConfigError(f"{path}.max_trial_epochs", f"must be >= 1 epoch (or null: no budget), got {self.max_trial_epochs}")
-        if not self.checkpoint_interval_s >= 0:
-            raise ConfigError(f"{path}.checkpoint_interval_s", f"must be >= 0 seconds, got {self.checkpoint_interval_s}")
-        if not self.table_flush_s > 0:
-            raise ConfigError(f"{path}.table_flush_s", f"must be > 0 seconds, got {self.table_flush_s}")
-        if self.cpus_per_trial <= 0:
-            raise ConfigError(f"{path}.cpus_per_trial", f"must be > 0, got {self.cpus_per_trial}")
-        if self.gpus_per_trial != "auto":
-            if self.gpus_per_trial < 0:
-                raise ConfigError(f"{path}.gpus_per_trial", f"must be >= 0 (or auto), got {self.gpus_per_trial}")
-            if self.gpus_per_trial > 1 and not float(self.gpus_per_trial).is_integer():
-                raise ConfigError(f"{path}.gpus_per_trial", f"above 1 must be a whole number of GPUs (Ray shares only fractions of one), got {self.gpus_per_trial}")
-        self._validate_objectives(path)
-        if self.population_size < 2:
-            raise ConfigError(f"{path}.population_size", f"must be >= 2, got {self.population_size}")
-        if self.repeats < 1:
-            raise ConfigError(f"{path}.repeats", f"must be >= 1, got {self.repeats}")
-        if self.repeats > 1 and "training.seed" in self.params:
-            raise ConfigError(f"{path}.repeats", "repeats run seeds training.seed, +1, ...; do not also search training.seed")
-        if self.algorithm == "grid" and not self.params:
-            raise ConfigError(f"{path}.params", "the grid is empty: give at least one key with a choice list (seeds: training.seed)")
-        known = set(iter_leaf_keys(TrialConfig)) | {f"budget.{old}" for old in LEGACY_OPTIONS}
-        for key, spec in self.params.items():
-            if key not in known and not _is_policy_option(key):
-                raise ConfigError(f"{path}.params.{key}", "not a config key (expected a dotted key such as training.lr)")
-            if self.algorithm == "grid" and spec.kind != "choice":
-                raise ConfigError(f"{path}.params.{key}", f"a grid takes choice lists only, got {spec.kind}")
 
 
 @dataclass
@@ -305,7 +109,7 @@ class Space:
         if self.search.asha.max_epochs is not None:
             return self.search.asha.max_epochs
         return max(
-            (check_trial(c, self.base).training.total_epochs for c in itertools.islice(self.combinations(), MAX_CHECKED_COMBINATIONS)),
+            (_combination_config(c, self.base).training.total_epochs for c in itertools.islice(self.combinations(), MAX_CHECKED_COMBINATIONS)),
             default=TrialConfig().training.total_epochs,
         )
 
@@ -330,73 +134,6 @@ def _read_yaml(path: Path) -> Any:
         raise SpaceError(str(path), "", f"malformed YAML: {where}{problem}") from None
 
 
-def value_key(value: Any) -> Hashable:
-    """A config as a hashable value (dataclasses and mappings as sorted pairs, lists as tuples): equal configs, equal keys."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        value = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
-    if isinstance(value, Mapping):
-        return tuple(sorted((str(k), value_key(v)) for k, v in value.items()))
-    if isinstance(value, (list, tuple)):
-        return tuple(value_key(v) for v in value)
-    return value  # type: ignore[no-any-return]
-
-
-# What the space checks computed once per distinct value: probe networks per architecture, class counts per data
-# section, input-size problems per architecture and side, budget amounts per budget, architecture and side.
-_PROBES: dict[Hashable, Any] = {}
-_CLASS_COUNTS: dict[Hashable, int] = {}
-_INPUT_SIZE_PROBLEMS: dict[Hashable, ConfigError | None] = {}
-_BUDGET_AMOUNTS: dict[Hashable, int] = {}
-
-
-def _architecture(model: Any) -> Any:
-    """What shapes the network of a model config: the config without its weights and class count."""
-    return dataclasses.replace(model, pretrained=None, num_classes=None)
-
-
-def _probe_model(model: Any) -> Any:
-    """The network of a model config, random init, 10 classes: one per architecture, shared by the checks."""
-    architecture = _architecture(model)
-    key = value_key(architecture)
-    if key not in _PROBES:
-        from neqtune.trainables.models.registry import build_model
-
-        _PROBES[key] = build_model(architecture, num_classes=10)
-    return _PROBES[key]
-
-
-def _dataset_num_classes(data: Any) -> int:
-    """The class count of the data set ``data`` (a DataConfig) names, read once per distinct config."""
-    key = value_key(data)
-    if key not in _CLASS_COUNTS:
-        from neqtune.datasets import build_dataset
-
-        _CLASS_COUNTS[key] = build_dataset(data).num_classes
-    return _CLASS_COUNTS[key]
-
-
-class CombinationError(ConfigError):
-    """A :class:`ConfigError` of one trial config that names the config keys it depends on.
-
-    ``depends_on`` holds dotted keys or whole sections (``data``); a searched
-    key among them is part of the cause, so :func:`build_space` shows its
-    value next to the message.
-    """
-
-    def __init__(self, key: str, message: str, depends_on: Sequence[str]) -> None:
-        super().__init__(key, message)
-        self.depends_on = tuple(depends_on)
-
-
-@contextlib.contextmanager
-def _depending_on(*keys: str) -> Iterator[None]:
-    """Re-raise a ConfigError inside the block as a :class:`CombinationError` that depends on ``keys``."""
-    try:
-        yield
-    except ConfigError as err:
-        raise CombinationError(err.key, err.message, keys) from None
-
-
 def _error_inputs(err: ConfigError) -> tuple[str, ...]:
     """The config keys or sections ``err`` depends on.
 
@@ -416,119 +153,23 @@ def _searched_causes(err: ConfigError, combination: Mapping[str, Any]) -> dict[s
     return {key: value for key, value in combination.items() if any(key == given or key.startswith(f"{given}.") for given in inputs)}
 
 
-def check_trial(overrides: Mapping[str, Any], base: Mapping[str, Any]) -> TrialConfig:
-    """Validate one combination; SU schemes are checked against the model's convs, data sets against the disk.
-
-    Raises:
-        ConfigError: the first of :func:`trial_problems`.
-    """
-    config, problems = trial_problems(overrides, base)
-    if problems:
-        raise problems[0]
-    assert config is not None
-    return config
-
-
-def trial_problems(overrides: Mapping[str, Any], base: Mapping[str, Any]) -> tuple[TrialConfig | None, list[ConfigError]]:
-    """One combination's config and every problem found: a bad value (its section validates it), else each of
-    the cross-section checks, as a :class:`CombinationError` naming the keys it depends on (data on disk, the
-    model head's class count, the SU mask of the scheme)."""
-    from neqtune.datasets import check_dataset
-    from neqtune.trainables.budget.resolve import check_scheme_fits
-    from neqtune.trainables.budget.schemes import get_scheme
-    from neqtune.trainables.checks import config_problems
-    from neqtune.trainables.policies.base import needs_su_mask
-
+def combination_problems(overrides: Mapping[str, Any], base: Mapping[str, Any]) -> tuple[TrialConfig | None, list[ConfigError]]:
+    """One combination's config (None where it does not parse) and every problem of it: a bad value (its section
+    validates it), else those of :func:`~neqtune.trainables.trial_checks.trial_problems`, the one check of a trial."""
     try:
         config = TrialConfig.from_dict(with_overrides(base, overrides))
     except ConfigError as err:
         return None, [err]
-    checked = config_problems(config)  # registered names and files, section by section
-    if checked:
-        return None, checked
-    problems: list[ConfigError] = []
-    data_ok = True
-    if config.data.name != "digits":  # built in; every other data set must be on disk (or downloadable) before Ray starts
-        try:
-            with _depending_on("data"):
-                check_dataset(config.data)
-        except ConfigError as err:
-            problems.append(err)
-            data_ok = False
-    if config.model.num_classes is not None and data_ok:
-        try:
-            with _depending_on("data", "model.num_classes"):
-                found = _dataset_num_classes(config.data)
-            if found != config.model.num_classes:
-                where = f" at {config.data.root}" if config.data.root else ""
-                raise CombinationError(
-                    "model.num_classes",
-                    f"the model head has {config.model.num_classes} classes but data set {config.data.name!r}{where} has {found}",
-                    ("data", "model.num_classes"),
-                )
-        except ConfigError as err:
-            problems.append(err)
-    budget = config.budget
-    if needs_su_mask(budget):
-        scheme = get_scheme(budget.scheme) if budget.scheme else None
-        try:
-            if scheme is None or scheme.su is None:
-                raise CombinationError(
-                    "budget.scheme",
-                    f"policy {budget.policy!r} with initialization {budget.initialization!r} needs a scheme with an SU part, got {budget.scheme!r}",
-                    ("budget.policy", "budget.initialization", "budget.scheme"),
-                )
-            with _depending_on("budget.policy", "budget.initialization", "budget.scheme", "budget.unit", "model.name"):
-                check_scheme_fits(scheme, _probe_model(config.model), budget.unit)
-        except ConfigError as err:
-            problems.append(err)
-    try:
-        with _depending_on("model", "data.image_size"):
-            _check_input_size(config.model, config.data.image_size)
-        with _depending_on("budget", "model", "data.image_size"):
-            _check_budget(budget, config.model, config.data.image_size)
-    except ConfigError as err:
-        problems.append(err)
-    return config, problems
+    return config, trial_problems(config)
 
 
-def _check_input_size(model: Any, image_size: int) -> None:
-    """Refuse a model that does not take the data's image side: a side that is no multiple of its patch size (a
-    declared property of the model), else one that a forward pass refuses (one probe per architecture and size)."""
-    key = (value_key(_architecture(model)), image_size)
-    if key not in _INPUT_SIZE_PROBLEMS:
-        from neqtune.trainables.checks import input_size_problems, side_problems
-
-        found = side_problems(model, image_size) or input_size_problems(_probe_model(model), model.name, image_size)
-        _INPUT_SIZE_PROBLEMS[key] = found[0] if found else None
-    problem = _INPUT_SIZE_PROBLEMS[key]
-    if problem is not None:
-        raise ConfigError(problem.key, problem.message)
-
-
-def _check_budget(budget: Any, model: Any, image_size: int) -> int:
-    """Resolve the budget against the model at the image size (scheme fit, memory bounds, the policy's options), once
-    per distinct combination; its amount."""
-    key = (value_key(budget), value_key(_architecture(model)), image_size)
-    if key not in _BUDGET_AMOUNTS:
-        from neqtune.trainables.budget.resolve import build_budget
-        from neqtune.trainables.policies.base import check_policy_fit
-
-        resolved = build_budget(budget, _probe_model(model), model_name=model.name, image_size=image_size)
-        check_policy_fit(budget, resolved)
-        _BUDGET_AMOUNTS[key] = resolved.amount
-    return _BUDGET_AMOUNTS[key]
-
-
-def trial_budget(config: TrialConfig) -> tuple[Any, int]:
-    """The model a checked trial's budget was resolved against (random init, 10 classes, shared) and the budget's amount.
-
-    Raises:
-        ConfigError: the model does not take the image size, or the budget does not resolve.
-    """
-    _check_input_size(config.model, config.data.image_size)
-    amount = _check_budget(config.budget, config.model, config.data.image_size)
-    return _probe_model(config.model), amount
+def _combination_config(overrides: Mapping[str, Any], base: Mapping[str, Any]) -> TrialConfig:
+    """One combination's checked config (raises the first of :func:`combination_problems`)."""
+    config, problems = combination_problems(overrides, base)
+    if problems:
+        raise problems[0]
+    assert config is not None
+    return config
 
 
 def _written_value_errors(base: dict[str, Any]) -> list[ConfigError]:
@@ -541,8 +182,6 @@ def _written_value_errors(base: dict[str, Any]) -> list[ConfigError]:
     written = {f"{section}.{key}" for section, values in base.items() for key in values}
     hints = typing.get_type_hints(TrialConfig)
     found: list[ConfigError] = []
-    from neqtune.trainables.checks import section_problems
-
     for section in TRIAL_SECTIONS:
         try:
             problems = section_problems(section, from_mapping(hints[section], base.get(section) or {}, section))
@@ -630,7 +269,7 @@ def build_space(
         for n, combination in enumerate(space.combinations()):
             if n >= MAX_CHECKED_COMBINATIONS:
                 break
-            for err in trial_problems(combination, base)[1]:
+            for err in combination_problems(combination, base)[1]:
                 if (err.key, err.message) in seen or any(err.key == written.key for written in written_errors):
                     continue  # one problem once, with the values of the first combination that has it
                 seen.add((err.key, err.message))
@@ -688,8 +327,6 @@ def _ignored_scheme_search(space: Space) -> ConfigError | None:
     ``su`` or to ``initialization: su``; without either, every choice of the
     search would run the same trial.
     """
-    from neqtune.trainables.policies.base import needs_su_mask
-
     params = space.search.params
     if "budget.scheme" not in params or "budget.memory" in params or (space.base.get("budget") or {}).get("memory") is None:
         return None

@@ -43,7 +43,7 @@ from ray.tune.experiment import Trial
 
 from neqtune.pareto import finite
 from neqtune.search.recorder import read_results
-from neqtune.search.space import ParamSpec
+from neqtune.search.search_config import ParamSpec
 from neqtune.search.tables import EPOCHS_TABLE, join_location, read_table
 from neqtune.search.trainable import INVALID_CONFIG, PLANNED_EPOCHS, resolve_trial_config
 

@@ -14,7 +14,8 @@ from ray.tune.search.optuna import OptunaSearch
 from ray.tune.stopper import Stopper
 
 from neqtune.search.recorder import ResultRecorder, read_results
-from neqtune.search.space import ParamSpec, SearchConfig, Space
+from neqtune.search.search_config import ParamSpec, SearchConfig
+from neqtune.search.space import Space
 from neqtune.search.study import StudyRecorder
 from neqtune.search.trainable import INVALID_CONFIG
 

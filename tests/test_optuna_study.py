@@ -25,7 +25,7 @@ import yaml
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
-from neqtune.search.space import ParamSpec
+from neqtune.search.search_config import ParamSpec
 from neqtune.search.study import OPTUNA_DB, param_distributions
 from neqtune.search.tables import EPOCHS_TABLE, rows_to_table, write_atomic
 

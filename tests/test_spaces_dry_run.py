@@ -14,6 +14,7 @@ import yaml
 from data_fixtures import fixture_env
 
 from neqtune.search.cli import main
+from neqtune.search.dry_run import dry_run
 from neqtune.search.space import load_space
 from neqtune.trainables.config import ModelConfig
 from neqtune.trainables.models.registry import build_model
@@ -236,3 +237,12 @@ def test_a_paper_variant_dry_runs_and_an_unknown_variant_is_one_line(
     assert capsys.readouterr().err.strip() == f"error: {SPACES / 'c10_mbv2.yaml'}: variants: no variant 'papr'; its variants: paper"
     assert main(["--variant", "paper", "--dry-run"]) == 2  # the digits default has none
     assert capsys.readouterr().err.strip() == "error: spaces/digits.yaml: variants: no variant 'paper'; it has no variants section"
+
+
+def test_a_space_without_data_and_model_sections_dry_runs_with_their_defaults(tmp_path: Path) -> None:
+    space = tmp_path / "bare.yaml"
+    space.write_text("experiment: bare\nbudget: {policy: full}\n")
+    lines, problems = dry_run(space)
+    assert problems == []
+    assert lines[0] == f"{space}: valid; 8 trials (optuna)"
+    assert lines[1].startswith("data digits: 10 classes") and lines[2].startswith("model mbv2-w0.35 (torchvision")

@@ -5,8 +5,9 @@ registry. The checks here look names up in the registries (data sets,
 models, policies, schemes) and look at files, and fetch nothing: a dry run
 fetches nothing, and a search fetches the ImageNet weights of every model it
 can reach before Ray starts (``neqtune.search.weights.fetch_space_weights``). They
-run when a space's trials are checked (``neqtune.search.space``) and when a trial is
-built (:class:`neqtune.trainables.trainer.BudgetedRun`).
+are the section-by-section half of the one check of a trial,
+:func:`neqtune.trainables.trial_checks.trial_problems`, which space loading, the
+dry run and :class:`neqtune.trainables.trainer.BudgetedRun` call.
 """
 
 from __future__ import annotations

@@ -31,11 +31,12 @@ from neqtune.trainables.budget.accounting import account_parameters
 from neqtune.trainables.budget.costs import mask_memory
 from neqtune.trainables.budget.resolve import build_budget
 from neqtune.trainables.budget.units import Masks, budgeted_layers, conv_neuron_params, layer_flops, mask_stats, total_params, unit_norms
-from neqtune.trainables.checks import check_config, resolve_device
+from neqtune.trainables.checks import resolve_device
 from neqtune.trainables.config import TrialConfig
 from neqtune.trainables.cpu import prepare_cpu
 from neqtune.trainables.models.registry import build_model
 from neqtune.trainables.policies.base import GradientNorms, PolicyContext, make_policy, policy_metric_names
+from neqtune.trainables.trial_checks import check_trial
 from neqtune.trainables.update.engine import SparseUpdateEngine, parameter_masks
 from neqtune.trainables.update.optim import build_optimizer, cosine_lr
 from neqtune.trainables.update.precision import MixedPrecision
@@ -82,7 +83,8 @@ class BudgetedRun:
         self.config = config
         training, budget = config.training, config.budget
         self.device = resolve_device(training.device)
-        check_config(config, device=self.device)  # registered names, files, the precision on this device
+        # the one check of a trial, as space loading and the dry run make it; the data set is checked by reading it below
+        check_trial(config, device=self.device, data_read_by_caller=True)
         if self.device.type == "cpu":
             prepare_cpu()  # denormals flushed, freed memory kept for reuse (trainables/cpu.py)
         seed_everything(training.seed)
