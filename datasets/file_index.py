@@ -39,13 +39,16 @@ on every node, so each node's index is rebuilt, every file stat-ed once more,
 and the decoded cache rebuilt under its new key. Deleting the node's
 ``index-*.json`` files in the cache directory does the same on that node.
 
-A directory's mtime only moves at the file system's clock tick (a few
-milliseconds on Linux, up to 2 s on FAT and some network file systems): a
-change in the same tick as the listing leaves it unchanged. As git does with
-"racily clean" files, an index whose directories or metadata files changed
-less than :data:`SETTLE_SECONDS` before the listing began is used but neither
-kept in memory nor written: the next trial start lists again, until the data
-set has settled.
+A build lists the data set, stats what it watches, then lists it again and
+stats every file: a change made after those stats moves an mtime the next
+trial start compares, and one made before them is in the listing kept (two
+listings that differ are not kept). A directory's mtime only moves at the
+file system's clock tick (a few milliseconds on Linux, up to 2 s on FAT and
+some network file systems), so a second change in the tick of the first
+would leave it where the stats saw it. As git does with "racily clean"
+files, an index whose directories or metadata files changed less than
+:data:`SETTLE_SECONDS` before the build began is used but neither kept in
+memory nor written: trial starts list again until the data set has settled.
 """
 
 from __future__ import annotations
