@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import math
 import os
 import platform
 import shutil
@@ -207,7 +208,7 @@ def startup_rows(root: Path, files: int, work: Path, repeats: int, log: Callable
 def write_grid_space(workdir: Path, grid: dict[str, int]) -> tuple[Path, int]:
     """The offline digits grid with ``grid``'s keys searched over that many values each; its path and combination count."""
     space = yaml.safe_load((ROOT / "spaces" / "digits_grid.yaml").read_text())
-    values = {
+    values: dict[str, list[Any]] = {
         "training.lr": [round(0.01 * (k + 1), 3) for k in range(grid["training.lr"])],
         "training.seed": list(range(grid["training.seed"])),
         "training.weight_decay": [k * 1e-5 for k in range(grid["training.weight_decay"])],
@@ -216,7 +217,7 @@ def write_grid_space(workdir: Path, grid: dict[str, int]) -> tuple[Path, int]:
     space["search"]["params"] = {key: {"choice": choice} for key, choice in values.items()}
     path = workdir / "space.yaml"
     path.write_text(yaml.safe_dump(space, sort_keys=False))
-    return path, int(np.prod([len(v) for v in values.values()]))
+    return path, math.prod(len(v) for v in values.values())
 
 
 def dry_run_seconds(path: Path) -> float:
