@@ -49,6 +49,8 @@ would leave it where the stats saw it. As git does with "racily clean"
 files, an index whose directories or metadata files changed less than
 :data:`SETTLE_SECONDS` before the build began is used but neither kept in
 memory nor written: trial starts list again until the data set has settled.
+(A file system whose clock runs ahead of this node's by more than that never
+looks settled: its trials list at every start, as they did before the index.)
 """
 
 from __future__ import annotations
