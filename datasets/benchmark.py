@@ -25,15 +25,14 @@ from neqtune.datasets import build_dataset, check_dataset, dataset_names
 from neqtune.datasets.cifar import read_cifar
 from neqtune.datasets.config import DataConfig
 from neqtune.datasets.fashion_mnist import read_fashion_mnist
-from neqtune.datasets.images import read_image_folder, read_release
+from neqtune.datasets.file_index import clear_memory
 from neqtune.datasets.parsing import ConfigError
 from neqtune.datasets.vww import read_vww_annotations
 
 CACHES: tuple[Callable[[], None], ...] = (
     read_cifar.cache_clear,
     read_fashion_mnist.cache_clear,
-    read_image_folder.cache_clear,
-    read_release.cache_clear,
+    clear_memory,
     read_vww_annotations.cache_clear,
 )
 

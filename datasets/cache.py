@@ -10,7 +10,11 @@ them through :class:`numpy.memmap`, with no decoding.
 The file's name is a hash of the format version, ``CACHE_SCALE``,
 ``image_size`` and the source's file index (path, size and ``mtime_ns`` of
 each file, and its label, in order): adding, removing or changing a source
-file gives a new name, so a stale file is never read. One process builds a
+file gives a new name, so a stale file is never read. That index is the
+node's file index of the data set (:mod:`neqtune.datasets.file_index`),
+made once per node and data set state rather than by a stat of every file
+at every trial start; see there for what it checks at a trial start, and
+for the one change it does not see (a file overwritten in place). One process builds a
 file under an exclusive ``flock`` on ``<file>.lock``, into
 ``<file>.tmp.<pid>``, and renames it into place only once it is complete and
 synced; a killed build leaves no file under the final name.
@@ -51,9 +55,9 @@ from PIL import Image
 from neqtune.datasets import samples
 from neqtune.datasets.parsing import ConfigError
 from neqtune.datasets.registry import DatasetError
-from neqtune.datasets.samples import FileSource
+from neqtune.datasets.samples import FileDigest, FileSource
 
-__all__ = ["CACHE_SCALE", "ENV_VAR", "DecodedImages", "cache_dir", "check_cache_dir", "decode_resized", "open_decoded"]
+__all__ = ["CACHE_SCALE", "ENV_VAR", "DecodedImages", "cache_dir", "check_cache_dir", "decode_resized", "open_decoded", "source_digest"]
 
 ENV_VAR = "NEQ_CACHE"
 # Stored short side = CACHE_SCALE * image_size: room for RandomResizedCrop's zoom and for the
@@ -133,17 +137,14 @@ def resized_array(image: Image.Image, image_size: int) -> np.ndarray:
     return np.array(image, dtype=np.uint8)
 
 
-def _file_name(source: FileSource, image_size: int) -> str:
-    """``decoded-<files>-s<image_size>-<state>.u8``: ``files`` hashes the paths and labels, ``state`` also their stats.
-
-    The ``files`` part names the data set split, so that a rebuild can remove
-    the files of its older states.
+def source_digest(source: FileSource) -> FileDigest:
+    """The digests of ``source``'s files (:class:`~neqtune.datasets.samples.FileDigest`): one ``stat`` per file.
 
     Raises:
-        DatasetError: a source file cannot be read (its stat fails).
+        DatasetError: a source file cannot be read (its stat fails); names it.
     """
     files = hashlib.sha256()
-    state = hashlib.sha256(f"{FORMAT_VERSION} {CACHE_SCALE} {image_size}\n".encode())
+    state = hashlib.sha256()
     for path, label in zip(source.paths, source.labels, strict=True):
         entry = os.fsencode(path) + f"\0{label}\n".encode()
         try:
@@ -152,7 +153,23 @@ def _file_name(source: FileSource, image_size: int) -> str:
             raise DatasetError(f"cannot read image {path}: {err}") from err
         files.update(entry)
         state.update(entry + f"{stat.st_size} {stat.st_mtime_ns}\n".encode())
-    return f"{_prefix(files.hexdigest()[:16], image_size)}{state.hexdigest()[:16]}{_SUFFIX}"
+    return FileDigest(files.hexdigest(), state.hexdigest())
+
+
+def _file_name(source: FileSource, image_size: int) -> str:
+    """``decoded-<files>-s<image_size>-<state>.u8``: ``files`` hashes the paths and labels, ``state`` also their stats.
+
+    The ``files`` part names the data set split, so that a rebuild can remove
+    the files of its older states. The digest comes from the node's file
+    index where the source carries one (no file is stat-ed), else from a stat
+    of every file.
+
+    Raises:
+        DatasetError: a source file cannot be read (its stat fails).
+    """
+    digest = source.digest if source.digest is not None else source_digest(source)
+    state = hashlib.sha256(f"{FORMAT_VERSION} {CACHE_SCALE} {image_size}\n{digest.state}".encode())
+    return f"{_prefix(digest.files[:16], image_size)}{state.hexdigest()[:16]}{_SUFFIX}"
 
 
 def _prefix(files_digest: str, image_size: int) -> str:

@@ -26,6 +26,10 @@ decodes nothing), once per process and folder state: a file that is not an
 image is refused before Ray starts, with its path. A file whose header is
 sound but whose body is damaged fails the trial at its first read, again
 with its path (:func:`~neqtune.datasets.samples.load_image`).
+
+A trial reads the folder's listing from the node's file index
+(:mod:`neqtune.datasets.file_index`): listed once per node and folder
+state, then checked at each trial start with one stat per directory.
 """
 
 from __future__ import annotations
@@ -39,10 +43,11 @@ from PIL import Image
 from torchvision import transforms as T
 
 from neqtune.datasets.config import DataConfig
+from neqtune.datasets.file_index import FileIndex, Listing, node_index
 from neqtune.datasets.parsing import ConfigError
 from neqtune.datasets.registry import DataSplits, carve_test, register_check, register_dataset, split_train
 from neqtune.datasets.roots import dataset_root, require
-from neqtune.datasets.samples import IMAGE_EXTENSIONS, FileSource, SampleSource, SplitSettings, SplitView, eval_transform, train_transform
+from neqtune.datasets.samples import IMAGE_EXTENSIONS, SampleSource, SplitSettings, SplitView, eval_transform, train_transform
 
 SPLIT_DIRS = ("train", "val", "test")
 MIN_CLASSES = 2
@@ -147,12 +152,6 @@ def _checked_index(root: Path, state: tuple[tuple[str, int], ...]) -> FolderInde
     return index
 
 
-@functools.cache
-def _index(root: Path, state: tuple[tuple[str, int], ...]) -> FolderIndex:
-    del state
-    return index_folder(root)
-
-
 def _root(config: DataConfig) -> Path:
     return dataset_root(config).resolve()
 
@@ -167,8 +166,17 @@ def check_image_folder(config: DataConfig) -> None:
         require(False, str(err))
 
 
-def read_folder(config: DataConfig) -> FolderIndex:
-    """The index of ``config``'s image folder (no header read; cached per process while the folder is unchanged).
+def _listing(root: Path) -> Listing:
+    """:func:`index_folder` as the node's file index lists it: with the root and split directories it read."""
+    index = index_folder(root)
+    split_dirs = tuple(str(root / name) for name in SPLIT_DIRS if name in index.splits and (root / name).is_dir())
+    return Listing(index.classes, index.splits, (str(root), *split_dirs))
+
+
+def read_folder(config: DataConfig) -> FileIndex:
+    """The classes and split files of ``config``'s image folder (no header read), from this node's file index.
+
+    Listed once per node while the folder is unchanged (:mod:`neqtune.datasets.file_index`).
 
     Raises:
         ConfigError: (``data.root``) the folder is missing or malformed (the message names the directory).
@@ -176,7 +184,7 @@ def read_folder(config: DataConfig) -> FolderIndex:
     root = _root(config)
     require(root.is_dir(), _no_folder(root))  # the line the folder's check gives, not the failed stat's
     try:
-        return _index(root, _listing_state(root))
+        return node_index("image-folder", root, lambda: _listing(root))
     except (FolderError, OSError) as err:
         raise ConfigError("data.root", str(err)) from None
 
@@ -223,22 +231,11 @@ def carved_splits(
     )
 
 
-def _source(pairs: tuple[tuple[str, int], ...]) -> FileSource:
-    return FileSource(tuple(path for path, _ in pairs), tuple(label for _, label in pairs))
-
-
 @register_dataset("image-folder")
 def build_image_folder(config: DataConfig) -> DataSplits:
     """The user's class-per-subdirectory images, split by ``train/`` / ``val/`` / ``test/`` or carved with ``split_seed``."""
     index = read_folder(config)
-    val, test = index.splits.get("val"), index.splits.get("test")
-    return carved_splits(
-        _source(index.splits["train"]),
-        index.classes,
-        config,
-        val=_source(val) if val is not None else None,
-        test=_source(test) if test is not None else None,
-    )
+    return carved_splits(index.sources["train"], index.classes, config, val=index.sources.get("val"), test=index.sources.get("test"))
 
 
 register_check("image-folder")(check_image_folder)

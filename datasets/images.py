@@ -17,12 +17,13 @@ Two layouts of ``<root>`` are read:
 
 Official splits: Flowers train + val (2,040) / test (6,149), Food train
 (75,750) / test (25,250), Pets trainval (3,680) / test (3,669), CUB train
-(5,994) / test (5,794). The file index is cached per process.
+(5,994) / test (5,794). The file index is made once per node and data set
+state and checked with one stat per directory at each trial start
+(:mod:`neqtune.datasets.file_index`).
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 from collections.abc import Callable
@@ -31,9 +32,10 @@ from pathlib import Path
 from typing import Any
 
 from neqtune.datasets.config import DataConfig
+from neqtune.datasets.file_index import FileIndex, Listing, node_index
 from neqtune.datasets.registry import DatasetError, DataSplits, register_check, register_dataset
 from neqtune.datasets.roots import dataset_root, download_lock, require
-from neqtune.datasets.samples import IMAGE_EXTENSIONS, FileSource, SplitSettings, official_splits
+from neqtune.datasets.samples import IMAGE_EXTENSIONS, SplitSettings, official_splits
 
 
 @dataclass(frozen=True)
@@ -272,7 +274,6 @@ def _folder_pairs(split_dir: Path, label: dict[str, int], train_dir: Path) -> li
     return pairs
 
 
-@functools.cache
 def read_image_folder(root: Path) -> ReleaseIndex:
     """``train/`` (+ ``val/``) and ``test/`` of an image folder; classes are the sorted directories of ``train/``."""
     train_dir = root / "train"
@@ -288,10 +289,37 @@ def read_image_folder(root: Path) -> ReleaseIndex:
     return ReleaseIndex(classes, {"train": tuple(train), "test": tuple(test)})
 
 
-@functools.cache
 def read_release(key: str, folder: Path) -> ReleaseIndex:
-    """The index of a release directory (cached per process: Ray reuses workers)."""
+    """The index of a release directory, from its metadata files."""
     return RELEASES[key].read(folder)
+
+
+def _folder_listing(root: Path) -> Listing:
+    index = read_image_folder(root)
+    directories = [str(root / name) for name in ("train", "val", "test") if (root / name).is_dir()]
+    return Listing(index.classes, index.splits, (str(root), *directories))
+
+
+def _release_listing(key: str, folder: Path) -> Listing:
+    index = read_release(key, folder)
+    splits = {"train": index.splits["train"] + index.splits.get("val", ()), "test": index.splits["test"]}
+    files = tuple(str(folder / relative) for relative in RELEASES[key].required if not relative.endswith("/"))
+    return Listing(index.classes, splits, (str(folder),), files)
+
+
+def read_files(config: DataConfig) -> FileIndex:
+    """The classes and the train (+ val) and test files of ``config``'s data set, from this node's file index.
+
+    Listed once per node while the folder or the release's metadata is
+    unchanged (:mod:`neqtune.datasets.file_index`).
+    """
+    release = RELEASES[config.name]
+    root = dataset_root(config)
+    if is_image_folder(root):
+        folder = root.resolve()
+        return node_index("image-files/folder", folder, lambda: _folder_listing(folder))
+    folder = release_dir(root, release).resolve()
+    return node_index(f"image-files/{config.name}", folder, lambda: _release_listing(config.name, folder))
 
 
 def _download(key: str, root: Path) -> None:
@@ -306,23 +334,14 @@ def _download(key: str, root: Path) -> None:
             OxfordIIITPet(str(root), split="trainval", download=True)
 
 
-def _source(pairs: tuple[tuple[str, int], ...]) -> FileSource:
-    return FileSource(tuple(p for p, _ in pairs), tuple(label for _, label in pairs))
-
-
 def _build(config: DataConfig) -> DataSplits:
     release = RELEASES[config.name]
     root = dataset_root(config)
     if config.download and not is_image_folder(root) and missing_release_files(root, release):
         _download(config.name, root)
     check_image_dataset(config)
-    if is_image_folder(root):
-        index = read_image_folder(root.resolve())
-    else:
-        index = read_release(config.name, release_dir(root, release).resolve())
-    train = index.splits["train"] + index.splits.get("val", ())
-    settings = SplitSettings.of(config)
-    return official_splits(_source(train), _source(index.splits["test"]), index.classes, settings)
+    index = read_files(config)
+    return official_splits(index.sources["train"], index.sources["test"], index.classes, SplitSettings.of(config))
 
 
 @register_dataset("flowers")

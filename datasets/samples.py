@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
@@ -51,11 +51,28 @@ class SampleSource(Protocol):
 
 
 @dataclass(frozen=True)
+class FileDigest:
+    """Hex SHA-256 digests of a set of image files: ``files`` of their paths and labels, ``state`` also of each file's size and ``mtime_ns``.
+
+    The decoded-image cache names its file after them (:mod:`neqtune.datasets.cache`).
+    """
+
+    files: str
+    state: str
+
+
+@dataclass(frozen=True)
 class FileSource:
-    """Samples that are image files: parallel tuples of paths and labels."""
+    """Samples that are image files: parallel tuples of paths and labels.
+
+    ``digest``: the files' digest as the node's file index recorded it
+    (:mod:`neqtune.datasets.file_index`), so that the decoded cache need not
+    stat every file again; None: the cache stats them itself.
+    """
 
     paths: tuple[str, ...]
     labels: tuple[int, ...]
+    digest: FileDigest | None = field(default=None, compare=False)
 
     def __len__(self) -> int:
         return len(self.paths)

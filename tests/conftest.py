@@ -36,6 +36,21 @@ class TwoConvNet(nn.Module):
         return self.head(x.mean(dim=(2, 3)))
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _cache_in_a_temporary_directory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Decoded caches and the nodes' file indexes of the tests go to a temporary directory, not the developer's ~/.cache.
+
+    A test that needs its own sets ``NEQ_CACHE`` itself; processes a test starts inherit this one.
+    """
+    previous = os.environ.get("NEQ_CACHE")
+    os.environ["NEQ_CACHE"] = str(tmp_path_factory.mktemp("neq-cache"))
+    yield
+    if previous is None:
+        os.environ.pop("NEQ_CACHE", None)
+    else:
+        os.environ["NEQ_CACHE"] = previous
+
+
 @pytest.fixture(autouse=True)
 def _restore_torch_threads() -> Iterator[None]:
     """Tests that pin torch's thread count must not change it for the tests after them."""

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
+import time
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -441,3 +443,38 @@ def test_digits_are_read_as_scikit_learn_loads_them() -> None:
     assert torch.equal(labels, torch.as_tensor(bunch.target, dtype=torch.long))
     assert images.shape == (1797, 3, 8, 8)
     assert torch.allclose(images[:, 0] * 0.5 + 0.5, expected, atol=1e-6)  # 8 px: the bilinear resize keeps every pixel
+
+
+def test_a_release_is_indexed_once_per_node_and_rebuilt_when_its_metadata_changes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Food-101 as released: the node's file index watches meta/*.json and the image directories (datasets/file_index.py)."""
+    from neqtune.datasets import file_index
+
+    monkeypatch.setenv("NEQ_CACHE", str(tmp_path / "cache"))
+    root = write_food_release(tmp_path / "food", classes=8)
+    when = time.time_ns() - 60_000_000_000
+    for path in [root, *root.rglob("*")]:
+        os.utime(path, ns=(when, when))  # a release unpacked a minute ago
+    file_index.clear_memory()
+    first = build_dataset(config("food", tmp_path))
+    assert len(list((tmp_path / "cache").glob("index-*.json"))) == 1
+    file_index.clear_memory()
+    images = {str(p) for p in root.rglob("*.jpg")}
+    stat_calls: list[str] = []
+    real_stat = os.stat
+
+    def stat(path: Any, *args: Any, **kwargs: Any) -> os.stat_result:
+        stat_calls.append(os.fspath(path))
+        return real_stat(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "stat", stat)
+    again = build_dataset(config("food", tmp_path))
+    monkeypatch.undo()
+    assert not images & set(stat_calls)  # no image stat-ed: 8 class directories, the release and its two json files
+    assert again.train.source == first.train.source and again.train.source.digest == first.train.source.digest  # type: ignore[attr-defined]
+    meta = root / "food-101" / "meta" / "train.json"
+    table = json.loads(meta.read_text())
+    table["dish_000"] = table["dish_000"][:1]  # one image fewer in train
+    meta.write_text(json.dumps(table))
+    file_index.clear_memory()
+    changed = build_dataset(config("food", tmp_path))
+    assert len(changed.train.source) == len(first.train.source) - 1  # type: ignore[attr-defined, arg-type]

@@ -26,7 +26,7 @@ import pytest
 from PIL import Image
 
 from neqtune.datasets import DatasetError
-from neqtune.datasets.cache import CACHE_SCALE, DecodedImages, cache_dir, open_decoded
+from neqtune.datasets.cache import CACHE_SCALE, DecodedImages, cache_dir, open_decoded, source_digest
 from neqtune.datasets.samples import FileSource, SplitView, eval_transform
 from neqtune.trainables.config import ConfigError
 
@@ -425,3 +425,25 @@ def test_a_space_probes_the_cache_directory_once_and_a_failed_probe_again(tmp_pa
         [problem] = checks.data_problems(config)
         assert problem.key == "data.cache" and str(bad) in problem.message
     assert probed == [good, bad, bad]  # not remembered: the directory may become writable
+
+
+def test_a_source_with_the_index_digest_opens_the_same_file_without_a_stat_per_image(
+    source: FileSource, cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The node's file index hands the cache its key (datasets/file_index.py): a warm open stats no source image."""
+    built = open_decoded(source, IMAGE_SIZE)
+    indexed = FileSource(source.paths, source.labels, source_digest(source))
+    assert indexed == source  # the digest is not part of a source's identity
+    stat_calls: list[str] = []
+    real_stat = os.stat
+
+    def stat(path: object, *args: object, **kwargs: object) -> os.stat_result:
+        stat_calls.append(os.fspath(path))  # type: ignore[arg-type]
+        return real_stat(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "stat", stat)
+    images = open_decoded(indexed, IMAGE_SIZE)
+    monkeypatch.undo()
+    assert not set(stat_calls) & set(source.paths)
+    assert images.path == built.path
+    _assert_matches_source(images, source)

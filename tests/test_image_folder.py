@@ -11,7 +11,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +23,11 @@ import yaml
 from PIL import Image
 from search_procs import tiny_space
 
-from neqtune.datasets import DataConfig, build_dataset, check_dataset
+from neqtune.datasets import DataConfig, build_dataset, check_dataset, file_index
+from neqtune.datasets.cache import source_digest
+from neqtune.datasets.folders import index_folder, read_folder
 from neqtune.datasets.parsing import ConfigError
-from neqtune.datasets.samples import SplitView
+from neqtune.datasets.samples import FileDigest, FileSource, SplitView
 from neqtune.search.cli import main as cli_main
 from neqtune.trainables.config import TrialConfig
 
@@ -236,3 +239,182 @@ def test_a_header_check_is_cached_while_the_folder_is_unchanged(tmp_path: Path) 
     (root / "cat" / "late.png").write_bytes(b"garbage")  # a new file changes the class directory: checked again
     with pytest.raises(ConfigError, match=r"late\.png: not a readable image"):
         check_dataset(config)
+
+
+# --- the node's file index ------------------------------------------------------------
+
+
+def _age(root: Path, seconds: float = 60.0) -> None:
+    """Set the mtime of ``root`` and every directory under it ``seconds`` back: a data set that has settled."""
+    when = time.time_ns() - int(seconds * 1e9)
+    for directory in [root, *(p for p in root.rglob("*") if p.is_dir())]:
+        os.utime(directory, ns=(when, when))
+
+
+def _uncached(root: Path) -> dict[str, tuple[tuple[str, ...], tuple[int, ...], FileDigest]]:
+    """Each split's paths, labels and file digest, listed and stat-ed from the disk now."""
+    listed = index_folder(root.resolve()).splits
+    sources = {split: FileSource(tuple(p for p, _ in pairs), tuple(label for _, label in pairs)) for split, pairs in listed.items()}
+    return {split: (source.paths, source.labels, source_digest(source)) for split, source in sources.items()}
+
+
+def _indexed(config: DataConfig) -> dict[str, tuple[tuple[str, ...], tuple[int, ...], FileDigest | None]]:
+    return {split: (source.paths, source.labels, source.digest) for split, source in read_folder(config).sources.items()}
+
+
+@pytest.fixture
+def settled(tmp_path: Path, neq_cache: Path) -> Path:
+    """A split image folder whose directories last changed a minute ago, and a fresh process's memory."""
+    root = write_folder(tmp_path / "pond", splits=("train", "test"), per_class=5)
+    _age(root)
+    file_index.clear_memory()
+    return root
+
+
+def _index_file(neq_cache: Path) -> Path:
+    files = list(neq_cache.glob("index-*.json"))
+    assert len(files) == 1, files
+    return files[0]
+
+
+def test_a_warm_start_reads_the_nodes_index_with_one_stat_per_directory(settled: Path, neq_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = data(settled)
+    first = _indexed(config)
+    assert first == _uncached(settled)  # the same files, labels and cache key as a listing and a stat of every file
+    index = _index_file(neq_cache)
+    written = index.read_bytes()
+    file_index.clear_memory()  # a fresh worker process on the same node
+    directories = {str(settled.resolve()), *(str(p.resolve()) for p in settled.rglob("*") if p.is_dir())}
+    stats: list[str] = []
+    real_stat = os.stat
+
+    def stat(path: Any, *args: Any, **kwargs: Any) -> os.stat_result:
+        stats.append(os.fspath(path))
+        return real_stat(path, *args, **kwargs)
+
+    def scandir(path: Any = ".") -> Any:
+        raise AssertionError(f"listed {path} again")
+
+    monkeypatch.setattr(os, "stat", stat)
+    monkeypatch.setattr(os, "scandir", scandir)
+    assert _indexed(config) == first
+    monkeypatch.undo()
+    assert set(stats) <= directories | {str(settled), str(settled.resolve())}, "an image file was stat-ed"
+    assert len(stats) <= len(directories) + 2  # root, train/, test/ and the six class directories (and the root's resolve)
+    assert index.read_bytes() == written  # read, not rewritten
+    splits = build_dataset(config)
+    assert paths(splits.test) == list(first["test"][0])
+
+
+def _add(root: Path) -> None:
+    write_images(root / "train" / "dog", 1, start=500)
+
+
+def _remove(root: Path) -> None:
+    next((root / "train" / "eel").iterdir()).unlink()
+
+
+def _new_class(root: Path) -> None:
+    write_images(root / "train" / "fox", 2)
+
+
+@pytest.mark.parametrize("in_memory", [False, True], ids=["from the file", "in the same process"])
+@pytest.mark.parametrize("change", [_add, _remove, _new_class], ids=["file added", "file removed", "class added"])
+def test_a_stale_index_is_rebuilt_never_read(settled: Path, neq_cache: Path, change: Callable[[Path], None], in_memory: bool) -> None:
+    config = data(settled)
+    before = _indexed(config)
+    change(settled)
+    if not in_memory:
+        file_index.clear_memory()
+    after = _indexed(config)
+    assert after == _uncached(settled) and after != before
+    assert read_folder(config).classes == tuple(sorted(p.name for p in (settled / "train").iterdir()))
+    _age(settled)  # once the folder has settled, the index written again holds the new listing
+    file_index.clear_memory()
+    assert _indexed(config) == after
+    file_index.clear_memory()
+    assert _indexed(config) == after  # read back from the file written just before
+
+
+def _flip_last(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def _other_version(path: Path) -> None:
+    header, _, body = path.read_bytes().partition(b"\n")
+    parts = header.split(b" ")
+    path.write_bytes(b" ".join([parts[0], str(file_index.INDEX_VERSION + 1).encode(), parts[2]]) + b"\n" + body)
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda p: p.write_bytes(p.read_bytes()[: len(p.read_bytes()) // 2]),
+        _flip_last,
+        lambda p: p.write_bytes(b""),
+        lambda p: p.write_bytes(b"\xff\xfe not an index"),
+        _other_version,
+        lambda p: (p.unlink(), p.mkdir()),
+    ],
+    ids=["truncated", "a flipped bit", "empty", "garbage", "another version", "a directory"],
+)
+def test_a_corrupt_index_is_rebuilt_never_read(settled: Path, neq_cache: Path, damage: Callable[[Path], object]) -> None:
+    config = data(settled)
+    listed = _indexed(config)
+    index = _index_file(neq_cache)
+    good = index.read_bytes()
+    damage(index)
+    file_index.clear_memory()
+    assert _indexed(config) == listed
+    if index.is_file():
+        assert index.read_bytes() == good  # written again whole
+    assert list(neq_cache.glob("*.tmp.*")) == []
+
+
+def test_an_index_for_another_root_is_not_read(settled: Path, neq_cache: Path, tmp_path: Path) -> None:
+    """Two roots whose index files were swapped: each checks the root it names, and lists its own."""
+    other = write_folder(tmp_path / "lake", classes=("ant", "bee"), per_class=4)
+    _age(other)
+    _indexed(data(settled))
+    mine = _index_file(neq_cache)
+    theirs = file_index.index_path("image-folder", other.resolve())
+    theirs.write_bytes(mine.read_bytes())
+    file_index.clear_memory()
+    assert read_folder(data(other)).classes == ("ant", "bee")
+
+
+def test_a_folder_written_just_now_is_listed_but_not_indexed_until_it_settles(tmp_path: Path, neq_cache: Path) -> None:
+    root = write_folder(tmp_path / "fresh", per_class=3)
+    file_index.clear_memory()
+    assert _indexed(data(root)) == _uncached(root)
+    assert not list(neq_cache.glob("index-*"))  # a change in the listing's clock tick would not move an mtime
+    _age(root)
+    _indexed(data(root))
+    _index_file(neq_cache)
+
+
+def test_an_image_overwritten_in_place_needs_a_touch_of_the_root(settled: Path, neq_cache: Path) -> None:
+    """The documented limit (datasets/file_index.py): the directory's mtime does not move; ``touch <root>`` rebuilds."""
+    config = data(settled)
+    before = _indexed(config)
+    image = settled / "train" / "cat" / "img_000.png"
+    directory_mtime = (settled / "train" / "cat").stat().st_mtime_ns
+    Image.fromarray(np.zeros((9, 9, 3), dtype=np.uint8)).save(image)  # same name, written in place
+    assert (settled / "train" / "cat").stat().st_mtime_ns == directory_mtime
+    file_index.clear_memory()
+    assert _indexed(config) == before  # not seen: the limit
+    os.utime(settled)  # touch <root>
+    file_index.clear_memory()
+    after = _indexed(config)
+    assert after == _uncached(settled) and after["train"][2] != before["train"][2]
+
+
+def test_an_unwritable_cache_directory_still_lists_the_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = write_folder(tmp_path / "pond", per_class=3)
+    _age(root)
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setenv("NEQ_CACHE", str(tmp_path / "a-file" / "cache"))
+    file_index.clear_memory()
+    assert _indexed(data(root)) == _uncached(root)
