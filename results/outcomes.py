@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from neqtune.pareto import cost_score_mask
 from neqtune.results.loading import EPOCH_COLUMNS, EPOCHS_TABLE, SEED_KEY, TRIAL_KEY, TRIALS_TABLE
 from neqtune.results.model import Analysis, Experiments
-from neqtune.pareto import cost_score_mask
 
 # The study's table rows: the data set (its label: an image folder's own name; "-" in tables older than the
 # column), model, scheme, budget unit, budget (in parameters, or in memory elements per image),

@@ -17,9 +17,9 @@ from typing import Any
 
 import yaml
 
+from neqtune.pareto import PARETO_TABLE, pareto_front
 from neqtune.search.checkpoints import fill_missing_checkpoints
 from neqtune.search.interrupts import SearchInterrupted, StopOnInterrupt
-from neqtune.pareto import PARETO_TABLE, pareto_front
 from neqtune.search.ray_cluster import ClusterError, start_ray, starts_local_ray
 from neqtune.search.recorder import ResultRecorder
 from neqtune.search.resources import resolve_concurrency, resolve_gpus

@@ -16,13 +16,13 @@ import pyarrow as pa
 import pytest
 
 import neqtune.search.tables
+from neqtune.pareto import cost_score_mask
 from neqtune.results import loading
 from neqtune.results.analyze import default_out_dir, main
 from neqtune.results.loading import load_experiments
 from neqtune.results.model import AnalysisInputError
 from neqtune.results.outcomes import MISSING, analyze, best_epoch, pareto_memory_front
 from neqtune.results.report import mean_std, table_markdown
-from neqtune.pareto import cost_score_mask
 from neqtune.search.tables import EPOCHS_TABLE, SCHEMA_VERSION, TRIALS_TABLE, rows_to_table, write_atomic
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -16,8 +16,8 @@ import pytest
 import torch
 import yaml
 
-from neqtune.search.cli import main, print_pareto
 from neqtune.pareto import compare_policies_at_budget, cost_score_mask, dominates, finite, pareto_front
+from neqtune.search.cli import main, print_pareto
 from neqtune.search.space import Space, SpaceError, build_space
 from neqtune.trainables.config import TrialConfig
 from neqtune.trainables.repeats import aggregate, repeat_seeds, train_repeats
