@@ -41,6 +41,7 @@ from ray.tune import Callback
 from ray.tune.experiment import Trial
 from torch.utils.tensorboard import SummaryWriter
 
+from neqtune.pareto import finite
 from neqtune.search.checkpoints import checkpoint_reports
 from neqtune.search.hparams import hparams_summaries, run_name
 from neqtune.search.tables import (
@@ -93,10 +94,6 @@ RESUME_COLUMNS = (
     "experiment", "trial_id", "epoch", "epoch_time_s", "best_val_top1", "best_epoch", "test_top1_at_best_val",
     "budget_params", "total_conv_params", "node_id", "hostname", *REPEAT_SUMMARY_COLUMNS,
 )  # fmt: skip
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 class ResultRecorder(Callback):
@@ -245,7 +242,7 @@ class ResultRecorder(Callback):
                 group, transform = LAYER_SCALARS[key]
                 for layer, layer_value in zip(result.get("layer_names", []), value, strict=False):
                     writer.add_scalar(f"{group}/{layer}", transform(layer_value), step)
-            elif key not in ("epoch", "pid") and _is_number(value):
+            elif key not in ("epoch", "pid") and finite(value):
                 writer.add_scalar(key, value, step)
         writer.flush()
 
@@ -258,7 +255,7 @@ class ResultRecorder(Callback):
         writer = self._writer(trial.trial_id)
         step = int(row["epochs_run"])
         for name in FINAL_METRICS:
-            if _is_number(row.get(name)):
+            if finite(row.get(name)):
                 writer.add_scalar(f"final/{name}", row[name], step)
         summaries = hparams_summaries(
             self._config_of(trial),
@@ -309,7 +306,7 @@ class ResultRecorder(Callback):
         done = len(self.trials)  # the trial being completed may not be marked so yet
         running = sum(t.status == Trial.RUNNING and t.trial_id not in self._done for t in trials)
         best = max(
-            ((r["best_val_top1"], tid) for tid, r in self._last.items() if _is_number(r.get("best_val_top1"))),
+            ((r["best_val_top1"], tid) for tid, r in self._last.items() if finite(r.get("best_val_top1"))),
             default=None,
         )
         best_text = f", best val top-1 {best[0]:.1f}% (trial {best[1]})" if best else ""
