@@ -71,7 +71,7 @@ from neqtune.datasets.samples import FileDigest, FileSource
 
 __all__ = ["INDEX_VERSION", "SETTLE_SECONDS", "FileIndex", "Listing", "Watched", "clear_memory", "index_path", "node_index"]
 
-INDEX_VERSION = 1
+INDEX_VERSION = 2
 SETTLE_SECONDS = 2.0
 _MAGIC = "neqtune-file-index"
 _ABSENT = -1  # the mtime (and size) recorded for a path that does not exist: it must still not exist
@@ -175,15 +175,16 @@ def _build(listing: Listing, watched: Watched) -> FileIndex:
 
 def _encode(kind: str, root: Path, index: FileIndex) -> bytes:
     prefix = f"{root}{os.sep}"
-    splits = {
-        split: {
-            # relative to the root where under it: about half the bytes to write and parse
-            "paths": [path[len(prefix) :] if path.startswith(prefix) else path for path in source.paths],
+    splits = {}
+    for split, source in index.sources.items():
+        # relative to the root when all are under it (about half the bytes to write and parse), else as they are
+        relative = all(path.startswith(prefix) for path in source.paths)
+        splits[split] = {
+            "relative": relative,
+            "paths": [path[len(prefix) :] for path in source.paths] if relative else list(source.paths),
             "labels": list(source.labels),
             "digest": None if source.digest is None else [source.digest.files, source.digest.state],
         }
-        for split, source in index.sources.items()
-    }
     body = json.dumps(
         {
             "kind": kind,
@@ -210,8 +211,11 @@ def _decode(data: bytes, kind: str, root: Path) -> FileIndex | None:
         prefix = f"{root}{os.sep}"
         sources = {}
         for split, entry in stored["splits"].items():
-            paths = tuple(path if os.path.isabs(path) else prefix + path for path in entry["paths"])
-            labels = tuple(int(label) for label in entry["labels"])
+            # Whole-list operations: a warm trial start decodes every path of the data set here, once per process.
+            paths = tuple(map(prefix.__add__, entry["paths"])) if entry["relative"] is True else tuple(map(str, entry["paths"]))
+            labels = tuple(entry["labels"])
+            if not all(type(label) is int for label in labels):
+                return None
             digest = None if entry["digest"] is None else FileDigest(str(entry["digest"][0]), str(entry["digest"][1]))
             if len(paths) != len(labels):
                 return None
