@@ -209,17 +209,21 @@ def test_a_driver_sigkilled_on_s3_storage_leaves_no_process_and_resumes_from_s3_
         for _, row in before_rows[before_rows.trial_id == victim].iterrows():
             for column in EXACT_COLUMNS[1:]:
                 assert plain(again.loc[row.epoch, column]) == plain(row[column]), (row.epoch, column)
-        # The Optuna searcher went on with its seeded stream (a fresh one would propose the first values again).
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-        study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=7))
-        lr = optuna.distributions.FloatDistribution(0.01, 0.3, log=True)
-        expected = [study.ask({"training.lr": lr}).params["training.lr"] for _ in range(trials_n)]
-        assert sorted(trials["training.lr"]) == pytest.approx(sorted(expected), rel=1e-12)
         # optuna.db (in the local experiment directory, the tables being on S3) was reopened by the resumed driver and is
         # current: each trial once, complete, with every epoch; a trial the killed driver had just started, unknown to
         # Tune's saved state, is not left RUNNING.
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
         stored = optuna.load_study(study_name="exp", storage=f"sqlite:///{tmp_path / 'results' / 'exp' / 'optuna.db'}").get_trials()
         complete = [t for t in stored if t.state == optuna.trial.TrialState.COMPLETE]
+        # The Optuna searcher went on with its seeded stream: a fresh one would propose the first values again. Each
+        # trial's value is one of the stream's first draws, none twice; a trial the killed driver had drawn but Tune
+        # had not saved (failed in optuna.db) used up its draw, so the stream runs that much further.
+        study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=7))
+        lr = optuna.distributions.FloatDistribution(0.01, 0.3, log=True)
+        stream = [study.ask({"training.lr": lr}).params["training.lr"] for _ in range(trials_n + len(stored) - len(complete))]
+        drawn = [next((i for i, value in enumerate(stream) if value == pytest.approx(v, rel=1e-12)), None) for v in trials["training.lr"]]
+        assert None not in drawn and len(set(drawn)) == trials_n and 0 in drawn, (list(trials["training.lr"]), stream)
+        assert sorted(t.params["training.lr"] for t in stored) == pytest.approx(sorted(stream), rel=1e-12)  # each draw one trial
         states = {t.user_attrs["tune_trial_id"]: (t.state.name, t.user_attrs.get("epochs_run")) for t in stored}
         assert sorted(t.user_attrs["tune_trial_id"] for t in complete) == sorted(trials.trial_id), states
         assert all(t.state == optuna.trial.TrialState.FAIL and "driver died" in t.user_attrs["fail_reason"] for t in stored if t not in complete)
