@@ -82,10 +82,10 @@ def start_ray(address: str | None) -> None:
     import ray
 
     global _LOCAL_RAY
+    if address is not None:  # first: an unreachable address is refused even where this process already runs Ray
+        probe_address(address)
     if ray.is_initialized():
         return
-    if address is not None:
-        probe_address(address)
     # Trials report through Tune, and failures land in their error files and the
     # trials table; forwarding worker logs would only repeat Ray's INFO lines.
     kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "include_dashboard": False, "log_to_driver": False}

@@ -130,6 +130,23 @@ def test_an_unreachable_address_is_answered_within_30_s(tmp_path: Path, capsys: 
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.search
+def test_an_unreachable_address_is_refused_where_the_process_already_runs_ray(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A process that already runs Ray (a notebook, an earlier search in it) still gets the address checked."""
+    import ray
+
+    from neqtune.search.ray_cluster import start_ray
+
+    start_ray(None)
+    try:
+        address = f"127.0.0.1:{free_port()}"
+        assert main(["--address", address, "--results", str(tmp_path / "out")]) == 2
+        assert one_error_line(capsys) == f"error: --address {address}: no Ray cluster reachable there (Connection refused)"
+        assert not (tmp_path / "out").exists()
+    finally:
+        ray.shutdown()
+
+
 def test_an_address_that_never_answers_is_given_up_after_the_probe_timeout() -> None:
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
