@@ -47,7 +47,7 @@ def check_complete(experiment: Path | str, epochs_n: int = EPOCHS) -> pd.DataFra
 
 
 @pytest.mark.search
-def test_ctrl_c_stops_the_search_in_order_a_second_forces_it_and_resume_finishes_it(tmp_path: Path) -> None:
+def test_ctrl_c_stops_the_search_in_order_a_second_forces_it_and_the_tables_stay_whole(tmp_path: Path) -> None:
     space = tiny_space(LONG_EPOCHS, {"algorithm": "optuna", "sampler": "random", "num_samples": TRIALS, "seed": 3,
                                 "params": {"training.lr": {"loguniform": [0.01, 0.3]}}, **FLUSH})  # fmt: skip
     (tmp_path / "space.yaml").write_text(yaml.safe_dump(space))
@@ -82,15 +82,10 @@ def test_ctrl_c_stops_the_search_in_order_a_second_forces_it_and_resume_finishes
         ], out
         assert wait_gone(mark, 10) == [], "processes of the forced stop are still running"
         second = read_table(table).to_pandas()  # type: ignore[union-attr]
-        assert not second.duplicated(["trial_id", "epoch"]).any()
-
-        # 3. Resumed again, it finishes with every trial-epoch once.
-        out = finish(run_search(["--resume", str(experiment)], cwd=tmp_path, mark=mark), 240, mark)
-        epochs = check_complete(experiment, LONG_EPOCHS)
-        trials = pd.read_parquet(experiment / "trials.parquet")
-        assert len(trials) == TRIALS and (trials.status == "TERMINATED").all(), out
-        assert set(first.trial_id) <= set(epochs.trial_id)
-        assert wait_gone(mark, 10) == []
+        assert not second.duplicated(["trial_id", "epoch"]).any() and len(second) > len(first)
+        assert set(first.trial_id) <= set(second.trial_id) and second.trial_id.nunique() <= TRIALS  # the stopped trials went on
+        # A resume after the forced stop runs to the end like any other: the driver SIGKILLed on S3 (test_faults.py)
+        # leaves less behind than a forced stop, and its resume is checked to finish with every trial-epoch once.
         print(f"Ctrl-C: stopped {stop_s:.1f} s after the signal; {len(first)} and {len(second)} epoch rows at the two stops")
     finally:
         end_marked(mark)
