@@ -22,8 +22,8 @@ from benchmarks.update_step.conditions import (
 )
 from benchmarks.update_step.config import BenchConfig
 from benchmarks.update_step.mask_summary import conv_counts, layer_wgrad_seconds, mask_summary
-from benchmarks.update_step.memory import MIB, step_memory
-from benchmarks.update_step.runners import build_runner, time_rounds
+from benchmarks.update_step.memory import MIB, StepMemory, step_memory
+from benchmarks.update_step.runners import Runner, build_runner, time_rounds
 from neqtune.trainables.budget.costs import mask_memory, network_memory
 from neqtune.trainables.budget.resolve import ResolvedBudget, build_budget
 from neqtune.trainables.budget.schemes import get_scheme
@@ -61,17 +61,22 @@ def benchmark_model(model_name: str, config: BenchConfig, log: Callable[[str], N
                 "budget_params": budget,
                 "total_conv_params": total,
                 **mask_summary(start, runner.masks, flops, wgrad_seconds),
-                "step_s": statistics.median(runner.times),
-                "step_min_s": min(runner.times),
-                "rounds": len(runner.times),
+                **step_times(runner),
                 "unit": c.unit,
-                "saved_mib": memory.saved / MIB,
-                "grads_mib": memory.grads / MIB,
-                "optimizer_mib": memory.optimizer / MIB,
-                "memory_mib": memory.total / MIB,
+                **memory_split(memory),
             }
         )
     return rows
+
+
+def step_times(runner: Runner) -> dict[str, object]:
+    """A condition's step time columns: the median and the fastest of its rounds, and how many."""
+    return {"step_s": statistics.median(runner.times), "step_min_s": min(runner.times), "rounds": len(runner.times)}
+
+
+def memory_split(memory: StepMemory) -> dict[str, object]:
+    """A condition's memory columns (MiB): the tensors autograd saved, the gradients, the optimizer state, their sum."""
+    return {"saved_mib": memory.saved / MIB, "grads_mib": memory.grads / MIB, "optimizer_mib": memory.optimizer / MIB, "memory_mib": memory.total / MIB}
 
 
 def benchmark_memory_model(model_name: str, config: BenchConfig, log: Callable[[str], None]) -> list[dict[str, object]]:
@@ -123,16 +128,11 @@ def measure_memory_conditions(
                 "activation_sparsity_pct": use.activation_sparsity_pct,
                 "wgrad_flops_saved_pct": use.wgrad_flops_saved_pct,
                 **conv_counts(runner.masks),
-                "step_s": statistics.median(runner.times),
-                "step_min_s": min(runner.times),
-                "rounds": len(runner.times),
+                **step_times(runner),
                 "layer_inputs_mib": memory.layer_inputs / MIB,
                 "predicted_layer_inputs_mib": predicted / MIB,
                 "other_saved_mib": memory.other_saved / MIB,
-                "saved_mib": memory.saved / MIB,
-                "grads_mib": memory.grads / MIB,
-                "optimizer_mib": memory.optimizer / MIB,
-                "memory_mib": memory.total / MIB,
+                **memory_split(memory),
             }
         )
     return rows
