@@ -32,13 +32,19 @@ from neqtune.trainables.config import BudgetConfig, ModelConfig, from_mapping
 from neqtune.trainables.models.registry import build_model
 
 
-def benchmark_model(model_name: str, config: BenchConfig, log: Callable[[str], None]) -> list[dict[str, object]]:
-    """Time and measure every condition of one model; one row per condition."""
+def seeded_start(model: ModelConfig, config: BenchConfig) -> tuple[nn.Module, torch.Generator, torch.Tensor, torch.Tensor]:
+    """The model at its seeded random initialisation, the seeded generator the rounds draw from, and one seeded batch."""
     torch.manual_seed(config.seed)
-    start = build_model(ModelConfig(name=model_name), NUM_CLASSES)
+    start = build_model(model, NUM_CLASSES)
     generator = torch.Generator().manual_seed(config.seed)
     inputs = torch.randn(config.batch_size, 3, config.image_size, config.image_size, generator=generator)
     labels = torch.randint(0, NUM_CLASSES, (config.batch_size,), generator=generator)
+    return start, generator, inputs, labels
+
+
+def benchmark_model(model_name: str, config: BenchConfig, log: Callable[[str], None]) -> list[dict[str, object]]:
+    """Time and measure every condition of one model; one row per condition."""
+    start, generator, inputs, labels = seeded_start(ModelConfig(name=model_name), config)
     conditions = model_conditions(model_name, start, inputs, labels, config.seed)
     runners = [build_runner(c, start, m, inputs, labels) for c, m in conditions]
     log(f"{model_name}: {len(runners)} conditions, {config.warmup} warm-up + {config.repeats} timed rounds")
@@ -81,11 +87,7 @@ def memory_split(memory: StepMemory) -> dict[str, object]:
 
 def benchmark_memory_model(model_name: str, config: BenchConfig, log: Callable[[str], None]) -> list[dict[str, object]]:
     """Time and measure the memory conditions of one model; one row per condition."""
-    torch.manual_seed(config.seed)
-    start = build_model(ModelConfig(name=model_name), NUM_CLASSES)
-    generator = torch.Generator().manual_seed(config.seed)
-    inputs = torch.randn(config.batch_size, 3, config.image_size, config.image_size, generator=generator)
-    labels = torch.randint(0, NUM_CLASSES, (config.batch_size,), generator=generator)
+    start, generator, inputs, labels = seeded_start(ModelConfig(name=model_name), config)
     plain = build_budget(from_mapping(BudgetConfig, {"policy": "full"}, "budget"), start, model_name=model_name, image_size=config.image_size)
     everything = (Condition(model_name, "full"), all_masks(start, True), plain)
     nothing = (Condition(model_name, "bound"), all_masks(start, False), plain)
@@ -141,11 +143,7 @@ def measure_memory_conditions(
 def benchmark_transformer_model(label: str, config: BenchConfig, log: Callable[[str], None]) -> list[dict[str, object]]:
     """The transformer conditions of one model (:func:`~benchmarks.update_step.conditions.transformer_conditions`),
     timed and measured; one row per condition."""
-    torch.manual_seed(config.seed)
-    start = build_model(TRANSFORMERS[label], NUM_CLASSES)
-    generator = torch.Generator().manual_seed(config.seed)
-    inputs = torch.randn(config.batch_size, 3, config.image_size, config.image_size, generator=generator)
-    labels = torch.randint(0, NUM_CLASSES, (config.batch_size,), generator=generator)
+    start, generator, inputs, labels = seeded_start(TRANSFORMERS[label], config)
     conditions = transformer_conditions(label, start, config.seed, config.image_size)
     log(f"{label} (transformer, {config.image_size} px): {len(conditions)} conditions, {config.warmup} warm-up + {config.repeats} timed rounds")
     return measure_memory_conditions(conditions, start, inputs, labels, config, generator, log)
